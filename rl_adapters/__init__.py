@@ -1,0 +1,1 @@
+"""Offline reinforcement learning on top of `bilevel`: data, baselines, VACO, ASPC."""

@@ -1,0 +1,1 @@
+"""Offline RL algorithms, one module each."""
