@@ -1,0 +1,237 @@
+"""What every hypergradient solver shares: state, the differentiable inner step, and the checks."""
+
+from __future__ import annotations
+
+import abc
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torchopt
+from ..functional import InnerView, Params, module_params, trainable_named_parameters, write_params
+from ..problem import NonFiniteError, Problem, check_scalar
+
+
+@dataclass
+class StepInfo:
+    """What one ``step`` did.
+
+    Attributes:
+        inner_loss: inner loss ``f`` at the parameters the last inner step started from.
+        outer_loss: outer loss ``g`` at the parameters the hypergradient was taken at.
+        hypergrad_norm: Euclidean norm of the hypergradient over all outer parameters.
+        extras: solver-specific numbers (e.g. ``residual`` of the implicit linear solve).
+    """
+
+    inner_loss: float
+    outer_loss: float
+    hypergrad_norm: float
+    extras: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, float]:
+        return {"inner_loss": self.inner_loss, "outer_loss": self.outer_loss,
+                "hypergrad_norm": self.hypergrad_norm, **self.extras}
+
+
+@dataclass
+class _Result:
+    """A hypergradient together with the inner iterate and optimiser state it was taken at."""
+
+    hypergrad: list[torch.Tensor]
+    theta: Params
+    state: Any
+    inner_losses: list[torch.Tensor]
+    outer_loss: torch.Tensor
+    extras: dict[str, float] = field(default_factory=dict)
+
+
+def _detach_tree(tree: Any) -> Any:
+    return torchopt.pytree.tree_map(lambda t: t.detach() if isinstance(t, torch.Tensor) else t, tree)
+
+
+def _zeros_for_none(grads: Sequence[torch.Tensor | None], like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    return [torch.zeros_like(x) if g is None else g for g, x in zip(grads, like)]
+
+
+def is_gradient_transformation(obj: Any) -> bool:
+    return isinstance(obj, torchopt.base.GradientTransformation) or (
+        callable(getattr(obj, "init", None)) and callable(getattr(obj, "update", None))
+        and not isinstance(obj, torch.optim.Optimizer)
+    )
+
+
+class Solver(abc.ABC):
+    """Base class. Subclasses implement :meth:`_solve`; users call :meth:`step` or :meth:`hypergradient`.
+
+    The solver owns the inner optimiser's state; the inner parameters live in ``problem.inner`` and
+    are overwritten in place by ``step`` (so the user's model always holds the current theta).
+    """
+
+    def __init__(
+        self,
+        problem: Problem,
+        inner_optimizer: torchopt.base.GradientTransformation,
+        outer_optimizer: torch.optim.Optimizer,
+    ) -> None:
+        if not isinstance(problem, Problem):
+            raise TypeError(f"problem must be a bilevel.Problem, got {type(problem).__name__}")
+        if isinstance(inner_optimizer, torch.optim.Optimizer) or not is_gradient_transformation(inner_optimizer):
+            raise TypeError(
+                f"inner_optimizer must be a torchopt GradientTransformation such as torchopt.sgd(lr=0.1) or "
+                f"torchopt.adam(lr=1e-3), got {type(inner_optimizer).__name__}: the inner update has to be "
+                "applied functionally so that it can be differentiated"
+            )
+        if not isinstance(outer_optimizer, torch.optim.Optimizer):
+            raise TypeError(
+                f"outer_optimizer must be a torch.optim.Optimizer over the outer module's parameters, e.g. "
+                f"torch.optim.Adam(hyper.parameters(), 1e-3); got {type(outer_optimizer).__name__}"
+            )
+        self.problem = problem
+        self.inner_optimizer = inner_optimizer
+        self.outer_optimizer = outer_optimizer
+        self._inner_names = [n for n, _ in trainable_named_parameters(problem.inner)]
+        self._outer_names = [n for n, _ in trainable_named_parameters(problem.outer)]
+        self._outer_params = [p for _, p in trainable_named_parameters(problem.outer)]
+        held = {id(p) for group in outer_optimizer.param_groups for p in group["params"]}
+        if not any(id(p) in held for p in self._outer_params):
+            raise ValueError(
+                "outer_optimizer holds none of the outer module's parameters; build it from "
+                "problem.outer.parameters()"
+            )
+        self.inner_state = inner_optimizer.init(self.theta())
+
+    # ----------------------------------------------------------------- state
+    def theta(self) -> Params:
+        """The current inner parameters (detached), in ``inner.parameters()`` order."""
+        return module_params(self.problem.inner, self._inner_names)
+
+    def reset_inner_state(self) -> None:
+        """Re-initialise the inner optimiser state (e.g. after the user re-initialised the model)."""
+        self.inner_state = self.inner_optimizer.init(self.theta())
+
+    # ----------------------------------------------------------------- pieces
+    def _buffers(self, copy: bool) -> dict[str, torch.Tensor]:
+        # ``hypergradient`` must not mutate e.g. BatchNorm running statistics, so it works on copies.
+        return {n: (b.clone() if copy else b) for n, b in self.problem.inner.named_buffers()}
+
+    def _view(self, theta: Sequence[torch.Tensor], buffers: dict[str, torch.Tensor]) -> InnerView:
+        return InnerView(self.problem.inner, self._inner_names, theta, buffers)
+
+    def inner_value(self, theta: Sequence[torch.Tensor], batch: Any, buffers: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``f(theta, lambda; batch)`` as a 0-d tensor."""
+        out = self.problem.inner_loss(self._view(theta, buffers), self.problem.outer, batch)
+        return check_scalar(out, "inner_loss")
+
+    def outer_value(self, theta: Sequence[torch.Tensor], batch: Any, buffers: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``g(theta, lambda; batch)`` as a 0-d tensor."""
+        out = self.problem.outer_loss(self._view(theta, buffers), self.problem.outer, batch)
+        return check_scalar(out, "outer_loss")
+
+    def inner_step(
+        self, theta: Params, state: Any, batch: Any, buffers: dict[str, torch.Tensor], differentiable: bool
+    ) -> tuple[Params, Any, torch.Tensor]:
+        """One inner-optimiser step ``theta' = U(theta, grad_theta f(theta, lambda), state)``.
+
+        With ``differentiable=True`` the returned theta' keeps the graph back to lambda (and to
+        ``theta`` if that carries one); otherwise everything is detached and no graph is built.
+        """
+        if differentiable:
+            theta = tuple(t if t.requires_grad else t.detach().requires_grad_() for t in theta)
+        else:
+            theta = tuple(t.detach().requires_grad_() for t in theta)
+        loss = self.inner_value(theta, batch, buffers)
+        grads = torch.autograd.grad(loss, theta, create_graph=differentiable, allow_unused=True)
+        grads = tuple(_zeros_for_none(grads, theta))
+        if differentiable:
+            updates, state = self.inner_optimizer.update(grads, state, params=theta, inplace=False)
+            theta = tuple(torchopt.apply_updates(theta, updates, inplace=False))
+        else:
+            with torch.no_grad():
+                plain = tuple(t.detach() for t in theta)
+                updates, state = self.inner_optimizer.update(grads, state, params=plain, inplace=False)
+                theta = tuple(torchopt.apply_updates(plain, updates, inplace=False))
+            state = _detach_tree(state)
+        return theta, state, loss.detach()
+
+    def outer_grad(self, outer_loss: torch.Tensor, **grad_kwargs: Any) -> list[torch.Tensor]:
+        grads = torch.autograd.grad(outer_loss, self._outer_params, allow_unused=True, **grad_kwargs)
+        if all(g is None for g in grads):
+            raise ValueError(
+                "outer_loss does not depend on the outer parameters, neither directly nor through the inner "
+                "step: make inner_loss (or outer_loss) use `outer`, e.g. a weight or regulariser from it"
+            )
+        return _zeros_for_none(grads, self._outer_params)
+
+    # ----------------------------------------------------------------- checks
+    @staticmethod
+    def _as_batches(batches: Any, k: int, solver: str) -> list[Any]:
+        """A ``list`` is K batches; anything else is one batch reused K times."""
+        if isinstance(batches, list):
+            if len(batches) != k:
+                raise ValueError(
+                    f"{solver} takes {k} inner steps but got a list of {len(batches)} batches: pass exactly {k} "
+                    "batches, or a single batch (reused every step). A single batch that is itself a list "
+                    "must be passed as a tuple"
+                )
+            return batches
+        return [batches] * k
+
+    def _check_finite(self, res: _Result, inner_losses: Sequence[torch.Tensor]) -> None:
+        if inner_losses:
+            stacked = torch.stack([x.reshape(()) for x in inner_losses])
+            bad = ~torch.isfinite(stacked)
+            if bool(bad.any()):
+                i = int(bad.nonzero()[0, 0])
+                raise NonFiniteError(
+                    f"inner_loss was {stacked[i].item()} at inner step {i}: lower the inner learning rate or "
+                    "check the loss for log(0) / division by zero"
+                )
+        if not bool(torch.isfinite(res.outer_loss)):
+            raise NonFiniteError(f"outer_loss was {res.outer_loss.item()} after the inner steps: the inner "
+                                 "iterate diverged or the outer loss is ill-defined there")
+        for i, g in enumerate(res.hypergrad):
+            if not bool(torch.isfinite(g).all()):
+                raise NonFiniteError(
+                    f"the hypergradient of outer parameter '{self._outer_names[i]}' is not finite although both losses "
+                    "are: the unrolled derivative exploded (lower the inner lr or K, or truncate) or the implicit "
+                    "linear system is singular (add damping)"
+                )
+
+    # ----------------------------------------------------------------- API
+    @abc.abstractmethod
+    def _solve(self, inner_batch: Any, outer_batch: Any, buffers: dict[str, torch.Tensor]) -> _Result:
+        """Compute the hypergradient and the inner iterate it belongs to (the solver's one method)."""
+
+    def _run(self, inner_batch: Any, outer_batch: Any, copy_buffers: bool) -> _Result:
+        res = self._solve(inner_batch, outer_batch, self._buffers(copy=copy_buffers))
+        self._check_finite(res, res.inner_losses)
+        res.hypergrad = [g.detach() for g in res.hypergrad]
+        return res
+
+    def hypergradient(self, inner_batch: Any, outer_batch: Any = None) -> list[torch.Tensor]:
+        """``d outer_loss / d lambda`` under this solver's approximation, one tensor per outer parameter
+        in ``outer.parameters()`` order (trainable ones). Mutates nothing: inner parameters, buffers,
+        optimiser states and outer ``.grad`` s are left as they were."""
+        res = self._run(inner_batch, outer_batch, copy_buffers=True)
+        by_id = {id(p): g for p, g in zip(self._outer_params, res.hypergrad)}
+        return [by_id[id(p)] for p in self.problem.outer.parameters() if p.requires_grad]
+
+    def step(self, inner_batch: Any, outer_batch: Any = None) -> StepInfo:
+        """Advance both levels: theta to the solver's inner iterate, lambda by one outer-optimiser step
+        on the hypergradient. Returns a :class:`StepInfo`."""
+        res = self._run(inner_batch, outer_batch, copy_buffers=False)
+        write_params(self.problem.inner, self._inner_names, res.theta)
+        self.inner_state = _detach_tree(res.state)
+        for p, g in zip(self._outer_params, res.hypergrad):
+            p.grad = g.clone()
+        self.outer_optimizer.step()
+        norm = torch.sqrt(sum((g.double() ** 2).sum() for g in res.hypergrad))
+        return StepInfo(float(res.inner_losses[-1]) if res.inner_losses else float('nan'), float(res.outer_loss), float(norm), res.extras)
+
+
+def resolve_outer_batch(inner_batches: list[Any], outer_batch: Any) -> Any:
+    """``outer_batch=None`` means: evaluate the outer loss on the (last) inner batch."""
+    return inner_batches[-1] if outer_batch is None else outer_batch
+

@@ -1,0 +1,113 @@
+"""Matrix-free solvers for ``A v = b`` where ``A`` is only available as a product ``v -> A v``.
+
+Vectors are tuples of tensors (one per inner parameter), so no flattening copy is ever made.
+``A`` is the damped inner Hessian ``d2 f / d theta2 + damping I``; it is symmetric, and positive
+definite near a strict inner minimum, which is what conjugate gradients needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+Vec = tuple[torch.Tensor, ...]
+MatVec = Callable[[Vec], Vec]
+
+
+def dot(a: Vec, b: Vec) -> torch.Tensor:
+    return sum((x * y).sum() for x, y in zip(a, b))
+
+
+def axpy(alpha: torch.Tensor | float, x: Vec, y: Vec) -> Vec:
+    """``alpha * x + y``."""
+    return tuple(alpha * xi + yi for xi, yi in zip(x, y))
+
+
+def norm(a: Vec) -> torch.Tensor:
+    return dot(a, a).sqrt()
+
+
+@dataclass
+class LinearSolveResult:
+    solution: Vec
+    iterations: int
+    residual: float  # ||A v - b|| / ||b||, measured with one extra product
+    step_size: float | None = None
+
+
+def relative_residual(matvec: MatVec, v: Vec, b: Vec) -> float:
+    r = axpy(-1.0, matvec(v), b)
+    bn = norm(b)
+    return float(norm(r) / bn) if float(bn) > 0 else float(norm(r))
+
+
+def conjugate_gradient(matvec: MatVec, b: Vec, iterations: int, tol: float = 1e-12) -> LinearSolveResult:
+    """Conjugate gradients from ``v0 = 0``; stops after ``iterations`` products or when
+    ``||r|| <= tol ||b||``. Exact in at most dim(theta) steps for SPD ``A`` in exact arithmetic."""
+    v = tuple(torch.zeros_like(x) for x in b)
+    r = b
+    p = r
+    rs = dot(r, r)
+    stop = (tol * norm(b)) ** 2
+    done = 0
+    for done in range(1, iterations + 1):
+        ap = matvec(p)
+        pap = dot(p, ap)
+        if float(pap) <= 0:
+            # A is not positive definite along p: CG's step is undefined. Return what we have;
+            # the reported residual tells the user, and damping > 0 is the fix.
+            done -= 1
+            break
+        alpha = rs / pap
+        v = axpy(alpha, p, v)
+        r = axpy(-alpha, ap, r)
+        rs_new = dot(r, r)
+        if float(rs_new) <= float(stop):
+            break
+        p = axpy(rs_new / rs, p, r)
+        rs = rs_new
+    return LinearSolveResult(v, done, relative_residual(matvec, v, b))
+
+
+def power_iteration(matvec: MatVec, like: Vec, iterations: int = 10, seed: int = 0) -> float:
+    """Estimate the largest |eigenvalue| of ``A`` (used to pick a safe Neumann / Richardson step)."""
+    gen = torch.Generator(device=like[0].device).manual_seed(seed)
+    v = tuple(torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype) for x in like)
+    v = tuple(x / norm(v) for x in v)
+    lam = torch.zeros((), dtype=like[0].dtype, device=like[0].device)
+    for _ in range(iterations):
+        av = matvec(v)
+        lam = norm(av)
+        if float(lam) == 0:
+            break
+        v = tuple(x / lam for x in av)
+    return float(lam)
+
+
+def neumann(matvec: MatVec, b: Vec, iterations: int, step_size: float) -> LinearSolveResult:
+    """Truncated Neumann series ``A^{-1} b ~= a * sum_{i=0}^{n} (I - a A)^i b``.
+
+    Converges when ``0 < a < 2 / lambda_max(A)`` and ``A`` is positive definite (Lorraine et al., 2020).
+    """
+    term = b
+    acc = b
+    for _ in range(iterations):
+        term = axpy(-step_size, matvec(term), term)
+        acc = tuple(a + t for a, t in zip(acc, term))
+    v = tuple(step_size * a for a in acc)
+    return LinearSolveResult(v, iterations, relative_residual(matvec, v, b), step_size)
+
+
+def fixed_point(
+    matvec: MatVec, b: Vec, iterations: int, step_size: float, init: Vec | None = None
+) -> LinearSolveResult:
+    """Richardson iteration ``v <- v - a (A v - b)``: the fixed point of gradient descent on
+    ``1/2 v^T A v - b^T v``. From ``v0 = 0`` its iterates equal the Neumann partial sums; unlike
+    Neumann it can start from ``init`` (the previous step's solution), which is what warm starts use."""
+    v = tuple(torch.zeros_like(x) for x in b) if init is None else init
+    for _ in range(iterations):
+        r = axpy(-1.0, matvec(v), b)
+        v = axpy(step_size, r, v)
+    return LinearSolveResult(v, iterations, relative_residual(matvec, v, b), step_size)
