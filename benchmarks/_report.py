@@ -1,0 +1,67 @@
+"""Writing one section of docs/benchmarks.md without touching the others.
+
+Each benchmark script owns the text between ``<!-- BEGIN name -->`` and ``<!-- END name -->``; a
+re-run replaces only its own section, so scripts can run in any order and on different machines.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+REPORT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+HEADER = "# Benchmarks\n\nEvery number below is produced by a script in `benchmarks/`; each section names its command.\n"
+
+
+def machine_description(device: str = "cpu") -> str:
+    """CPU model, cores, GPU (if used), torch version and date, for a report's header line."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    parts = [f"CPU {cpu} ({os.cpu_count()} cores visible, torch threads {torch.get_num_threads()})"]
+    if device.startswith("cuda") and torch.cuda.is_available():
+        parts.append(f"GPU {torch.cuda.get_device_name()}")
+    parts.append(f"torch {torch.__version__}")
+    parts.append(f"python {platform.python_version()}")
+    parts.append(_dt.date.today().isoformat())
+    return ", ".join(parts)
+
+
+def command_line() -> str:
+    return "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
+
+
+def git_revision() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=REPORT.parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def write_section(name: str, body: str, path: Path = REPORT) -> None:
+    """Replace (or append) section ``name`` of the report with ``body`` (markdown)."""
+    begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
+    text = path.read_text() if path.exists() else HEADER
+    block = f"{begin}\n{body.rstrip()}\n{end}"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        text = head + block + tail
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
