@@ -1,0 +1,7 @@
+"""``python -m rl_adapters ...`` is ``bilevel-rl ...``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

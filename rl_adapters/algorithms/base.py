@@ -1,0 +1,134 @@
+"""What every offline RL algorithm in this package shares: construction, acting, checkpoint state.
+
+A subclass defines a ``Config`` dataclass (its fields become ``--flags`` of ``bilevel-rl train``),
+builds its networks and optimizers in ``build()`` and implements ``update(batch)``.  It registers
+what must survive a checkpoint in ``self.modules`` / ``self.optimizers`` / ``self.schedulers``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data import Batch, DatasetStats
+
+__all__ = ["Algorithm", "BaseConfig"]
+
+
+@dataclasses.dataclass
+class BaseConfig:
+    """Hyper-parameters common to all algorithms (SPEC section 3)."""
+
+    hidden_dim: int = 256
+    batch_size: int = 256
+    discount: float = 0.99
+    tau: float = 0.005
+
+
+class Algorithm:
+    """Base class; see the module docstring.
+
+    Randomness: network initialisation is seeded from ``seed`` without touching the global torch RNG
+    (``torch.random.fork_rng``), and any noise an update needs is drawn from ``self.generator`` (a
+    ``torch.Generator`` on the device, saved in :meth:`state_dict`), so an algorithm is reproducible
+    and resumable on its own.
+    """
+
+    name: ClassVar[str] = "base"
+    Config: ClassVar[type] = BaseConfig
+
+    def __init__(self, obs_dim: int, act_dim: int, stats: DatasetStats, device: str | torch.device = "cpu",
+                 seed: int = 0, total_steps: int = 1_000_000, config: Any = None) -> None:
+        self.obs_dim, self.act_dim = int(obs_dim), int(act_dim)
+        self.stats = stats
+        self.device = torch.device(device)
+        self.seed = int(seed)
+        self.total_steps = int(total_steps)
+        self.config = config if config is not None else self.Config()
+        self.step = 0
+        self.modules: dict[str, nn.Module] = {}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.schedulers: dict[str, Any] = {}
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(self.seed + 1)
+        self.obs_mean = torch.as_tensor(stats.obs_mean, dtype=torch.float32, device=self.device)
+        self.obs_std = torch.as_tensor(stats.obs_std, dtype=torch.float32, device=self.device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            # Built on CPU so the initial weights are identical on every device, then moved.
+            self.build()
+        for m in self.modules.values():
+            m.to(self.device)
+        self.build_optimizers()
+
+    # ------------------------------------------------------------------ to override
+    def build(self) -> None:
+        """Create networks (on CPU) and register them in ``self.modules``."""
+        raise NotImplementedError
+
+    def build_optimizers(self) -> None:
+        """Create optimizers/schedulers for the (already moved) networks."""
+        raise NotImplementedError
+
+    def update(self, batch: Batch) -> dict[str, float]:
+        """One gradient step on ``batch``; returns scalar diagnostics (losses) as floats."""
+        raise NotImplementedError
+
+    def policy(self, obs: torch.Tensor) -> torch.Tensor:
+        """Deterministic action for *normalised* observations (default: ``self.modules['actor']``)."""
+        return self.modules["actor"](obs)
+
+    # ------------------------------------------------------------------ shared
+    def normalize(self, obs: torch.Tensor) -> torch.Tensor:
+        return (obs - self.obs_mean) / self.obs_std
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """Action for RAW observation(s) ``(obs_dim,)`` or ``(n, obs_dim)``, within the action bounds."""
+        x = torch.as_tensor(np.asarray(obs), dtype=torch.float32, device=self.device)
+        single = x.dim() == 1
+        a = self.policy(self.normalize(x.reshape(-1, self.obs_dim)))
+        a = a.cpu().numpy()
+        a = np.clip(a, self.stats.action_low, self.stats.action_high)
+        return a[0] if single else a
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "algo": self.name,
+            "step": self.step,
+            "config": dataclasses.asdict(self.config),
+            "modules": {k: m.state_dict() for k, m in self.modules.items()},
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+            "generator": self.generator.get_state(),
+            "extra": self.extra_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("algo") != self.name:
+            raise ValueError(f"checkpoint is for algorithm {state.get('algo')!r}, not {self.name!r}")
+        self.step = int(state["step"])
+        for k, m in self.modules.items():
+            m.load_state_dict(state["modules"][k])
+        for k, o in self.optimizers.items():
+            o.load_state_dict(state["optimizers"][k])
+        for k, s in self.schedulers.items():
+            s.load_state_dict(state["schedulers"][k])
+        self.generator.set_state(state["generator"].cpu() if hasattr(state["generator"], "cpu") else state["generator"])
+        self.load_extra_state(state.get("extra", {}))
+
+    def extra_state(self) -> dict[str, Any]:
+        """Anything else that must survive a checkpoint (e.g. running averages); override."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def parameters_flat(self) -> torch.Tensor:
+        """All network parameters and buffers concatenated (for bitwise comparisons in tests)."""
+        return torch.cat([t.detach().reshape(-1).float().cpu() for m in self.modules.values()
+                          for t in m.state_dict().values()])

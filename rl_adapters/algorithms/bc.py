@@ -1,0 +1,40 @@
+"""Behaviour cloning: minimise ``E_(s,a)~D ||pi(s) - a||^2`` with a deterministic tanh actor."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from ..data import Batch
+from ..networks import DeterministicActor
+from .base import Algorithm, BaseConfig
+
+
+@dataclasses.dataclass
+class BCConfig(BaseConfig):
+    actor_lr: float = 3e-4
+
+
+class BC(Algorithm):
+    name = "bc"
+    Config = BCConfig
+    config: BCConfig
+
+    def build(self) -> None:
+        c = self.config
+        self.actor = DeterministicActor(self.obs_dim, self.act_dim, self.stats.action_low, self.stats.action_high,
+                                        hidden=(c.hidden_dim, c.hidden_dim))
+        self.modules = {"actor": self.actor}
+
+    def build_optimizers(self) -> None:
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=self.config.actor_lr)
+        self.optimizers = {"actor": self.actor_opt}
+
+    def update(self, batch: Batch) -> dict[str, float]:
+        loss = (self.actor(batch.obs) - batch.actions).pow(2).sum(-1).mean()
+        self.actor_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.actor_opt.step()
+        self.step += 1
+        return {"actor_loss": loss.item()}

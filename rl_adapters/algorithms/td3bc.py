@@ -1,0 +1,88 @@
+"""TD3+BC (Fujimoto & Gu, 2021): TD3 whose actor loss adds a behaviour-cloning term.
+
+Critic: ``min_theta sum_i (Q_i(s,a) - y)^2`` with
+``y = r + gamma (1 - done) min_i Q'_i(s', clip(pi'(s') + eps, low, high))``,
+``eps = clip(N(0, (0.2 h)^2), -0.5 h, 0.5 h)`` where ``h`` is the action half-range (max action).
+Actor (every ``policy_freq`` critic steps): ``min_phi -lambda mean Q1(s, pi(s)) + mean ||pi(s) - a||^2``
+with ``lambda = alpha / mean|Q1(s, pi(s))|`` (detached), ``alpha = 2.5``; targets are Polyak-averaged
+at the same time.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+
+from ..data import Batch
+from ..networks import DeterministicActor, TwinCritic, soft_update
+from .base import Algorithm, BaseConfig
+
+
+@dataclasses.dataclass
+class TD3BCConfig(BaseConfig):
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    alpha: float = 2.5
+    policy_noise: float = 0.2
+    noise_clip: float = 0.5
+    policy_freq: int = 2
+
+
+class TD3BC(Algorithm):
+    name = "td3bc"
+    Config = TD3BCConfig
+    config: TD3BCConfig
+
+    def build(self) -> None:
+        c = self.config
+        hidden = (c.hidden_dim, c.hidden_dim)
+        self.actor = DeterministicActor(self.obs_dim, self.act_dim, self.stats.action_low, self.stats.action_high,
+                                        hidden=hidden)
+        self.critic = TwinCritic(self.obs_dim, self.act_dim, hidden=hidden)
+        self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.modules = {"actor": self.actor, "critic": self.critic,
+                        "actor_target": self.actor_target, "critic_target": self.critic_target}
+
+    def build_optimizers(self) -> None:
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=self.config.actor_lr)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=self.config.critic_lr)
+        self.optimizers = {"actor": self.actor_opt, "critic": self.critic_opt}
+
+    def update(self, batch: Batch) -> dict[str, float]:
+        c = self.config
+        self.step += 1
+        half_range = self.actor.action_scale
+        # --- critic
+        with torch.no_grad():
+            noise = torch.randn(batch.actions.shape, device=self.device, generator=self.generator)
+            noise = (noise * c.policy_noise * half_range).clamp(-c.noise_clip * half_range, c.noise_clip * half_range)
+            low = self.actor.action_center - half_range
+            high = self.actor.action_center + half_range
+            next_action = torch.max(torch.min(self.actor_target(batch.next_obs) + noise, high), low)
+            target_q = self.critic_target.min_q(batch.next_obs, next_action)
+            y = batch.rewards + c.discount * (1.0 - batch.dones) * target_q
+        q1, q2 = self.critic(batch.obs, batch.actions)
+        critic_loss = F.mse_loss(q1, y) + F.mse_loss(q2, y)
+        self.critic_opt.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_opt.step()
+        info = {"critic_loss": critic_loss.item(), "q1": q1.mean().item()}
+        # --- delayed actor and target updates
+        if self.step % c.policy_freq == 0:
+            pi = self.actor(batch.obs)
+            q = self.critic.q1_only(batch.obs, pi)
+            lmbda = c.alpha / q.abs().mean().detach()
+            bc_loss = (pi - batch.actions).pow(2).sum(-1).mean()
+            actor_loss = -lmbda * q.mean() + bc_loss
+            self.actor_opt.zero_grad(set_to_none=True)
+            actor_loss.backward()
+            self.actor_opt.step()
+            soft_update(self.critic_target, self.critic, c.tau)
+            soft_update(self.actor_target, self.actor, c.tau)
+            self._last_actor = {"actor_loss": actor_loss.item(), "bc_loss": bc_loss.item(), "lambda": lmbda.item()}
+        info.update(getattr(self, "_last_actor", {}))
+        return info
