@@ -6,6 +6,7 @@ Critic: ``min_theta sum_i (Q_i(s,a) - y)^2`` with
 Actor (every ``policy_freq`` critic steps): ``min_phi -lambda mean Q1(s, pi(s)) + mean ||pi(s) - a||^2``
 with ``lambda = alpha / mean|Q1(s, pi(s))|`` (detached), ``alpha = 2.5``; targets are Polyak-averaged
 at the same time.
+``critic_hidden_layers=3, critic_layer_norm=True`` gives the "robust critic" of ASPC (paper 004, section 4.3).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ class TD3BCConfig(BaseConfig):
     policy_noise: float = 0.2
     noise_clip: float = 0.5
     policy_freq: int = 2
+    critic_hidden_layers: int = 2
+    critic_layer_norm: bool = False
 
 
 class TD3BC(Algorithm):
@@ -41,7 +44,8 @@ class TD3BC(Algorithm):
         hidden = (c.hidden_dim, c.hidden_dim)
         self.actor = DeterministicActor(self.obs_dim, self.act_dim, self.stats.action_low, self.stats.action_high,
                                         hidden=hidden)
-        self.critic = TwinCritic(self.obs_dim, self.act_dim, hidden=hidden)
+        self.critic = TwinCritic(self.obs_dim, self.act_dim, hidden=(c.hidden_dim,) * c.critic_hidden_layers,
+                                 layer_norm=c.critic_layer_norm)
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.modules = {"actor": self.actor, "critic": self.critic,
@@ -55,6 +59,18 @@ class TD3BC(Algorithm):
     def update(self, batch: Batch) -> dict[str, float]:
         c = self.config
         self.step += 1
+        info = self.critic_update(batch)
+        # --- delayed actor and target updates
+        if self.step % c.policy_freq == 0:
+            self._last_actor = self.actor_update(batch)
+            soft_update(self.critic_target, self.critic, c.tau)
+            soft_update(self.actor_target, self.actor, c.tau)
+        info.update(getattr(self, "_last_actor", {}))
+        return info
+
+    def critic_update(self, batch: Batch) -> dict[str, float]:
+        """One clipped double-Q step on the twin critic (subclasses reuse it)."""
+        c = self.config
         half_range = self.actor.action_scale
         # --- critic
         with torch.no_grad():
@@ -70,19 +86,16 @@ class TD3BC(Algorithm):
         self.critic_opt.zero_grad(set_to_none=True)
         critic_loss.backward()
         self.critic_opt.step()
-        info = {"critic_loss": critic_loss.item(), "q1": q1.mean().item()}
-        # --- delayed actor and target updates
-        if self.step % c.policy_freq == 0:
-            pi = self.actor(batch.obs)
-            q = self.critic.q1_only(batch.obs, pi)
-            lmbda = c.alpha / q.abs().mean().detach()
-            bc_loss = (pi - batch.actions).pow(2).sum(-1).mean()
-            actor_loss = -lmbda * q.mean() + bc_loss
-            self.actor_opt.zero_grad(set_to_none=True)
-            actor_loss.backward()
-            self.actor_opt.step()
-            soft_update(self.critic_target, self.critic, c.tau)
-            soft_update(self.actor_target, self.actor, c.tau)
-            self._last_actor = {"actor_loss": actor_loss.item(), "bc_loss": bc_loss.item(), "lambda": lmbda.item()}
-        info.update(getattr(self, "_last_actor", {}))
-        return info
+        return {"critic_loss": critic_loss.item(), "q1": q1.mean().item()}
+
+    def actor_update(self, batch: Batch) -> dict[str, float]:
+        """One step on ``-lambda mean Q1(s, pi(s)) + mean ||pi(s) - a||^2`` (subclasses replace it)."""
+        pi = self.actor(batch.obs)
+        q = self.critic.q1_only(batch.obs, pi)
+        lmbda = self.config.alpha / q.abs().mean().detach()
+        bc_loss = (pi - batch.actions).pow(2).sum(-1).mean()
+        actor_loss = -lmbda * q.mean() + bc_loss
+        self.actor_opt.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        self.actor_opt.step()
+        return {"actor_loss": actor_loss.item(), "bc_loss": bc_loss.item(), "lambda": lmbda.item()}
