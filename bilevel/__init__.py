@@ -6,8 +6,7 @@
 
 from .functional import InnerView
 from .problem import NonFiniteError, Problem
-from .solvers import ImplicitSolver, KStepSolver, OneStepSolver, Solver, StepInfo
-from .solvers import linear
+from .solvers import ImplicitSolver, KStepSolver, OneStepSolver, Solver, StepInfo, linear
 
 __version__ = "0.1.0"
 

@@ -84,7 +84,7 @@ def test_implicit_matches_ridge_closed_form(linear_solver, iterations, tol):
 
 
 def test_implicit_after_inner_steps_approaches_analytic():
-    problem, model, hyper, (X, y), (Xv, yv) = ridge_problem()
+    problem, _model, hyper, (X, y), (Xv, yv) = ridge_problem()
     s = bilevel.ImplicitSolver(problem, torchopt.sgd(lr=0.3), outer_sgd(hyper), inner_steps=400,
                                linear_solver="cg", iterations=10)
     [h] = s.hypergradient((X, y))
@@ -300,7 +300,7 @@ def test_one_step_equals_kstep1_and_hand_derivative():
 
 
 def test_direct_outer_dependence_is_included():
-    problem, model, hyper, (X, y), (Xv, yv) = ridge_problem()
+    problem, model, hyper, (X, y), (_Xv, _yv) = ridge_problem()
     f = problem.inner_loss
     problem2 = bilevel.Problem(model, hyper, f,
                                lambda inner, outer, b: problem.outer_loss(inner, outer, b) + (outer.log_lam ** 2).sum())
@@ -450,7 +450,7 @@ def test_inner_view_binds_current_tensors_and_buffers():
 
 
 def test_forward_mode_explains_in_place_buffer_updates():
-    problem, net, weights, batch = _bn_problem()
+    problem, _net, weights, batch = _bn_problem()
     s = bilevel.KStepSolver(problem, torchopt.sgd(lr=0.1), outer_sgd(weights), steps=2, mode="forward")
     with pytest.raises(RuntimeError, match="mode='reverse'"):
         s.hypergradient(batch)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import abc
-
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torchopt
+
 from ..functional import InnerView, Params, module_params, trainable_named_parameters, write_params
 from ..problem import NonFiniteError, Problem, check_scalar
 
@@ -45,6 +46,7 @@ class _Result:
     inner_losses: list[torch.Tensor]
     outer_loss: torch.Tensor
     extras: dict[str, float] = field(default_factory=dict)
+    summary: tuple[list[float], float, float] = ([], 0.0, 0.0)
 
 
 def _detach_tree(tree: Any) -> Any:
@@ -178,26 +180,36 @@ class Solver(abc.ABC):
             return batches
         return [batches] * k
 
-    def _check_finite(self, res: _Result, inner_losses: Sequence[torch.Tensor]) -> None:
-        if inner_losses:
-            stacked = torch.stack([x.reshape(()) for x in inner_losses])
-            bad = ~torch.isfinite(stacked)
-            if bool(bad.any()):
-                i = int(bad.nonzero()[0, 0])
+    def _summarise(self, res: _Result) -> tuple[list[float], float, float]:
+        """Inner losses, outer loss and hypergradient norm as Python floats, raising
+        :class:`NonFiniteError` if any of them (or any hypergradient entry) is NaN / inf.
+
+        Everything is packed into one tensor so that a CUDA run pays a single host sync per call.
+        """
+        dev = res.outer_loss.device
+        inner = [x.reshape(1).to(torch.float64) for x in res.inner_losses]
+        norm = torch.sqrt(sum((g.to(torch.float64) ** 2).sum() for g in res.hypergrad)).reshape(1)
+        finite = torch.stack([torch.isfinite(g).all() for g in res.hypergrad]).to(torch.float64)
+        packed = torch.cat(inner + [res.outer_loss.reshape(1).to(torch.float64), norm, finite.to(dev)]).cpu()
+        k = len(inner)
+        inner_vals, outer_val, norm_val = packed[:k].tolist(), float(packed[k]), float(packed[k + 1])
+        for i, v in enumerate(inner_vals):
+            if not math.isfinite(v):
                 raise NonFiniteError(
-                    f"inner_loss was {stacked[i].item()} at inner step {i}: lower the inner learning rate or "
-                    "check the loss for log(0) / division by zero"
+                    f"inner_loss was {v} at inner step {i}: lower the inner learning rate or check the loss for "
+                    "log(0) / division by zero"
                 )
-        if not bool(torch.isfinite(res.outer_loss)):
-            raise NonFiniteError(f"outer_loss was {res.outer_loss.item()} after the inner steps: the inner "
-                                 "iterate diverged or the outer loss is ill-defined there")
-        for i, g in enumerate(res.hypergrad):
-            if not bool(torch.isfinite(g).all()):
+        if not math.isfinite(outer_val):
+            raise NonFiniteError(f"outer_loss was {outer_val} after the inner steps: the inner iterate diverged or "
+                                 "the outer loss is ill-defined there")
+        for i, ok in enumerate(packed[k + 2:].tolist()):
+            if not ok:
                 raise NonFiniteError(
-                    f"the hypergradient of outer parameter '{self._outer_names[i]}' is not finite although both losses "
-                    "are: the unrolled derivative exploded (lower the inner lr or K, or truncate) or the implicit "
-                    "linear system is singular (add damping)"
+                    f"the hypergradient of outer parameter '{self._outer_names[i]}' is not finite although both "
+                    "losses are: the unrolled derivative exploded (lower the inner lr or K, or truncate) or the "
+                    "implicit linear system is singular (add damping)"
                 )
+        return inner_vals, outer_val, norm_val
 
     # ----------------------------------------------------------------- API
     @abc.abstractmethod
@@ -206,8 +218,8 @@ class Solver(abc.ABC):
 
     def _run(self, inner_batch: Any, outer_batch: Any, copy_buffers: bool) -> _Result:
         res = self._solve(inner_batch, outer_batch, self._buffers(copy=copy_buffers))
-        self._check_finite(res, res.inner_losses)
         res.hypergrad = [g.detach() for g in res.hypergrad]
+        res.summary = self._summarise(res)
         return res
 
     def hypergradient(self, inner_batch: Any, outer_batch: Any = None) -> list[torch.Tensor]:
@@ -227,8 +239,8 @@ class Solver(abc.ABC):
         for p, g in zip(self._outer_params, res.hypergrad):
             p.grad = g.clone()
         self.outer_optimizer.step()
-        norm = torch.sqrt(sum((g.double() ** 2).sum() for g in res.hypergrad))
-        return StepInfo(float(res.inner_losses[-1]) if res.inner_losses else float('nan'), float(res.outer_loss), float(norm), res.extras)
+        inner_vals, outer_val, norm_val = res.summary
+        return StepInfo(inner_vals[-1] if inner_vals else float("nan"), outer_val, norm_val, res.extras)
 
 
 def resolve_outer_batch(inner_batches: list[Any], outer_batch: Any) -> Any:
