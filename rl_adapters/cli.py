@@ -17,7 +17,7 @@ import typing
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "main"]
 
 
 def _algorithm_fields() -> dict[str, tuple[type, list[str]]]:
@@ -52,22 +52,52 @@ def _add_train_args(p: argparse.ArgumentParser) -> set[str]:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--out", default=None, help="output dir (default runs/<algo>-<dataset>-s<seed>)")
-    p.add_argument("--eval-every", type=int, default=10_000, help="evaluate every N steps (0: only at the end)")
-    p.add_argument("--eval-episodes", type=int, default=10, help="episodes per evaluation (0: never evaluate)")
+    p.add_argument(
+        "--eval-every", type=int, default=10_000, help="evaluate every N steps (0: only at the end)"
+    )
+    p.add_argument(
+        "--eval-episodes", type=int, default=10, help="episodes per evaluation (0: never evaluate)"
+    )
     p.add_argument("--checkpoint-every", type=int, default=10_000, help="atomic checkpoint every N steps")
-    p.add_argument("--log-every", type=int, default=1_000, help="append mean losses to metrics.jsonl every N steps")
-    p.add_argument("--normalized-score", action=argparse.BooleanOptionalAction, default=True,
-                   help="report 100*(R-ref_min)/(ref_max-ref_min) (needs reference scores in the dataset)")
+    p.add_argument(
+        "--log-every", type=int, default=1_000, help="append mean losses to metrics.jsonl every N steps"
+    )
+    p.add_argument(
+        "--normalized-score",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="report 100*(R-ref_min)/(ref_max-ref_min) (needs reference scores in the dataset)",
+    )
     p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs to OUT/tb")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="tqdm progress bar")
-    p.add_argument("--plot", action=argparse.BooleanOptionalAction, default=True, help="write learning_curve.png")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
-    p.add_argument("--resume", metavar="DIR", default=None,
-                   help="continue the run in DIR from its checkpoint (settings are read from DIR/config.json)")
-    p.add_argument("--max-steps-this-session", type=int, default=None,
-                   help="stop (after checkpointing) once this many updates ran in this invocation")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="set any algorithm hyper-parameter, e.g. --set expectile=0.9 (repeatable)")
+    p.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=True, help="tqdm progress bar"
+    )
+    p.add_argument(
+        "--plot", action=argparse.BooleanOptionalAction, default=True, help="write learning_curve.png"
+    )
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)"
+    )
+    p.add_argument(
+        "--resume",
+        metavar="DIR",
+        default=None,
+        help="continue the run in DIR from its checkpoint (settings are read from DIR/config.json)",
+    )
+    p.add_argument(
+        "--max-steps-this-session",
+        type=int,
+        default=None,
+        help="stop (after checkpointing) once this many updates ran in this invocation",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set any algorithm hyper-parameter, e.g. --set expectile=0.9 (repeatable)",
+    )
     taken = {a.dest for a in p._actions}
     group = p.add_argument_group("algorithm hyper-parameters (each applies to the algorithms listed)")
     added = set()
@@ -77,13 +107,23 @@ def _add_train_args(p: argparse.ArgumentParser) -> set[str]:
         flag = "--" + name.replace("_", "-")
         helptext = f"[{', '.join(algos)}]"
         if tp is bool:
-            group.add_argument(flag, dest=f"hp_{name}", action=argparse.BooleanOptionalAction,
-                               default=argparse.SUPPRESS, help=helptext)
+            group.add_argument(
+                flag,
+                dest=f"hp_{name}",
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=helptext,
+            )
         elif tp in (int, float, str):
             group.add_argument(flag, dest=f"hp_{name}", type=tp, default=argparse.SUPPRESS, help=helptext)
         else:
-            group.add_argument(flag, dest=f"hp_{name}", type=_parse_literal, default=argparse.SUPPRESS,
-                               help=helptext + " (Python literal)")
+            group.add_argument(
+                flag,
+                dest=f"hp_{name}",
+                type=_parse_literal,
+                default=argparse.SUPPRESS,
+                help=helptext + " (Python literal)",
+            )
         added.add(name)
     return added
 
@@ -114,8 +154,9 @@ def _hparams_from_args(args: argparse.Namespace, algo: str) -> dict[str, Any]:
     if wrong:
         owners = _algorithm_fields()
         detail = "; ".join(f"{w} belongs to {owners[w][1] if w in owners else 'no algorithm'}" for w in wrong)
-        raise SystemExit(f"option(s) {wrong} do not apply to --algo {algo} ({detail}). "
-                         f"Valid for {algo}: {sorted(fields)}")
+        raise SystemExit(
+            f"option(s) {wrong} do not apply to --algo {algo} ({detail}). Valid for {algo}: {sorted(fields)}"
+        )
     return hp
 
 
@@ -139,11 +180,23 @@ def _train(args: argparse.Namespace) -> int:
         if not args.algo or not args.dataset:
             raise SystemExit("bilevel-rl train: --algo and --dataset are required (or --resume DIR)")
         out = args.out or f"runs/{args.algo}-{args.dataset.replace('/', '_')}-s{args.seed}"
-        cfg = TrainConfig(algo=args.algo, dataset=args.dataset, steps=args.steps, seed=args.seed, device=args.device,
-                          out=out, eval_every=args.eval_every, eval_episodes=args.eval_episodes,
-                          checkpoint_every=args.checkpoint_every, log_every=args.log_every,
-                          normalized_score=args.normalized_score, tensorboard=args.tensorboard,
-                          progress=args.progress, plot=args.plot, hparams=_hparams_from_args(args, args.algo))
+        cfg = TrainConfig(
+            algo=args.algo,
+            dataset=args.dataset,
+            steps=args.steps,
+            seed=args.seed,
+            device=args.device,
+            out=out,
+            eval_every=args.eval_every,
+            eval_episodes=args.eval_episodes,
+            checkpoint_every=args.checkpoint_every,
+            log_every=args.log_every,
+            normalized_score=args.normalized_score,
+            tensorboard=args.tensorboard,
+            progress=args.progress,
+            plot=args.plot,
+            hparams=_hparams_from_args(args, args.algo),
+        )
     try:
         summary = train(cfg, resume=bool(args.resume), max_steps_this_session=args.max_steps_this_session)
     except NonFiniteLossError as e:

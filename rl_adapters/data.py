@@ -34,9 +34,9 @@ __all__ = [
     "DatasetError",
     "DatasetStats",
     "OfflineData",
+    "concatenate",
     "load_dataset",
     "resolve_dataset_ids",
-    "concatenate",
 ]
 
 STD_EPS = 1e-3
@@ -178,8 +178,16 @@ class OfflineData:
 
     @property
     def nbytes(self) -> int:
-        tensors = (self.observations, self.actions, self.rewards, self.next_observations, self.dones,
-                   self.truncations, self.episode_ids, self.returns)
+        tensors = (
+            self.observations,
+            self.actions,
+            self.rewards,
+            self.next_observations,
+            self.dones,
+            self.truncations,
+            self.episode_ids,
+            self.returns,
+        )
         return sum(t.element_size() * t.numel() for t in tensors)
 
     # ------------------------------------------------------------------ operations
@@ -213,21 +221,38 @@ class OfflineData:
         device = torch.device(device)
         moved = {
             k: getattr(self, k).to(device)
-            for k in ("observations", "actions", "rewards", "next_observations", "dones", "truncations",
-                      "episode_ids", "returns", "episode_returns")
+            for k in (
+                "observations",
+                "actions",
+                "rewards",
+                "next_observations",
+                "dones",
+                "truncations",
+                "episode_ids",
+                "returns",
+                "episode_returns",
+            )
         }
         return OfflineData(
-            name=self.name, action_low=self.action_low, action_high=self.action_high,
-            env_spec=self.env_spec, eval_env_spec=self.eval_env_spec, ref_min_score=self.ref_min_score,
-            ref_max_score=self.ref_max_score, source_ids=list(self.source_ids), load_time_s=self.load_time_s,
+            name=self.name,
+            action_low=self.action_low,
+            action_high=self.action_high,
+            env_spec=self.env_spec,
+            eval_env_spec=self.eval_env_spec,
+            ref_min_score=self.ref_min_score,
+            ref_max_score=self.ref_max_score,
+            source_ids=list(self.source_ids),
+            load_time_s=self.load_time_s,
             **moved,
         )
 
     def summary(self) -> str:
-        return (f"{self.name}: {len(self)} transitions, {self.num_episodes} episodes, obs_dim={self.obs_dim}, "
-                f"act_dim={self.act_dim}, return min/mean/max={self.episode_returns.min():.1f}/"
-                f"{self.episode_returns.mean():.1f}/{self.episode_returns.max():.1f}, "
-                f"{self.nbytes / 2**20:.1f} MiB on {self.device}, loaded in {self.load_time_s:.2f}s")
+        return (
+            f"{self.name}: {len(self)} transitions, {self.num_episodes} episodes, obs_dim={self.obs_dim}, "
+            f"act_dim={self.act_dim}, return min/mean/max={self.episode_returns.min():.1f}/"
+            f"{self.episode_returns.mean():.1f}/{self.episode_returns.max():.1f}, "
+            f"{self.nbytes / 2**20:.1f} MiB on {self.device}, loaded in {self.load_time_s:.2f}s"
+        )
 
 
 # ---------------------------------------------------------------------- id resolution
@@ -245,13 +270,20 @@ def resolve_dataset_ids(spec: str) -> list[str]:
     """
     parts = [p.strip() for p in spec.split("+") if p.strip()]
     if not parts:
-        raise DatasetError(f"dataset spec {spec!r} is empty; pass a Minari id such as 'suite/hopper/medium-v0'")
+        raise DatasetError(
+            f"dataset spec {spec!r} is empty; pass a Minari id such as 'suite/hopper/medium-v0'"
+        )
     out: list[str] = []
     for part in parts:
         m = _MIX_RE.match(part)
         name = part.rsplit("/", 1)[-1]
         base = re.sub(r"-v\d+$", "", name)
-        if m and base not in _SINGLE_NAMES and m.group("a") in {"medium", "random"} and not _exists_locally(part):
+        if (
+            m
+            and base not in _SINGLE_NAMES
+            and m.group("a") in {"medium", "random"}
+            and not _exists_locally(part)
+        ):
             prefix, version = m.group("prefix") or "", m.group("version") or "-v0"
             out += [f"{prefix}{m.group('a')}{version}", f"{prefix}{m.group('b')}{version}"]
         else:
@@ -264,7 +296,7 @@ def _exists_locally(dataset_id: str) -> bool:
 
     try:
         return (get_dataset_path(dataset_id) / "data" / "metadata.json").exists()
-    except Exception:  # malformed ids are reported by load_dataset with a better message
+    except (OSError, ValueError):  # malformed ids are reported by load_dataset with a better message
         return False
 
 
@@ -274,7 +306,7 @@ def _unknown_id_error(dataset_id: str, cause: Exception) -> DatasetError:
     root = os.environ.get("MINARI_DATASETS_PATH", "~/.minari/datasets (default; set MINARI_DATASETS_PATH)")
     try:
         local = sorted(minari.list_local_datasets().keys())
-    except Exception:  # a broken root must not hide the original error
+    except (OSError, ValueError, KeyError):  # a broken root must not hide the original error
         local = []
     listing = "\n  ".join(local) if local else "(none)"
     return DatasetError(
@@ -295,7 +327,9 @@ def _check_box(ds_name: str, what: str, space: Any) -> None:
             f"(continuous vectors). Flatten it (gymnasium.wrappers.FlattenObservation) when generating the data."
         )
     if len(space.shape) != 1:
-        raise DatasetError(f"dataset {ds_name!r}: {what} has shape {space.shape}; only 1-D Box spaces are supported")
+        raise DatasetError(
+            f"dataset {ds_name!r}: {what} has shape {space.shape}; only 1-D Box spaces are supported"
+        )
 
 
 def _check_finite(ds_name: str, field_name: str, arr: np.ndarray, episode_of: np.ndarray) -> None:
@@ -319,8 +353,10 @@ def _load_one(dataset: Any) -> dict[str, Any]:
     n_total = int(dataset.total_steps)
     episode_indices = np.asarray(dataset.episode_indices)
     if n_total == 0 or len(episode_indices) == 0:
-        raise DatasetError(f"dataset {name!r} is empty (total_steps={n_total}, "
-                           f"episodes={len(episode_indices)}); nothing to train on")
+        raise DatasetError(
+            f"dataset {name!r} is empty (total_steps={n_total}, "
+            f"episodes={len(episode_indices)}); nothing to train on"
+        )
     obs_dim = dataset.observation_space.shape[0]
     act_dim = dataset.action_space.shape[0]
     obs = np.empty((n_total, obs_dim), np.float32)
@@ -334,35 +370,52 @@ def _load_one(dataset: Any) -> dict[str, Any]:
     pos = 0
     for k, ep in enumerate(dataset.storage.get_episodes(episode_indices)):
         t = len(ep["actions"])
-        lengths = {"observations": len(ep["observations"]), "actions": t, "rewards": len(ep["rewards"]),
-                   "terminations": len(ep["terminations"]), "truncations": len(ep["truncations"])}
-        if lengths["observations"] != t + 1 or any(v != t for key, v in lengths.items() if key != "observations"):
+        lengths = {
+            "observations": len(ep["observations"]),
+            "actions": t,
+            "rewards": len(ep["rewards"]),
+            "terminations": len(ep["terminations"]),
+            "truncations": len(ep["truncations"]),
+        }
+        if lengths["observations"] != t + 1 or any(
+            v != t for key, v in lengths.items() if key != "observations"
+        ):
             raise DatasetError(
                 f"dataset {name!r}, episode {ep['id']}: inconsistent lengths {lengths}; an episode of T steps "
                 f"needs T+1 observations and T actions/rewards/terminations/truncations."
             )
         if pos + t > n_total:
-            raise DatasetError(f"dataset {name!r}: episodes hold more steps than metadata total_steps={n_total} "
-                               f"(field 'total_steps' is stale); regenerate the metadata")
+            raise DatasetError(
+                f"dataset {name!r}: episodes hold more steps than metadata total_steps={n_total} "
+                f"(field 'total_steps' is stale); regenerate the metadata"
+            )
         o = np.asarray(ep["observations"], dtype=np.float32).reshape(t + 1, -1)
         if o.shape[1] != obs_dim:
-            raise DatasetError(f"dataset {name!r}, episode {ep['id']}: field 'observations' has width {o.shape[1]}, "
-                               f"observation_space says {obs_dim}")
-        obs[pos:pos + t] = o[:-1]
-        next_obs[pos:pos + t] = o[1:]
-        actions[pos:pos + t] = np.asarray(ep["actions"], dtype=np.float32).reshape(t, act_dim)
+            raise DatasetError(
+                f"dataset {name!r}, episode {ep['id']}: field 'observations' has width {o.shape[1]}, "
+                f"observation_space says {obs_dim}"
+            )
+        obs[pos : pos + t] = o[:-1]
+        next_obs[pos : pos + t] = o[1:]
+        actions[pos : pos + t] = np.asarray(ep["actions"], dtype=np.float32).reshape(t, act_dim)
         r = np.asarray(ep["rewards"], dtype=np.float64)
-        rewards[pos:pos + t] = r
-        terms[pos:pos + t] = np.asarray(ep["terminations"], dtype=np.bool_)
-        truncs[pos:pos + t] = np.asarray(ep["truncations"], dtype=np.bool_)
-        ep_ids[pos:pos + t] = k
+        rewards[pos : pos + t] = r
+        terms[pos : pos + t] = np.asarray(ep["terminations"], dtype=np.bool_)
+        truncs[pos : pos + t] = np.asarray(ep["truncations"], dtype=np.bool_)
+        ep_ids[pos : pos + t] = k
         ep_returns[k] = r.sum()  # float64 sum: exact enough to compare with env returns
         pos += t
     if pos != n_total:
-        raise DatasetError(f"dataset {name!r}: episodes hold {pos} steps but metadata total_steps={n_total}; "
-                           f"field 'total_steps' is inconsistent with the stored episodes")
-    for field_name, arr in (("observations", obs), ("next_observations", next_obs), ("actions", actions),
-                            ("rewards", rewards)):
+        raise DatasetError(
+            f"dataset {name!r}: episodes hold {pos} steps but metadata total_steps={n_total}; "
+            f"field 'total_steps' is inconsistent with the stored episodes"
+        )
+    for field_name, arr in (
+        ("observations", obs),
+        ("next_observations", next_obs),
+        ("actions", actions),
+        ("rewards", rewards),
+    ):
         _check_finite(name, field_name, arr, ep_ids)
     meta = dataset.storage.metadata
     eval_spec = meta.get("eval_env_spec")
@@ -371,14 +424,24 @@ def _load_one(dataset: Any) -> dict[str, Any]:
 
         eval_spec = EnvSpec.from_json(eval_spec)
     space = dataset.action_space
-    return dict(
-        name=name, obs=obs, next_obs=next_obs, actions=actions, rewards=rewards, terms=terms, truncs=truncs,
-        ep_ids=ep_ids, ep_returns=ep_returns, action_low=np.asarray(space.low, np.float32),
-        action_high=np.asarray(space.high, np.float32), env_spec=dataset.env_spec,
-        eval_env_spec=eval_spec or dataset.env_spec,
-        ref_min_score=meta.get("ref_min_score"), ref_max_score=meta.get("ref_max_score"),
-        time=time.perf_counter() - t0,
-    )
+    return {
+        "name": name,
+        "obs": obs,
+        "next_obs": next_obs,
+        "actions": actions,
+        "rewards": rewards,
+        "terms": terms,
+        "truncs": truncs,
+        "ep_ids": ep_ids,
+        "ep_returns": ep_returns,
+        "action_low": np.asarray(space.low, np.float32),
+        "action_high": np.asarray(space.high, np.float32),
+        "env_spec": dataset.env_spec,
+        "eval_env_spec": eval_spec or dataset.env_spec,
+        "ref_min_score": meta.get("ref_min_score"),
+        "ref_max_score": meta.get("ref_max_score"),
+        "time": time.perf_counter() - t0,
+    }
 
 
 def _open(dataset_id: str) -> Any:
@@ -403,17 +466,26 @@ def _build(parts: list[dict[str, Any]], device: torch.device, name: str) -> Offl
                 raise DatasetError(
                     f"cannot concatenate {first['name']!r} and {p['name']!r}: field "
                     f"{'observations' if key == 'obs' else 'actions'} widths differ "
-                    f"({first[key].shape[1]} vs {p[key].shape[1]})")
-        if not (np.allclose(p["action_low"], first["action_low"]) and np.allclose(p["action_high"], first["action_high"])):
-            raise DatasetError(f"cannot concatenate {first['name']!r} and {p['name']!r}: action bounds differ")
+                    f"({first[key].shape[1]} vs {p[key].shape[1]})"
+                )
+        if not (
+            np.allclose(p["action_low"], first["action_low"])
+            and np.allclose(p["action_high"], first["action_high"])
+        ):
+            raise DatasetError(
+                f"cannot concatenate {first['name']!r} and {p['name']!r}: action bounds differ"
+            )
 
     def cat(key: str) -> np.ndarray:
         # With one part this is the array itself: no copy.
         return parts[0][key] if len(parts) == 1 else np.concatenate([p[key] for p in parts])
 
     offsets = np.cumsum([0] + [len(p["ep_returns"]) for p in parts[:-1]])
-    ep_ids = cat("ep_ids") if len(parts) == 1 else np.concatenate(
-        [p["ep_ids"] + off for p, off in zip(parts, offsets)])
+    ep_ids = (
+        cat("ep_ids")
+        if len(parts) == 1
+        else np.concatenate([p["ep_ids"] + off for p, off in zip(parts, offsets)])
+    )
     ep_returns = cat("ep_returns")
     refs = {(p["ref_min_score"], p["ref_max_score"]) for p in parts}
     ref_min, ref_max = first["ref_min_score"], first["ref_max_score"]
@@ -431,10 +503,14 @@ def _build(parts: list[dict[str, Any]], device: torch.device, name: str) -> Offl
         episode_ids=_to_tensor(ep_ids, device),
         returns=_to_tensor(ep_returns[ep_ids].astype(np.float32), device),
         episode_returns=_to_tensor(ep_returns, device),
-        action_low=first["action_low"], action_high=first["action_high"],
-        env_spec=first["env_spec"], eval_env_spec=first["eval_env_spec"],
-        ref_min_score=ref_min, ref_max_score=ref_max,
-        source_ids=[p["name"] for p in parts], load_time_s=sum(p["time"] for p in parts),
+        action_low=first["action_low"],
+        action_high=first["action_high"],
+        env_spec=first["env_spec"],
+        eval_env_spec=first["eval_env_spec"],
+        ref_min_score=ref_min,
+        ref_max_score=ref_max,
+        source_ids=[p["name"] for p in parts],
+        load_time_s=sum(p["time"] for p in parts),
     )
 
 
@@ -466,7 +542,9 @@ def load_dataset(
         items = [dataset]
         name = getattr(getattr(dataset, "spec", None), "dataset_id", None)
         if name is None:
-            raise TypeError(f"expected a Minari dataset id, MinariDataset or list of them, got {type(dataset).__name__}")
+            raise TypeError(
+                f"expected a Minari dataset id, MinariDataset or list of them, got {type(dataset).__name__}"
+            )
     parts = [_load_one(_open(it) if isinstance(it, str) else it) for it in items]
     data = _build(parts, device, name)
     data.load_time_s = time.perf_counter() - t0
@@ -481,13 +559,26 @@ def concatenate(datasets: Iterable[OfflineData], name: str | None = None) -> Off
     device = ds[0].device
     parts = []
     for d in ds:
-        parts.append(dict(
-            name=d.name, obs=d.observations.cpu().numpy(), next_obs=d.next_observations.cpu().numpy(),
-            actions=d.actions.cpu().numpy(), rewards=d.rewards.cpu().numpy(),
-            terms=d.dones.cpu().numpy().astype(bool), truncs=d.truncations.cpu().numpy(),
-            ep_ids=d.episode_ids.cpu().numpy(), ep_returns=d.episode_returns.cpu().numpy(),
-            action_low=d.action_low, action_high=d.action_high, env_spec=d.env_spec, eval_env_spec=d.eval_env_spec,
-            ref_min_score=d.ref_min_score, ref_max_score=d.ref_max_score, time=d.load_time_s))
+        parts.append(
+            {
+                "name": d.name,
+                "obs": d.observations.cpu().numpy(),
+                "next_obs": d.next_observations.cpu().numpy(),
+                "actions": d.actions.cpu().numpy(),
+                "rewards": d.rewards.cpu().numpy(),
+                "terms": d.dones.cpu().numpy().astype(bool),
+                "truncs": d.truncations.cpu().numpy(),
+                "ep_ids": d.episode_ids.cpu().numpy(),
+                "ep_returns": d.episode_returns.cpu().numpy(),
+                "action_low": d.action_low,
+                "action_high": d.action_high,
+                "env_spec": d.env_spec,
+                "eval_env_spec": d.eval_env_spec,
+                "ref_min_score": d.ref_min_score,
+                "ref_max_score": d.ref_max_score,
+                "time": d.load_time_s,
+            }
+        )
     return _build(parts, device, name or "+".join(d.name for d in ds))
 
 
@@ -498,4 +589,3 @@ def combine_on_disk(dataset_ids: Sequence[str], new_dataset_id: str) -> Any:
     import minari
 
     return minari.combine_datasets([_open(i) for i in dataset_ids], new_dataset_id)
-

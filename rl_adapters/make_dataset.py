@@ -34,8 +34,15 @@ import torch.nn.functional as F
 
 from .networks import DeterministicActor, TwinCritic, soft_update
 
-__all__ = ["make_tiny_dataset", "make_suite", "rollout_episodes", "write_dataset", "OnlineTD3",
-           "pendulum_pd_policy", "random_policy"]
+__all__ = [
+    "OnlineTD3",
+    "make_suite",
+    "make_tiny_dataset",
+    "pendulum_pd_policy",
+    "random_policy",
+    "rollout_episodes",
+    "write_dataset",
+]
 
 Policy = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
@@ -83,8 +90,14 @@ def pendulum_pd_policy(obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(np.array([a], np.float32), -3.0, 3.0)
 
 
-def rollout_episodes(env: Any, policy: Policy, episodes: int | None = None, steps: int | None = None,
-                     seed: int = 0, noise: float = 0.0) -> list[Episode]:
+def rollout_episodes(
+    env: Any,
+    policy: Policy,
+    episodes: int | None = None,
+    steps: int | None = None,
+    seed: int = 0,
+    noise: float = 0.0,
+) -> list[Episode]:
     """Roll ``policy`` (raw obs, numpy Generator) -> action until ``episodes`` episodes or ``steps`` transitions.
 
     Gaussian noise ``N(0, (noise * h)^2)`` (``h`` the action half-range) is added and the action clipped.
@@ -121,9 +134,17 @@ def rollout_episodes(env: Any, policy: Policy, episodes: int | None = None, step
     return out
 
 
-def write_dataset(dataset_id: str, env: Any, episodes: list[Episode], ref_min_score: float | None,
-                  ref_max_score: float | None, algorithm_name: str, description: str,
-                  root: str | os.PathLike | None = None, overwrite: bool = True) -> Any:
+def write_dataset(
+    dataset_id: str,
+    env: Any,
+    episodes: list[Episode],
+    ref_min_score: float | None,
+    ref_max_score: float | None,
+    algorithm_name: str,
+    description: str,
+    root: str | os.PathLike | None = None,
+    overwrite: bool = True,
+) -> Any:
     """Write ``episodes`` as Minari dataset ``dataset_id`` (via ``create_dataset_from_buffers``)."""
     import minari
     from minari.data_collector import EpisodeBuffer
@@ -133,15 +154,31 @@ def write_dataset(dataset_id: str, env: Any, episodes: list[Episode], ref_min_sc
             if not overwrite:
                 raise FileExistsError(f"dataset {dataset_id!r} already exists; pass overwrite=True")
             minari.delete_dataset(dataset_id)
-        buffers = [EpisodeBuffer(id=i, seed=ep.seed, observations=ep.observations, actions=ep.actions,
-                                 rewards=list(ep.rewards), terminations=list(ep.terminations),
-                                 truncations=list(ep.truncations)) for i, ep in enumerate(episodes)]
+        buffers = [
+            EpisodeBuffer(
+                id=i,
+                seed=ep.seed,
+                observations=ep.observations,
+                actions=ep.actions,
+                rewards=list(ep.rewards),
+                terminations=list(ep.terminations),
+                truncations=list(ep.truncations),
+            )
+            for i, ep in enumerate(episodes)
+        ]
         return minari.create_dataset_from_buffers(
-            dataset_id, buffers, env=env, eval_env=env.spec, algorithm_name=algorithm_name,
-            author="bilevel rl_adapters", author_email="rl_adapters@localhost", code_permalink="local",
+            dataset_id,
+            buffers,
+            env=env,
+            eval_env=env.spec,
+            algorithm_name=algorithm_name,
+            author="bilevel rl_adapters",
+            author_email="rl_adapters@localhost",
+            code_permalink="local",
             ref_min_score=None if ref_min_score is None else float(ref_min_score),
             ref_max_score=None if ref_max_score is None else float(ref_max_score),
-            description=description)
+            description=description,
+        )
 
 
 def make_tiny_dataset(
@@ -168,7 +205,7 @@ def make_tiny_dataset(
 
     env = gym.make(env_id, max_episode_steps=max_episode_steps)
     if policies is None:
-        policies = ({"good": pendulum_pd_policy} if env_id.startswith("InvertedPendulum") else {})
+        policies = {"good": pendulum_pd_policy} if env_id.startswith("InvertedPendulum") else {}
         policies = {**policies, "bad": random_policy(env.action_space)}
     counts = {k: (episodes[k] if isinstance(episodes, Mapping) else int(episodes)) for k in policies}
     all_eps: list[Episode] = []
@@ -181,9 +218,16 @@ def make_tiny_dataset(
     hi = max(means.values()) if ref_max_score is None else ref_max_score
     if hi == lo:
         hi = lo + 1.0  # one behaviour policy: keep the normalised score defined
-    ds = write_dataset(dataset_id, env, all_eps, lo, hi, algorithm_name="scripted: " + ", ".join(policies),
-                       description=f"tiny test dataset, episodes per policy {counts}, mean returns {means}",
-                       root=root)
+    ds = write_dataset(
+        dataset_id,
+        env,
+        all_eps,
+        lo,
+        hi,
+        algorithm_name="scripted: " + ", ".join(policies),
+        description=f"tiny test dataset, episodes per policy {counts}, mean returns {means}",
+        root=root,
+    )
     env.close()
     return ds
 
@@ -193,8 +237,18 @@ class OnlineTD3:
     """Plain TD3 for collecting behaviour data (not an offline algorithm): twin critics, target
     policy smoothing (0.2 / 0.5 of the action half-range), delayed actor updates every 2 steps."""
 
-    def __init__(self, obs_dim: int, act_dim: int, low: np.ndarray, high: np.ndarray, seed: int = 0,
-                 hidden: int = 256, lr: float = 3e-4, buffer_size: int = 1_000_000, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        low: np.ndarray,
+        high: np.ndarray,
+        seed: int = 0,
+        hidden: int = 256,
+        lr: float = 3e-4,
+        buffer_size: int = 1_000_000,
+        device: str = "cpu",
+    ) -> None:
         torch.manual_seed(seed)
         self.device = torch.device(device)
         self.actor = DeterministicActor(obs_dim, act_dim, low, high, (hidden, hidden)).to(self.device)
@@ -207,8 +261,13 @@ class OnlineTD3:
         self.low = torch.as_tensor(low, dtype=torch.float32, device=self.device)
         self.high = torch.as_tensor(high, dtype=torch.float32, device=self.device)
         n = buffer_size
-        self.buf = {"o": np.zeros((n, obs_dim), np.float32), "a": np.zeros((n, act_dim), np.float32),
-                    "r": np.zeros(n, np.float32), "o2": np.zeros((n, obs_dim), np.float32), "d": np.zeros(n, np.float32)}
+        self.buf = {
+            "o": np.zeros((n, obs_dim), np.float32),
+            "a": np.zeros((n, act_dim), np.float32),
+            "r": np.zeros(n, np.float32),
+            "o2": np.zeros((n, obs_dim), np.float32),
+            "d": np.zeros(n, np.float32),
+        }
         self.size = self.ptr = self.updates = 0
         self.rng = np.random.default_rng(seed)
 
@@ -225,7 +284,9 @@ class OnlineTD3:
 
     def train_step(self, batch_size: int = 256, gamma: float = 0.99, tau: float = 0.005) -> None:
         idx = self.rng.integers(0, self.size, batch_size)
-        o, a, r, o2, d = (torch.as_tensor(self.buf[k][idx], device=self.device) for k in ("o", "a", "r", "o2", "d"))
+        o, a, r, o2, d = (
+            torch.as_tensor(self.buf[k][idx], device=self.device) for k in ("o", "a", "r", "o2", "d")
+        )
         with torch.no_grad():
             noise = (torch.randn_like(a) * 0.2 * self.half).clamp(-0.5 * self.half, 0.5 * self.half)
             a2 = torch.max(torch.min(self.actor_t(o2) + noise, self.high), self.low)
@@ -307,8 +368,15 @@ def make_suite(
         cur["tr"].append(bool(trunc))
         obs = nobs
         if term or trunc:
-            learner_eps.append(Episode(np.stack(cur["o"]), np.stack(cur["a"]), np.asarray(cur["r"]),
-                                       np.asarray(cur["te"]), np.asarray(cur["tr"])))
+            learner_eps.append(
+                Episode(
+                    np.stack(cur["o"]),
+                    np.stack(cur["a"]),
+                    np.asarray(cur["r"]),
+                    np.asarray(cur["te"]),
+                    np.asarray(cur["tr"]),
+                )
+            )
             ep_end_step.append(t)
             obs, _ = env.reset()
             cur = {"o": [np.asarray(obs, np.float32)], "a": [], "r": [], "te": [], "tr": []}
@@ -317,7 +385,9 @@ def make_suite(
         if t % eval_every == 0:
             score = eval_actor(agent.actor.cpu(), eval_episodes, 10_000 + t)
             agent.actor.to(agent.device)
-            snapshots.append((t, score, {k: v.detach().cpu().clone() for k, v in agent.actor.state_dict().items()}))
+            snapshots.append(
+                (t, score, {k: v.detach().cpu().clone() for k, v in agent.actor.state_dict().items()})
+            )
             if verbose:
                 print(f"[make-dataset] {env_id} step {t}: deterministic return {score:.1f}", flush=True)
     if not snapshots:
@@ -328,8 +398,9 @@ def make_suite(
         a.load_state_dict(sd)
         return a.eval()
 
-    rand_eps = rollout_episodes(env, random_policy(env.action_space), steps=random_steps or dataset_steps // 2,
-                                seed=seed + 1)
+    rand_eps = rollout_episodes(
+        env, random_policy(env.action_space), steps=random_steps or dataset_steps // 2, seed=seed + 1
+    )
     ref_min = float(np.mean([e.ret for e in rand_eps]))
     best_step, _, best_sd = max(snapshots, key=lambda s: s[1])
     expert_actor = actor_from(best_sd)
@@ -344,23 +415,48 @@ def make_suite(
         replay.append(ep)
     sets = {
         "random": (rand_eps, "uniform random actions"),
-        "medium": (rollout_episodes(env, _policy_from_actor(medium_actor), steps=dataset_steps, seed=seed + 2,
-                                    noise=noise), f"TD3 checkpoint at {medium_step} steps, Gaussian action noise {noise}"),
+        "medium": (
+            rollout_episodes(
+                env, _policy_from_actor(medium_actor), steps=dataset_steps, seed=seed + 2, noise=noise
+            ),
+            f"TD3 checkpoint at {medium_step} steps, Gaussian action noise {noise}",
+        ),
         "medium-replay": (replay or learner_eps[:1], f"TD3 learner episodes up to step {medium_step}"),
-        "expert": (rollout_episodes(env, _policy_from_actor(expert_actor), steps=dataset_steps, seed=seed + 3,
-                                    noise=noise), f"TD3 best checkpoint at {best_step} steps, Gaussian action noise {noise}"),
+        "expert": (
+            rollout_episodes(
+                env, _policy_from_actor(expert_actor), steps=dataset_steps, seed=seed + 3, noise=noise
+            ),
+            f"TD3 best checkpoint at {best_step} steps, Gaussian action noise {noise}",
+        ),
     }
-    summary: dict[str, Any] = {"env": env_id, "ref_min_score": ref_min, "ref_max_score": ref_max,
-                               "medium_step": medium_step, "medium_eval_return": medium_score,
-                               "expert_step": best_step, "datasets": {}}
+    summary: dict[str, Any] = {
+        "env": env_id,
+        "ref_min_score": ref_min,
+        "ref_max_score": ref_max,
+        "medium_step": medium_step,
+        "medium_eval_return": medium_score,
+        "expert_step": best_step,
+        "datasets": {},
+    }
     for kind, (eps, algo_name) in sets.items():
         ds_id = f"{namespace}/{kind}-{version}"
-        write_dataset(ds_id, env, eps, ref_min, ref_max, algorithm_name=algo_name,
-                      description=f"{kind} data for {env_id} generated by rl_adapters.make_dataset", root=root)
+        write_dataset(
+            ds_id,
+            env,
+            eps,
+            ref_min,
+            ref_max,
+            algorithm_name=algo_name,
+            description=f"{kind} data for {env_id} generated by rl_adapters.make_dataset",
+            root=root,
+        )
         rets = [e.ret for e in eps]
-        summary["datasets"][ds_id] = {"steps": int(sum(len(e.rewards) for e in eps)), "episodes": len(eps),
-                                      "mean_return": float(np.mean(rets)),
-                                      "normalized": 100 * (float(np.mean(rets)) - ref_min) / (ref_max - ref_min)}
+        summary["datasets"][ds_id] = {
+            "steps": int(sum(len(e.rewards) for e in eps)),
+            "episodes": len(eps),
+            "mean_return": float(np.mean(rets)),
+            "normalized": 100 * (float(np.mean(rets)) - ref_min) / (ref_max - ref_min),
+        }
     summary["wall_time_s"] = time.perf_counter() - t_start
     env.close()
     eval_env.close()
@@ -375,21 +471,40 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-steps", type=int, default=300_000, help="online TD3 environment steps")
     p.add_argument("--dataset-steps", type=int, default=100_000, help="transitions per medium/expert dataset")
     p.add_argument("--start-steps", type=int, default=10_000, help="uniform-random warm-up steps")
-    p.add_argument("--eval-every", type=int, default=5_000, help="snapshot + evaluate the learner every N steps")
+    p.add_argument(
+        "--eval-every", type=int, default=5_000, help="snapshot + evaluate the learner every N steps"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--version", default="v0")
-    p.add_argument("--tiny", action="store_true",
-                   help="instead write one tiny scripted dataset <namespace>/mixed-<version> (no training)")
+    p.add_argument(
+        "--tiny",
+        action="store_true",
+        help="instead write one tiny scripted dataset <namespace>/mixed-<version> (no training)",
+    )
 
 
 def run_from_args(args: argparse.Namespace) -> int:
     if args.tiny:
-        ds = make_tiny_dataset(f"{args.namespace}/mixed-{args.version}", env_id=args.env, root=args.root, seed=args.seed)
-        print(json.dumps({"dataset": ds.spec.dataset_id, "steps": ds.total_steps, "episodes": ds.total_episodes}))
+        ds = make_tiny_dataset(
+            f"{args.namespace}/mixed-{args.version}", env_id=args.env, root=args.root, seed=args.seed
+        )
+        print(
+            json.dumps(
+                {"dataset": ds.spec.dataset_id, "steps": ds.total_steps, "episodes": ds.total_episodes}
+            )
+        )
         return 0
-    summary = make_suite(args.env, args.namespace, root=args.root, train_steps=args.train_steps,
-                         dataset_steps=args.dataset_steps, start_steps=args.start_steps, eval_every=args.eval_every,
-                         seed=args.seed, version=args.version)
+    summary = make_suite(
+        args.env,
+        args.namespace,
+        root=args.root,
+        train_steps=args.train_steps,
+        dataset_steps=args.dataset_steps,
+        start_steps=args.start_steps,
+        eval_every=args.eval_every,
+        seed=args.seed,
+        version=args.version,
+    )
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["mlp", "DeterministicActor", "TwinCritic", "ValueNet", "soft_update"]
+__all__ = ["DeterministicActor", "TwinCritic", "ValueNet", "mlp", "soft_update"]
 
 
 def mlp(
@@ -46,9 +46,15 @@ class DeterministicActor(nn.Module):
     For the usual symmetric bounds ``[-m, m]`` this is ``m * tanh(f(s))``.
     """
 
-    def __init__(self, obs_dim: int, act_dim: int, action_low: np.ndarray | Sequence[float],
-                 action_high: np.ndarray | Sequence[float], hidden: Sequence[int] = (256, 256),
-                 layer_norm: bool = False) -> None:
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        action_low: np.ndarray | Sequence[float],
+        action_high: np.ndarray | Sequence[float],
+        hidden: Sequence[int] = (256, 256),
+        layer_norm: bool = False,
+    ) -> None:
         super().__init__()
         self.net = mlp(obs_dim, act_dim, hidden, layer_norm)
         low = torch.as_tensor(np.asarray(action_low, dtype=np.float32))
@@ -64,8 +70,9 @@ class DeterministicActor(nn.Module):
 class TwinCritic(nn.Module):
     """Two independent Q networks ``Q_i(s, a) = f_i([s, a])``; ``forward`` returns ``(Q1, Q2)``, each ``(B,)``."""
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (256, 256),
-                 layer_norm: bool = False) -> None:
+    def __init__(
+        self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (256, 256), layer_norm: bool = False
+    ) -> None:
         super().__init__()
         self.q1 = mlp(obs_dim + act_dim, 1, hidden, layer_norm)
         self.q2 = mlp(obs_dim + act_dim, 1, hidden, layer_norm)

@@ -28,7 +28,14 @@ from .algorithms import Algorithm, make_algorithm, make_config
 from .data import OfflineData, load_dataset
 from .evaluation import evaluate
 
-__all__ = ["TrainConfig", "NonFiniteLossError", "train", "resolve_device", "save_checkpoint", "load_checkpoint"]
+__all__ = [
+    "NonFiniteLossError",
+    "TrainConfig",
+    "load_checkpoint",
+    "resolve_device",
+    "save_checkpoint",
+    "train",
+]
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -67,7 +74,9 @@ def resolve_device(device: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda requested but torch.cuda.is_available() is False (CPU-only torch build?)")
+        raise ValueError(
+            "--device cuda requested but torch.cuda.is_available() is False (CPU-only torch build?)"
+        )
     return dev
 
 
@@ -115,7 +124,11 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
     """Drop metric lines written after the checkpoint we resume from (they will be written again)."""
     if not path.exists():
         return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= last_step]
+    keep = [
+        ln
+        for ln in path.read_text().splitlines()
+        if ln.strip() and json.loads(ln).get("step", 0) <= last_step
+    ]
     path.write_text("".join(ln + "\n" for ln in keep))
 
 
@@ -149,14 +162,24 @@ def _plot_curve(metrics_path: Path, png: Path, title: str) -> None:
 
 
 def _evaluate(algo: Algorithm, data: OfflineData, cfg: TrainConfig, step: int) -> dict[str, Any]:
-    res = evaluate(algo, data, episodes=cfg.eval_episodes, seed=cfg.seed * 10_000,
-                   normalized=cfg.normalized_score)
-    return {"step": step, "eval_return": res.mean_return, "eval_return_std": res.std_return,
-            "eval_normalized_score": res.normalized_score, "eval_episode_length": float(res.lengths.mean())}
+    res = evaluate(
+        algo, data, episodes=cfg.eval_episodes, seed=cfg.seed * 10_000, normalized=cfg.normalized_score
+    )
+    return {
+        "step": step,
+        "eval_return": res.mean_return,
+        "eval_return_std": res.std_return,
+        "eval_normalized_score": res.normalized_score,
+        "eval_episode_length": float(res.lengths.mean()),
+    }
 
 
-def train(cfg: TrainConfig, resume: bool = False, max_steps_this_session: int | None = None,
-          data: OfflineData | None = None) -> dict[str, Any]:
+def train(
+    cfg: TrainConfig,
+    resume: bool = False,
+    max_steps_this_session: int | None = None,
+    data: OfflineData | None = None,
+) -> dict[str, Any]:
     """Train ``cfg.algo`` on ``cfg.dataset`` for ``cfg.steps`` updates, writing into ``cfg.out``.
 
     Files: ``config.json``, ``metrics.jsonl`` (one JSON object per line: training means every
@@ -175,7 +198,11 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_session: int | 
         data = load_dataset(cfg.dataset, device)
     elif data.device != device:
         data = data.to(device)
-    if cfg.normalized_score and cfg.eval_episodes > 0 and (data.ref_min_score is None or data.ref_max_score is None):
+    if (
+        cfg.normalized_score
+        and cfg.eval_episodes > 0
+        and (data.ref_min_score is None or data.ref_max_score is None)
+    ):
         from .evaluation import normalized_score
 
         normalized_score(0.0, data.ref_min_score, data.ref_max_score, f"dataset {data.name!r}")  # raises
@@ -183,16 +210,26 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_session: int | 
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
-    algo = make_algorithm(cfg.algo, data.obs_dim, data.act_dim, data.stats, device=device, seed=cfg.seed,
-                          total_steps=cfg.steps, **cfg.hparams)
+    algo = make_algorithm(
+        cfg.algo,
+        data.obs_dim,
+        data.act_dim,
+        data.stats,
+        device=device,
+        seed=cfg.seed,
+        total_steps=cfg.steps,
+        **cfg.hparams,
+    )
     sampler = data.make_generator(cfg.seed)
     batch_size = algo.config.batch_size
     metrics_path, ckpt_path = out / "metrics.jsonl", out / CHECKPOINT
     start, train_time, prev_wall, last_eval = 0, 0.0, 0.0, None
     if resume:
         if not ckpt_path.exists():
-            raise FileNotFoundError(f"--resume {out}: no {CHECKPOINT} there (the run never reached a checkpoint); "
-                                    f"start it again without --resume")
+            raise FileNotFoundError(
+                f"--resume {out}: no {CHECKPOINT} there (the run never reached a checkpoint); "
+                f"start it again without --resume"
+            )
         state = load_checkpoint(ckpt_path, algo, sampler)
         start, train_time, prev_wall = state["step"], state["train_time_s"], state["wall_time_s"]
         last_eval = state.get("last_eval")
@@ -201,8 +238,10 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_session: int | 
         metrics_path.write_text("")
         for stale in (out / "summary.json", ckpt_path):
             stale.unlink(missing_ok=True)
-    _atomic_write_json(out / "config.json", dataclasses.asdict(cfg) | {"resolved_device": str(device),
-                                                                      "dataset_size": len(data)})
+    _atomic_write_json(
+        out / "config.json",
+        dataclasses.asdict(cfg) | {"resolved_device": str(device), "dataset_size": len(data)},
+    )
 
     writer = None
     if cfg.tensorboard:
@@ -212,8 +251,14 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_session: int | 
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=cfg.steps, initial=start, disable=not cfg.progress, desc=f"{cfg.algo} {cfg.dataset}",
-               dynamic_ncols=True, file=sys.stderr)
+    bar = tqdm(
+        total=cfg.steps,
+        initial=start,
+        disable=not cfg.progress,
+        desc=f"{cfg.algo} {cfg.dataset}",
+        dynamic_ncols=True,
+        file=sys.stderr,
+    )
     session_start = time.perf_counter()
     sums: dict[str, float] = {}
     n_sum = 0
@@ -228,9 +273,18 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_session: int | 
                     writer.add_scalar(k, v, row["step"])
 
     def checkpoint(step: int) -> None:
-        save_checkpoint(ckpt_path, algo, sampler, {
-            "step": step, "train_time_s": train_time, "last_eval": last_eval,
-            "wall_time_s": prev_wall + time.perf_counter() - session_start, "config": dataclasses.asdict(cfg)})
+        save_checkpoint(
+            ckpt_path,
+            algo,
+            sampler,
+            {
+                "step": step,
+                "train_time_s": train_time,
+                "last_eval": last_eval,
+                "wall_time_s": prev_wall + time.perf_counter() - session_start,
+                "config": dataclasses.asdict(cfg),
+            },
+        )
 
     step = start
     status = "finished"
@@ -244,40 +298,65 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_session: int | 
                 raise NonFiniteLossError(
                     f"step {step}: non-finite {', '.join(f'{k}={info[k]}' for k in bad)} for {cfg.algo} on "
                     f"{cfg.dataset}; stopped. Last good checkpoint kept at {ckpt_path} "
-                    f"(lower the learning rates or check the data).")
+                    f"(lower the learning rates or check the data)."
+                )
             for k, v in info.items():
                 sums[k] = sums.get(k, 0.0) + v
             n_sum += 1
             if step % cfg.log_every == 0 or step == cfg.steps:
-                row = {"step": step, **{k: v / n_sum for k, v in sums.items()},
-                       "updates_per_s": n_sum / max(train_time - window_train, 1e-9)}
+                row = {
+                    "step": step,
+                    **{k: v / n_sum for k, v in sums.items()},
+                    "updates_per_s": n_sum / max(train_time - window_train, 1e-9),
+                }
                 log(row)
-                bar.set_postfix({k: f"{row[k]:.3g}" for k in row if k.endswith("loss")}
-                                | ({"score": f"{last_eval:.1f}"} if last_eval is not None else {}), refresh=False)
+                bar.set_postfix(
+                    {k: f"{row[k]:.3g}" for k in row if k.endswith("loss")}
+                    | ({"score": f"{last_eval:.1f}"} if last_eval is not None else {}),
+                    refresh=False,
+                )
                 sums, n_sum, window_train = {}, 0, train_time
-            if cfg.eval_episodes > 0 and cfg.eval_every > 0 and step % cfg.eval_every == 0 and step != cfg.steps:
+            if (
+                cfg.eval_episodes > 0
+                and cfg.eval_every > 0
+                and step % cfg.eval_every == 0
+                and step != cfg.steps
+            ):
                 row = _evaluate(algo, data, cfg, step)
                 last_eval = row["eval_normalized_score"] if cfg.normalized_score else row["eval_return"]
                 log(row)
             if cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0 and step != cfg.steps:
                 checkpoint(step)
             bar.update(1)
-            if max_steps_this_session is not None and step - start >= max_steps_this_session and step < cfg.steps:
+            if (
+                max_steps_this_session is not None
+                and step - start >= max_steps_this_session
+                and step < cfg.steps
+            ):
                 checkpoint(step)
                 status = "interrupted"
                 break
     finally:
         bar.close()
 
-    summary: dict[str, Any] = {"status": status, "algo": cfg.algo, "dataset": cfg.dataset, "seed": cfg.seed,
-                               "steps": step, "device": str(device),
-                               "updates_per_s": (step / train_time) if train_time > 0 else None}
+    summary: dict[str, Any] = {
+        "status": status,
+        "algo": cfg.algo,
+        "dataset": cfg.dataset,
+        "seed": cfg.seed,
+        "steps": step,
+        "device": str(device),
+        "updates_per_s": (step / train_time) if train_time > 0 else None,
+    }
     if status == "finished":
         final = _evaluate(algo, data, cfg, step) if cfg.eval_episodes > 0 else {}
         if final:
             log(final)
-            summary.update(final_normalized_score=final["eval_normalized_score"], final_return=final["eval_return"],
-                           final_return_std=final["eval_return_std"])
+            summary.update(
+                final_normalized_score=final["eval_normalized_score"],
+                final_return=final["eval_return"],
+                final_return_std=final["eval_return_std"],
+            )
             last_eval = final["eval_normalized_score"] if cfg.normalized_score else final["eval_return"]
         checkpoint(step)
     summary["wall_time_s"] = prev_wall + time.perf_counter() - session_start
@@ -287,5 +366,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_session: int | 
     if status == "finished":
         _atomic_write_json(out / "summary.json", summary)
         if cfg.plot:
-            _plot_curve(metrics_path, out / "learning_curve.png", f"{cfg.algo} on {cfg.dataset}, seed {cfg.seed}")
+            _plot_curve(
+                metrics_path, out / "learning_curve.png", f"{cfg.algo} on {cfg.dataset}, seed {cfg.seed}"
+            )
     return summary

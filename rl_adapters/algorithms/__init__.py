@@ -39,11 +39,36 @@ def make_config(name: str, **hparams: Any) -> Any:
     return cfg_cls(**hparams)
 
 
-def make_algorithm(name: str, obs_dim: int, act_dim: int, stats: DatasetStats, device: str | torch.device = "cpu",
-                   seed: int = 0, total_steps: int = 1_000_000, **hparams: Any) -> Algorithm:
+def make_algorithm(
+    name: str,
+    obs_dim: int,
+    act_dim: int,
+    stats: DatasetStats,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    total_steps: int = 1_000_000,
+    **hparams: Any,
+) -> Algorithm:
     """Build algorithm ``name`` with its ``Config`` overridden by ``hparams``."""
-    return ALGORITHMS[name](obs_dim, act_dim, stats, device=device, seed=seed, total_steps=total_steps,
-                           config=make_config(name, **hparams))
+    return ALGORITHMS[name](
+        obs_dim,
+        act_dim,
+        stats,
+        device=device,
+        seed=seed,
+        total_steps=total_steps,
+        config=make_config(name, **hparams),
+    )
 
 
-__all__ = ["ALGORITHMS", "Algorithm", "BaseConfig", "BC", "TD3BC", "IQL", "make_algorithm", "make_config", "register"]
+__all__ = [
+    "ALGORITHMS",
+    "BC",
+    "IQL",
+    "TD3BC",
+    "Algorithm",
+    "BaseConfig",
+    "make_algorithm",
+    "make_config",
+    "register",
+]

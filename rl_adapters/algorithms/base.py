@@ -7,6 +7,7 @@ what must survive a checkpoint in ``self.modules`` / ``self.optimizers`` / ``sel
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Any, ClassVar
 
@@ -41,8 +42,16 @@ class Algorithm:
     name: ClassVar[str] = "base"
     Config: ClassVar[type] = BaseConfig
 
-    def __init__(self, obs_dim: int, act_dim: int, stats: DatasetStats, device: str | torch.device = "cpu",
-                 seed: int = 0, total_steps: int = 1_000_000, config: Any = None) -> None:
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        stats: DatasetStats,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+        total_steps: int = 1_000_000,
+        config: Any = None,
+    ) -> None:
         self.obs_dim, self.act_dim = int(obs_dim), int(act_dim)
         self.stats = stats
         self.device = torch.device(device)
@@ -111,6 +120,9 @@ class Algorithm:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("algo") != self.name:
             raise ValueError(f"checkpoint is for algorithm {state.get('algo')!r}, not {self.name!r}")
+        # Optimizer.load_state_dict keeps tensors that are already on the right device/dtype by reference;
+        # copying avoids two live algorithms sharing Adam moments when a state is passed in memory.
+        state = copy.deepcopy(state)
         self.step = int(state["step"])
         for k, m in self.modules.items():
             m.load_state_dict(state["modules"][k])
@@ -118,7 +130,9 @@ class Algorithm:
             o.load_state_dict(state["optimizers"][k])
         for k, s in self.schedulers.items():
             s.load_state_dict(state["schedulers"][k])
-        self.generator.set_state(state["generator"].cpu() if hasattr(state["generator"], "cpu") else state["generator"])
+        self.generator.set_state(
+            state["generator"].cpu() if hasattr(state["generator"], "cpu") else state["generator"]
+        )
         self.load_extra_state(state.get("extra", {}))
 
     def extra_state(self) -> dict[str, Any]:
@@ -130,5 +144,10 @@ class Algorithm:
 
     def parameters_flat(self) -> torch.Tensor:
         """All network parameters and buffers concatenated (for bitwise comparisons in tests)."""
-        return torch.cat([t.detach().reshape(-1).float().cpu() for m in self.modules.values()
-                          for t in m.state_dict().values()])
+        return torch.cat(
+            [
+                t.detach().reshape(-1).float().cpu()
+                for m in self.modules.values()
+                for t in m.state_dict().values()
+            ]
+        )

@@ -23,8 +23,13 @@ class BC(Algorithm):
 
     def build(self) -> None:
         c = self.config
-        self.actor = DeterministicActor(self.obs_dim, self.act_dim, self.stats.action_low, self.stats.action_high,
-                                        hidden=(c.hidden_dim, c.hidden_dim))
+        self.actor = DeterministicActor(
+            self.obs_dim,
+            self.act_dim,
+            self.stats.action_low,
+            self.stats.action_high,
+            hidden=(c.hidden_dim, c.hidden_dim),
+        )
         self.modules = {"actor": self.actor}
 
     def build_optimizers(self) -> None:

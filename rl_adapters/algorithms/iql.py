@@ -48,13 +48,18 @@ class IQL(Algorithm):
     def build(self) -> None:
         c = self.config
         hidden = (c.hidden_dim, c.hidden_dim)
-        self.actor = DeterministicActor(self.obs_dim, self.act_dim, self.stats.action_low, self.stats.action_high,
-                                        hidden=hidden)
+        self.actor = DeterministicActor(
+            self.obs_dim, self.act_dim, self.stats.action_low, self.stats.action_high, hidden=hidden
+        )
         self.critic = TwinCritic(self.obs_dim, self.act_dim, hidden=hidden)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.value = ValueNet(self.obs_dim, hidden=hidden)
-        self.modules = {"actor": self.actor, "critic": self.critic, "critic_target": self.critic_target,
-                        "value": self.value}
+        self.modules = {
+            "actor": self.actor,
+            "critic": self.critic,
+            "critic_target": self.critic_target,
+            "value": self.value,
+        }
         self.reward_scale = self.stats.reward_scale if c.normalize_reward else 1.0
 
     def build_optimizers(self) -> None:
@@ -62,7 +67,9 @@ class IQL(Algorithm):
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=c.actor_lr)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=c.critic_lr)
         self.value_opt = torch.optim.Adam(self.value.parameters(), lr=c.value_lr)
-        self.actor_sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.actor_opt, T_max=max(1, self.total_steps))
+        self.actor_sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.actor_opt, T_max=max(1, self.total_steps)
+        )
         self.optimizers = {"actor": self.actor_opt, "critic": self.critic_opt, "value": self.value_opt}
         self.schedulers = {"actor": self.actor_sched}
 
@@ -96,5 +103,11 @@ class IQL(Algorithm):
         actor_loss.backward()
         self.actor_opt.step()
         self.actor_sched.step()
-        return {"value_loss": value_loss.item(), "critic_loss": critic_loss.item(), "actor_loss": actor_loss.item(),
-                "bc_loss": bc.mean().item(), "adv": adv.mean().item(), "actor_lr": self.actor_sched.get_last_lr()[0]}
+        return {
+            "value_loss": value_loss.item(),
+            "critic_loss": critic_loss.item(),
+            "actor_loss": actor_loss.item(),
+            "bc_loss": bc.mean().item(),
+            "adv": adv.mean().item(),
+            "actor_lr": self.actor_sched.get_last_lr()[0],
+        }

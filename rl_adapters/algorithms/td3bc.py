@@ -42,14 +42,23 @@ class TD3BC(Algorithm):
     def build(self) -> None:
         c = self.config
         hidden = (c.hidden_dim, c.hidden_dim)
-        self.actor = DeterministicActor(self.obs_dim, self.act_dim, self.stats.action_low, self.stats.action_high,
-                                        hidden=hidden)
-        self.critic = TwinCritic(self.obs_dim, self.act_dim, hidden=(c.hidden_dim,) * c.critic_hidden_layers,
-                                 layer_norm=c.critic_layer_norm)
+        self.actor = DeterministicActor(
+            self.obs_dim, self.act_dim, self.stats.action_low, self.stats.action_high, hidden=hidden
+        )
+        self.critic = TwinCritic(
+            self.obs_dim,
+            self.act_dim,
+            hidden=(c.hidden_dim,) * c.critic_hidden_layers,
+            layer_norm=c.critic_layer_norm,
+        )
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.modules = {"actor": self.actor, "critic": self.critic,
-                        "actor_target": self.actor_target, "critic_target": self.critic_target}
+        self.modules = {
+            "actor": self.actor,
+            "critic": self.critic,
+            "actor_target": self.actor_target,
+            "critic_target": self.critic_target,
+        }
 
     def build_optimizers(self) -> None:
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=self.config.actor_lr)
@@ -75,7 +84,9 @@ class TD3BC(Algorithm):
         # --- critic
         with torch.no_grad():
             noise = torch.randn(batch.actions.shape, device=self.device, generator=self.generator)
-            noise = (noise * c.policy_noise * half_range).clamp(-c.noise_clip * half_range, c.noise_clip * half_range)
+            noise = (noise * c.policy_noise * half_range).clamp(
+                -c.noise_clip * half_range, c.noise_clip * half_range
+            )
             low = self.actor.action_center - half_range
             high = self.actor.action_center + half_range
             next_action = torch.max(torch.min(self.actor_target(batch.next_obs) + noise, high), low)

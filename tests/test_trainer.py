@@ -1,0 +1,225 @@
+"""Trainer and CLI: outputs, bitwise resume (in-process hook and a killed subprocess), NaN handling."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from rl_adapters.cli import main
+from rl_adapters.trainer import NonFiniteLossError, TrainConfig, train
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _cfg(dataset, out, algo="td3bc", steps=60, **kw):
+    base = {
+        "algo": algo,
+        "dataset": dataset,
+        "steps": steps,
+        "seed": 1,
+        "device": "cpu",
+        "out": str(out),
+        "eval_every": 30,
+        "eval_episodes": 2,
+        "checkpoint_every": 20,
+        "log_every": 10,
+        "progress": False,
+        "plot": False,
+        "hparams": {"hidden_dim": 32, "batch_size": 64},
+    }
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _ckpt(out):
+    return torch.load(Path(out) / "checkpoint.pt", weights_only=False)
+
+
+def _assert_same_state(a, b):
+    sa, sb = a["algorithm"], b["algorithm"]
+    assert sa["step"] == sb["step"]
+    for name in sa["modules"]:
+        for k, t in sa["modules"][name].items():
+            assert torch.equal(t, sb["modules"][name][k]), (name, k)
+    for name in sa["optimizers"]:
+        for pid, st in sa["optimizers"][name]["state"].items():
+            for k, t in st.items():
+                assert torch.equal(t, sb["optimizers"][name]["state"][pid][k]), (name, pid, k)
+    assert torch.equal(sa["generator"], sb["generator"])
+    assert torch.equal(a["sampler_rng"], b["sampler_rng"])
+
+
+@pytest.mark.parametrize("algo", ["td3bc", "iql"])
+def test_resume_is_bitwise_identical(tiny_dataset, tmp_path, algo):
+    full = train(_cfg(tiny_dataset, tmp_path / "full", algo))
+    assert full["status"] == "finished"
+    part = train(_cfg(tiny_dataset, tmp_path / "part", algo), max_steps_this_session=25)
+    assert part["status"] == "interrupted" and _ckpt(tmp_path / "part")["step"] == 25
+    assert not (tmp_path / "part" / "summary.json").exists()
+    resumed = train(_cfg(tiny_dataset, tmp_path / "part", algo), resume=True)
+    assert resumed["status"] == "finished" and resumed["steps"] == 60
+    _assert_same_state(_ckpt(tmp_path / "full"), _ckpt(tmp_path / "part"))
+    assert resumed["final_return"] == full["final_return"]
+    # metrics.jsonl of the resumed run has every step exactly once, like the uninterrupted one
+    steps = lambda p: [(r["step"], "eval_return" in r) for r in map(json.loads, (p / "metrics.jsonl").open())]
+    assert steps(tmp_path / "part") == steps(tmp_path / "full")
+
+
+def test_killed_subprocess_resumes_to_same_parameters(tiny_dataset, tmp_path):
+    args = [
+        "--algo",
+        "bc",
+        "--dataset",
+        tiny_dataset,
+        "--steps",
+        "3000",
+        "--seed",
+        "2",
+        "--device",
+        "cpu",
+        "--eval-every",
+        "0",
+        "--eval-episodes",
+        "1",
+        "--checkpoint-every",
+        "100",
+        "--log-every",
+        "100",
+        "--threads",
+        "1",
+        "--no-progress",
+        "--no-plot",
+        "--hidden-dim",
+        "32",
+        "--batch-size",
+        "32",
+    ]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rl_adapters.train", *args, "--out", str(out)],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    ckpt = out / "checkpoint.pt"
+    deadline = time.time() + 60
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists(), "the subprocess never wrote a checkpoint"
+    killed_at = _ckpt(out)["step"]
+    assert 0 < killed_at < 3000 and not (out / "summary.json").exists()
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+    assert main(["train", *args, "--out", str(tmp_path / "ref")]) == 0
+    _assert_same_state(_ckpt(tmp_path / "ref"), _ckpt(out))
+
+
+def test_outputs_summary_metrics_plot_tensorboard(tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(
+        [
+            "train",
+            "--algo",
+            "iql",
+            "--dataset",
+            tiny_dataset,
+            "--steps",
+            "40",
+            "--seed",
+            "0",
+            "--eval-every",
+            "20",
+            "--eval-episodes",
+            "3",
+            "--checkpoint-every",
+            "20",
+            "--log-every",
+            "10",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--tensorboard",
+            "--hidden-dim",
+            "32",
+            "--expectile",
+            "0.8",
+            "--set",
+            "beta=2.0",
+        ]
+    )
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    for key in (
+        "algo",
+        "dataset",
+        "seed",
+        "steps",
+        "final_normalized_score",
+        "final_return",
+        "wall_time_s",
+        "updates_per_s",
+    ):
+        assert key in summary
+    assert summary["algo"] == "iql" and summary["steps"] == 40 and summary["updates_per_s"] > 0
+    assert summary["hparams"]["expectile"] == 0.8 and summary["hparams"]["beta"] == 2.0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").open()]
+    assert [r["step"] for r in rows if "critic_loss" in r] == [10, 20, 30, 40]
+    evals = [r for r in rows if "eval_return" in r]
+    assert [r["step"] for r in evals] == [20, 40]
+    ref = json.loads((out / "config.json").read_text())
+    assert ref["hparams"] == {"hidden_dim": 32, "expectile": 0.8, "beta": 2.0}
+    assert (out / "learning_curve.png").stat().st_size > 1000
+    assert any((out / "tb").iterdir())
+    assert (
+        json.loads(capsys.readouterr().out.strip().splitlines()[-1])["final_return"]
+        == summary["final_return"]
+    )
+
+
+def test_cli_rejects_option_of_another_algorithm(tiny_dataset, tmp_path):
+    with pytest.raises(SystemExit, match=r"\['expectile'\] do not apply to --algo bc.*iql"):
+        main(
+            ["train", "--algo", "bc", "--dataset", tiny_dataset, "--expectile", "0.9", "--out", str(tmp_path)]
+        )
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_dataset, tmp_path, monkeypatch):
+    from rl_adapters.algorithms.bc import BC
+
+    real = BC.update
+
+    def flaky(self, batch):
+        info = real(self, batch)
+        return {"actor_loss": float("nan")} if self.step == 27 else info
+
+    monkeypatch.setattr(BC, "update", flaky)
+    with pytest.raises(NonFiniteLossError, match=r"step 27: non-finite actor_loss=nan.*checkpoint kept"):
+        train(_cfg(tiny_dataset, tmp_path / "nan", "bc", steps=60))
+    assert _ckpt(tmp_path / "nan")["step"] == 20
+    assert not (tmp_path / "nan" / "summary.json").exists()
+
+
+def test_checkpoint_write_is_atomic(tiny_dataset, tmp_path):
+    train(_cfg(tiny_dataset, tmp_path / "a", "bc", steps=20, eval_episodes=0))
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [
+        "checkpoint.pt",
+        "config.json",
+        "metrics.jsonl",
+        "summary.json",
+    ]
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tiny_dataset, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint.pt there"):
+        train(_cfg(tiny_dataset, tmp_path / "empty"), resume=True)
