@@ -74,8 +74,16 @@ class IQL(Algorithm):
         self.schedulers = {"actor": self.actor_sched}
 
     def update(self, batch: Batch) -> dict[str, float]:
-        c = self.config
         self.step += 1
+        info, adv = self.value_critic_update(batch)
+        # Advantage from before the value step, as in the paper.
+        info.update(self.actor_update(batch, adv))
+        return info
+
+    def value_critic_update(self, batch: Batch) -> tuple[dict[str, float], torch.Tensor]:
+        """Expectile value step, TD critic step and target update; returns diagnostics and the detached
+        advantage ``min_i Q'_i(s,a) - V(s)`` (V before its step) for the actor."""
+        c = self.config
         rewards = batch.rewards * self.reward_scale
         # --- value: expectile of the target critic's min-Q
         with torch.no_grad():
@@ -95,8 +103,13 @@ class IQL(Algorithm):
         critic_loss.backward()
         self.critic_opt.step()
         soft_update(self.critic_target, self.critic, c.tau)
-        # --- actor: advantage-weighted regression (advantage from before the value step, as in the paper)
-        weight = torch.exp(c.beta * adv.detach()).clamp(max=c.max_weight)
+        info = {"value_loss": value_loss.item(), "critic_loss": critic_loss.item(), "adv": adv.mean().item()}
+        return info, adv.detach()
+
+    def actor_update(self, batch: Batch, adv: torch.Tensor) -> dict[str, float]:
+        """One advantage-weighted regression step (subclasses replace it)."""
+        c = self.config
+        weight = torch.exp(c.beta * adv).clamp(max=c.max_weight)
         bc = (self.actor(batch.obs) - batch.actions).pow(2).sum(-1)
         actor_loss = (weight * bc).mean()
         self.actor_opt.zero_grad(set_to_none=True)
@@ -104,10 +117,7 @@ class IQL(Algorithm):
         self.actor_opt.step()
         self.actor_sched.step()
         return {
-            "value_loss": value_loss.item(),
-            "critic_loss": critic_loss.item(),
             "actor_loss": actor_loss.item(),
             "bc_loss": bc.mean().item(),
-            "adv": adv.mean().item(),
             "actor_lr": self.actor_sched.get_last_lr()[0],
         }
