@@ -369,4 +369,6 @@ def train(
             _plot_curve(
                 metrics_path, out / "learning_curve.png", f"{cfg.algo} on {cfg.dataset}, seed {cfg.seed}"
             )
+            if hasattr(algo, "plot_metrics"):  # algorithm-specific figures, e.g. ASPC's alpha_curve.png
+                algo.plot_metrics(metrics_path, out)
     return summary
