@@ -13,12 +13,13 @@ from typing import Any
 import torch
 
 from ..data import DatasetStats
+from .aspc import ASPC, ASPCIQL
 from .base import Algorithm, BaseConfig
 from .bc import BC
 from .iql import IQL
 from .td3bc import TD3BC
 
-ALGORITHMS: dict[str, type[Algorithm]] = {"bc": BC, "td3bc": TD3BC, "iql": IQL}
+ALGORITHMS: dict[str, type[Algorithm]] = {"bc": BC, "td3bc": TD3BC, "iql": IQL, "aspc": ASPC, "aspc-iql": ASPCIQL}
 
 
 def register(cls: type[Algorithm]) -> type[Algorithm]:
@@ -62,6 +63,8 @@ def make_algorithm(
 
 
 __all__ = [
+    "ASPC",
+    "ASPCIQL",
     "ALGORITHMS",
     "BC",
     "IQL",

@@ -1,0 +1,480 @@
+"""ASPC: adaptive scaling of policy constraints (paper 004), on TD3+BC and on IQL.
+
+**ASPC** (``--algo aspc``) is TD3+BC with the robust critic (3 hidden layers, LayerNorm after each
+ReLU) whose constraint scale ``alpha = softplus(rho)`` (initially 2.5) is learned by bi-level
+optimisation.  With ``sg`` the stop-gradient:
+
+* inner, every actor update: one *differentiable* Adam step (lr 3e-4) on
+
+  ``J_in(phi; alpha) = -(alpha / sg(mean|Q1(s, pi_phi(s))|)) mean Q1(s, pi_phi(s)) + mean ||pi_phi(s) - a||^2``
+
+  gives ``phi'``, which becomes the actor;
+* outer, every ``update_interval`` actor updates, with ``q' = Q1(s, pi_phi'(s))``:
+
+  - ``eq1 = -sg(alpha) mean q' / sg(mean|q'|) + mean ||pi_phi'(s) - a||^2`` (alpha enters only through phi');
+  - ``m_t = (1 - d) mean q' + d m_{t-1}`` (``d = 0.995``, ``m_{t-1}`` a constant), ``eq2 = (m_t - m_{t-1})^2``;
+  - ``b_i = mean_j (pi_phi(s_i)_j - a_ij)^2`` before the step (constant), ``b'_i`` after it,
+    ``eq3 = sg(eq2) max_i b_i max_i |b_i - b'_i|``;
+  - ``rho <- Adam(rho, d(eq1 + eq2 + eq3)/d rho)``, lr ``2e-3 * update_interval / 10`` decayed
+    exponentially to 1% of that over the run.
+
+  ``outer_terms`` selects the paper's ablation: ``eq1``, ``eq1+eq2``, ``eq1+eq3`` or ``all``
+  (``eq1+eq3`` still uses eq2's *value* as eq3's weight, it only drops eq2 from the sum).
+  Before the first outer update ``m_{t-1}`` is the pre-step ``mean Q1(s, pi_phi(s))`` of that batch.
+
+**ASPC-IQL** (``--algo aspc-iql``, paper section 5.6 / appendix D.1) makes IQL's temperature
+``beta = softplus(rho)`` (initially 3.0) learnable the same way: the inner problem is the AWR step
+``J_in(phi; beta) = mean min(exp(beta A(s,a)), 100) ||pi_phi(s) - a||^2`` (Adam, cosine-decayed lr),
+the outer terms are the ones above with ``q' = min_i Q_i(s, pi_phi'(s))`` and unit weight on the
+normalised Q term in eq1 (beta is not a Q scale); by default ``outer_terms = eq1+eq2``, the two terms
+appendix D.1 names.
+
+**Mapping onto ``bilevel``.** ``Problem(inner=actor, outer=ConstraintScale, inner_loss=J_in,
+outer_loss=eq1+eq2+eq3)``; everything the losses need beyond (actor view, scale, batch) is either a
+live network from the closure (the critic) or a pre-step constant carried in the :class:`ScaleBatch`
+(``b_i``, ``m_{t-1}``, IQL's advantage).  On an outer-update actor step the solver's ``step`` takes the
+differentiable Adam step, differentiates the outer loss through it (one-step, or the equivalent
+``KStepSolver(steps=1)`` in forward or reverse mode) and keeps phi'; on the other actor steps the same
+solver's ``inner_step(differentiable=False)`` takes the identical Adam step without building a graph.
+Both kinds of step read and write ``solver.inner_state``, so the actor has exactly one set of Adam moments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+import torch.nn.functional as F
+import torchopt
+from torch import nn
+
+import bilevel
+from bilevel.functional import InnerView, trainable_named_parameters, write_params
+
+from ..data import Batch
+from .iql import IQL, IQLConfig
+from .td3bc import TD3BC, TD3BCConfig
+
+__all__ = [
+    "ASPC",
+    "ASPCIQL",
+    "OUTER_TERMS",
+    "SOLVERS",
+    "ASPCConfig",
+    "ASPCIQLConfig",
+    "AdaptiveScale",
+    "AdaptiveScaleConfig",
+    "ConstraintScale",
+    "OuterTerms",
+    "ScaleBatch",
+    "StopGrad",
+    "inverse_softplus",
+    "outer_terms",
+]
+
+#: ``outer_terms`` option -> (eq2 in the sum, eq3 in the sum); eq1 is always on.
+OUTER_TERMS: dict[str, tuple[bool, bool]] = {
+    "eq1": (False, False), "eq1+eq2": (True, False), "eq1+eq3": (False, True), "all": (True, True),
+}
+SOLVERS = ("one_step", "k_step_forward", "k_step_reverse")
+#: Added under Adam's square root: d sqrt(v)/dv is infinite at v = 0 (any weight whose gradient has
+#: always been exactly 0, e.g. behind a dead ReLU), which makes the differentiated step 0 * inf = NaN.
+#: 1e-16 keeps it finite and moves the update by < 1e-8 relative wherever sqrt(v) > 1e-4.
+ADAM_EPS_ROOT = 1e-16
+
+
+def inverse_softplus(y: float) -> float:
+    """``rho`` with ``softplus(rho) = y``: ``log(exp(y) - 1)``, written to stay finite for small and large y."""
+    if not y > 0:
+        raise ValueError(f"a softplus-parameterised scale must be > 0, got {y}")
+    return y + math.log(-math.expm1(-y))
+
+
+class ConstraintScale(nn.Module):
+    """The outer variable: ``scale = softplus(rho)`` (positive, smooth, never stuck at a bound)."""
+
+    def __init__(self, initial: float) -> None:
+        super().__init__()
+        self.rho = nn.Parameter(torch.tensor(inverse_softplus(float(initial))))
+
+    def forward(self) -> torch.Tensor:
+        return F.softplus(self.rho)
+
+
+class ScaleBatch(NamedTuple):
+    """What the inner and outer losses read besides the networks.
+
+    ``b_pre`` (``(B,)``, ``b_i`` before the step) and ``m_prev`` (0-d, ``m_{t-1}``) are constants
+    computed before the solver call; they are ``None`` on actor steps without an outer update.
+    ``adv`` is IQL's detached advantage (``None`` for TD3+BC).
+    """
+
+    obs: torch.Tensor
+    actions: torch.Tensor
+    adv: torch.Tensor | None = None
+    b_pre: torch.Tensor | None = None
+    m_prev: torch.Tensor | None = None
+
+
+class StopGrad(NamedTuple):
+    """Values for the stop-gradient factors of the outer loss, ``sg(mean|q'|)`` and ``sg(eq2)``.
+
+    Normally they are the detached live values; fixing them lets a finite-difference check
+    differentiate exactly the function autograd differentiates.
+    """
+
+    q_abs: torch.Tensor
+    eq2: torch.Tensor
+
+
+class OuterTerms(NamedTuple):
+    """The outer loss and its parts (see the module docstring); ``bc = mean ||pi_phi'(s) - a||^2``."""
+
+    eq1: torch.Tensor
+    eq2: torch.Tensor
+    eq3: torch.Tensor
+    ema: torch.Tensor
+    bc: torch.Tensor
+    total: torch.Tensor
+
+
+def outer_terms(pi_new: torch.Tensor, q_new: torch.Tensor, batch: ScaleBatch, q_weight: torch.Tensor,
+                ema_decay: float, use_eq2: bool, use_eq3: bool, stop_grad: StopGrad | None = None) -> OuterTerms:
+    """ASPC's outer loss at the post-step policy.
+
+    ``pi_new = pi_phi'(s)``, ``q_new = Q(s, pi_new)`` (``(B,)``), ``q_weight`` the (detached) weight
+    of the normalised Q term in eq1.  ``total = eq1 [+ eq2] [+ eq3]`` per ``use_eq2`` / ``use_eq3``.
+    """
+    if batch.b_pre is None or batch.m_prev is None:
+        raise ValueError("outer_terms needs the pre-step constants b_pre and m_prev in the ScaleBatch")
+    q_mean = q_new.mean()
+    q_abs = q_new.abs().mean().detach() if stop_grad is None else stop_grad.q_abs
+    sq_err = (pi_new - batch.actions).pow(2)
+    bc = sq_err.sum(-1).mean()
+    eq1 = -q_weight * q_mean / q_abs + bc
+    ema = (1.0 - ema_decay) * q_mean + ema_decay * batch.m_prev
+    eq2 = (ema - batch.m_prev).pow(2)
+    eq2_sg = eq2.detach() if stop_grad is None else stop_grad.eq2
+    eq3 = eq2_sg * batch.b_pre.max() * (batch.b_pre - sq_err.mean(-1)).abs().max()
+    total = eq1
+    if use_eq2:
+        total = total + eq2
+    if use_eq3:
+        total = total + eq3
+    return OuterTerms(eq1, eq2, eq3, ema, bc, total)
+
+
+@dataclasses.dataclass
+class AdaptiveScaleConfig:
+    """Options of the adaptive scale (shared by ASPC and ASPC-IQL).
+
+    ``update_interval``: actor updates per outer update; ``outer_lr``: Adam lr of rho at
+    ``update_interval = 10`` (scaled by ``update_interval / 10``); ``outer_lr_final_fraction``: the lr
+    decays exponentially to this fraction over the run; ``ema_decay``: d of the Q EMA;
+    ``outer_terms``: one of ``eq1``, ``eq1+eq2``, ``eq1+eq3``, ``all``; ``solver``: ``one_step``,
+    ``k_step_forward`` or ``k_step_reverse`` (the last two with K = 1, same hypergradient).
+    """
+
+    update_interval: int = 10
+    outer_lr: float = 2e-3
+    outer_lr_final_fraction: float = 0.01
+    ema_decay: float = 0.995
+    outer_terms: str = "all"
+    solver: str = "one_step"
+
+
+@dataclasses.dataclass
+class ASPCConfig(TD3BCConfig, AdaptiveScaleConfig):
+    """TD3+BC options (``alpha`` is the *initial* scale) + the adaptive-scale options, robust critic on."""
+
+    critic_hidden_layers: int = 3
+    critic_layer_norm: bool = True
+
+
+@dataclasses.dataclass
+class ASPCIQLConfig(IQLConfig, AdaptiveScaleConfig):
+    """IQL options (``beta`` is the *initial* temperature) + the adaptive-scale options."""
+
+    outer_terms: str = "eq1+eq2"
+
+
+class AdaptiveScale:
+    """Mixin: a learnable ``softplus(rho)`` trained through the actor's differentiable Adam step.
+
+    The host class provides ``self.actor``, ``self.config`` (an :class:`AdaptiveScaleConfig`) and
+    implements :meth:`inner_loss`, :meth:`outer_q`, :meth:`q_weight`, :meth:`inner_lr`,
+    :meth:`initial_scale` and :meth:`actor_updates_total`.  It calls :meth:`build_scale` in ``build``,
+    :meth:`build_bilevel` in ``build_optimizers`` and :meth:`adaptive_actor_step` for each actor update.
+    """
+
+    scale_name: ClassVar[str] = "scale"
+    actor: nn.Module
+    config: Any
+    modules: dict[str, nn.Module]
+    optimizers: dict[str, torch.optim.Optimizer]
+    schedulers: dict[str, Any]
+    device: torch.device
+
+    # ------------------------------------------------------------------ host hooks
+    def inner_loss(self, actor: InnerView, scale: ConstraintScale, batch: ScaleBatch) -> torch.Tensor:
+        """``J_in(phi; scale)`` on ``batch``."""
+        raise NotImplementedError
+
+    def outer_q(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """The Q estimate ``(B,)`` the outer loss evaluates the post-step policy with."""
+        raise NotImplementedError
+
+    def q_weight(self, scale: torch.Tensor) -> torch.Tensor:
+        """Weight of the normalised Q term in eq1, given the (detached) current scale."""
+        raise NotImplementedError
+
+    def inner_lr(self) -> float | Any:
+        """Learning rate (or torchopt schedule of the step count) of the actor's Adam."""
+        raise NotImplementedError
+
+    def initial_scale(self) -> float:
+        raise NotImplementedError
+
+    def actor_updates_total(self) -> int:
+        """Actor updates in the whole run (sets the outer lr decay)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ construction
+    def build_scale(self) -> None:
+        """Create the outer module (call in ``build``, after the actor exists)."""
+        c = self.config
+        if c.outer_terms not in OUTER_TERMS:
+            raise ValueError(f"outer_terms must be one of {sorted(OUTER_TERMS)}, got {c.outer_terms!r}")
+        if c.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {list(SOLVERS)}, got {c.solver!r}")
+        if not isinstance(c.update_interval, int) or c.update_interval < 1:
+            raise ValueError(f"update_interval must be an int >= 1, got {c.update_interval!r}")
+        if not 0.0 < c.outer_lr_final_fraction <= 1.0:
+            raise ValueError(f"outer_lr_final_fraction must be in (0, 1], got {c.outer_lr_final_fraction}")
+        self.scale = ConstraintScale(self.initial_scale())
+        self.modules["scale"] = self.scale
+
+    def build_bilevel(self) -> None:
+        """Outer Adam + exponential decay, the bi-level problem and its solver (call in ``build_optimizers``)."""
+        c = self.config
+        self.use_eq2, self.use_eq3 = OUTER_TERMS[c.outer_terms]
+        self.rho_opt = torch.optim.Adam(self.scale.parameters(), lr=c.outer_lr * c.update_interval / 10)
+        n_outer = max(1, self.actor_updates_total() // c.update_interval)
+        self.rho_sched = torch.optim.lr_scheduler.ExponentialLR(
+            self.rho_opt, gamma=c.outer_lr_final_fraction ** (1.0 / n_outer))
+        self.optimizers["rho"] = self.rho_opt
+        self.schedulers["rho"] = self.rho_sched
+        self.problem = bilevel.Problem(inner=self.actor, outer=self.scale, inner_loss=self.inner_loss,
+                                       outer_loss=self._outer_loss)
+        inner_opt = torchopt.adam(lr=self.inner_lr(), eps_root=ADAM_EPS_ROOT)
+        if c.solver == "one_step":
+            self.solver: bilevel.Solver = bilevel.OneStepSolver(self.problem, inner_opt, self.rho_opt)
+        else:
+            mode = "forward" if c.solver == "k_step_forward" else "reverse"
+            self.solver = bilevel.KStepSolver(self.problem, inner_opt, self.rho_opt, steps=1, mode=mode)
+        self._actor_names = [n for n, _ in trainable_named_parameters(self.actor)]
+        self.actor_updates = 0
+        self.outer_updates = 0
+        self.ema_q: torch.Tensor | None = None
+        # Reported every step; the outer terms are 0.0 until the first outer update.
+        self.scale_log: dict[str, float] = {
+            self.scale_name: float(self.scale().detach()), "ema_q": 0.0, "eq1": 0.0, "delta_q": 0.0, "bc_sup": 0.0,
+            "outer_loss": 0.0, "hypergrad_norm": 0.0, "bc_loss": 0.0,
+        }
+
+    # ------------------------------------------------------------------ losses
+    def outer_objective(self, actor: InnerView | nn.Module, batch: ScaleBatch,
+                        stop_grad: StopGrad | None = None) -> OuterTerms:
+        """:func:`outer_terms` for the policy ``actor`` (a view at phi', or the live actor)."""
+        pi = actor(batch.obs)
+        q = self.outer_q(batch.obs, pi)
+        return outer_terms(pi, q, batch, self.q_weight(self.scale().detach()), self.config.ema_decay,
+                           self.use_eq2, self.use_eq3, stop_grad)
+
+    def _outer_loss(self, actor: InnerView, scale: ConstraintScale, batch: ScaleBatch) -> torch.Tensor:
+        # ``scale`` reaches this loss only through phi' (eq1 uses sg(scale)); reading self.scale is the
+        # same module, which KStepSolver(mode="forward") rebinds globally during its jvp.
+        return self.outer_objective(actor, batch).total
+
+    # ------------------------------------------------------------------ steps
+    def outer_batch(self, obs: torch.Tensor, actions: torch.Tensor, adv: torch.Tensor | None = None) -> ScaleBatch:
+        """The batch for an outer update: the pre-step constants ``b_i`` and ``m_{t-1}`` from the current actor."""
+        with torch.no_grad():
+            pi0 = self.actor(obs)
+            b_pre = (pi0 - actions).pow(2).mean(-1)
+            m_prev = self.ema_q if self.ema_q is not None else self.outer_q(obs, pi0).mean()
+        return ScaleBatch(obs, actions, adv, b_pre, m_prev)
+
+    def plain_actor_step(self, batch: ScaleBatch) -> float:
+        """The inner Adam step without a hypergradient (same optimiser state as the solver's steps)."""
+        theta, state, loss = self.solver.inner_step(self.solver.theta(), self.solver.inner_state, batch,
+                                                    dict(self.actor.named_buffers()), differentiable=False)
+        write_params(self.actor, self._actor_names, theta)
+        self.solver.inner_state = state
+        return float(loss)
+
+    def adaptive_actor_step(self, obs: torch.Tensor, actions: torch.Tensor,
+                            adv: torch.Tensor | None = None) -> dict[str, float]:
+        """One actor update; every ``update_interval``-th also updates rho. Returns diagnostics."""
+        self.actor_updates += 1
+        if self.actor_updates % self.config.update_interval != 0:
+            actor_loss = self.plain_actor_step(ScaleBatch(obs, actions, adv))
+            return {"actor_loss": actor_loss, **self.scale_log}
+        batch = self.outer_batch(obs, actions, adv)
+        scale_before = self.scale().detach()
+        info = self.solver.step(batch)
+        self.rho_sched.step()
+        self.outer_updates += 1
+        with torch.no_grad():
+            # phi' is now the actor, so this re-evaluates exactly the outer terms the hypergradient used.
+            pi = self.actor(obs)
+            terms = outer_terms(pi, self.outer_q(obs, pi), batch, self.q_weight(scale_before),
+                                self.config.ema_decay, self.use_eq2, self.use_eq3)
+        self.ema_q = terms.ema.detach()
+        values = torch.stack([self.scale().detach(), terms.ema, terms.eq1, terms.eq2, terms.eq3, terms.bc]).tolist()
+        self.scale_log = dict(zip([self.scale_name, "ema_q", "eq1", "delta_q", "bc_sup", "bc_loss"], values))
+        self.scale_log.update(outer_loss=info.outer_loss, hypergrad_norm=info.hypergrad_norm)
+        return {"actor_loss": info.inner_loss, **self.scale_log}
+
+    # ------------------------------------------------------------------ checkpoint / plots
+    def extra_state(self) -> dict[str, Any]:
+        leaves = torchopt.pytree.tree_leaves(self.solver.inner_state)
+        return {
+            "inner_state": [t.detach().clone() if isinstance(t, torch.Tensor) else t for t in leaves],
+            "ema_q": None if self.ema_q is None else self.ema_q.clone(),
+            "actor_updates": self.actor_updates,
+            "outer_updates": self.outer_updates,
+            "scale_log": dict(self.scale_log),
+        }
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        treedef = torchopt.pytree.tree_structure(self.solver.inner_state)
+        leaves = [t.to(self.device).clone() if isinstance(t, torch.Tensor) else t for t in state["inner_state"]]
+        if len(leaves) != treedef.num_leaves:
+            raise ValueError(f"checkpoint holds {len(leaves)} inner optimiser tensors, this actor needs "
+                             f"{treedef.num_leaves} (different network sizes?)")
+        self.solver.inner_state = torchopt.pytree.tree_unflatten(treedef, leaves)
+        self.ema_q = None if state["ema_q"] is None else state["ema_q"].to(self.device)
+        self.actor_updates = int(state["actor_updates"])
+        self.outer_updates = int(state["outer_updates"])
+        self.scale_log = dict(state["scale_log"])
+
+    def plot_metrics(self, metrics_path: Path, out_dir: Path) -> None:
+        """Write ``<scale>_curve.png``: the scale and the Q EMA over training, from ``metrics.jsonl``."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        rows = [json.loads(ln) for ln in Path(metrics_path).read_text().splitlines() if ln.strip()]
+        rows = [r for r in rows if self.scale_name in r]
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+        axes[0].plot([r["step"] for r in rows], [r[self.scale_name] for r in rows])
+        axes[0].set_ylabel(self.scale_name)
+        axes[0].set_title(f"{self.scale_name} = softplus(rho)")
+        axes[1].plot([r["step"] for r in rows], [r["ema_q"] for r in rows])
+        axes[1].set_title("EMA of mean Q(s, pi(s)) at outer updates")
+        for ax in axes:
+            ax.set_xlabel("step")
+        fig.tight_layout()
+        fig.savefig(Path(out_dir) / f"{self.scale_name}_curve.png", dpi=100)
+        plt.close(fig)
+
+
+class ASPC(AdaptiveScale, TD3BC):
+    """TD3+BC + robust critic + learned constraint scale ``alpha`` (see the module docstring)."""
+
+    name = "aspc"
+    Config = ASPCConfig
+    config: ASPCConfig
+    scale_name = "alpha"
+
+    def build(self) -> None:
+        super().build()
+        self.build_scale()
+
+    def build_optimizers(self) -> None:
+        # The actor has no torch optimizer: its Adam is the solver's functional (differentiable) one.
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=self.config.critic_lr)
+        self.optimizers = {"critic": self.critic_opt}
+        self.schedulers = {}
+        self.build_bilevel()
+
+    def inner_loss(self, actor: InnerView, scale: ConstraintScale, batch: ScaleBatch) -> torch.Tensor:
+        pi = actor(batch.obs)
+        q = self.critic.q1_only(batch.obs, pi)
+        return -(scale() / q.abs().mean().detach()) * q.mean() + (pi - batch.actions).pow(2).sum(-1).mean()
+
+    def outer_q(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        return self.critic.q1_only(obs, actions)
+
+    def q_weight(self, scale: torch.Tensor) -> torch.Tensor:
+        return scale
+
+    def inner_lr(self) -> float:
+        return self.config.actor_lr
+
+    def initial_scale(self) -> float:
+        return self.config.alpha
+
+    def actor_updates_total(self) -> int:
+        return self.total_steps // self.config.policy_freq
+
+    def actor_update(self, batch: Batch) -> dict[str, float]:
+        return self.adaptive_actor_step(batch.obs, batch.actions)
+
+
+class ASPCIQL(AdaptiveScale, IQL):
+    """IQL whose AWR temperature ``beta`` is learned like ASPC's alpha (see the module docstring)."""
+
+    name = "aspc-iql"
+    Config = ASPCIQLConfig
+    config: ASPCIQLConfig
+    scale_name = "beta"
+
+    def build(self) -> None:
+        super().build()
+        self.build_scale()
+
+    def build_optimizers(self) -> None:
+        c = self.config
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=c.critic_lr)
+        self.value_opt = torch.optim.Adam(self.value.parameters(), lr=c.value_lr)
+        self.optimizers = {"critic": self.critic_opt, "value": self.value_opt}
+        self.schedulers = {}
+        self.build_bilevel()
+
+    def inner_loss(self, actor: InnerView, scale: ConstraintScale, batch: ScaleBatch) -> torch.Tensor:
+        weight = torch.exp(scale() * batch.adv).clamp(max=self.config.max_weight)
+        return (weight * (actor(batch.obs) - batch.actions).pow(2).sum(-1)).mean()
+
+    def outer_q(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        return self.critic.min_q(obs, actions)
+
+    def q_weight(self, scale: torch.Tensor) -> torch.Tensor:
+        return torch.ones_like(scale)
+
+    def _cosine_lr(self, count: torch.Tensor | int) -> torch.Tensor | float:
+        """IQL's cosine decay ``lr_t = lr_0 (1 + cos(pi t / T)) / 2`` as a torchopt schedule of the step count."""
+        t_max = max(1, self.total_steps)
+        t = torch.clamp(torch.as_tensor(count, dtype=torch.float64), max=t_max)
+        return self.config.actor_lr * 0.5 * (1.0 + torch.cos(math.pi * t / t_max))
+
+    def inner_lr(self) -> Any:
+        return self._cosine_lr
+
+    def initial_scale(self) -> float:
+        return self.config.beta
+
+    def actor_updates_total(self) -> int:
+        return self.total_steps
+
+    def actor_update(self, batch: Batch, adv: torch.Tensor) -> dict[str, float]:
+        info = self.adaptive_actor_step(batch.obs, batch.actions, adv)
+        info["actor_lr"] = float(self._cosine_lr(self.actor_updates))
+        return info
+
