@@ -121,12 +121,14 @@ class ScaleBatch(NamedTuple):
 
 
 class StopGrad(NamedTuple):
-    """Values for the stop-gradient factors of the outer loss, ``sg(mean|q'|)`` and ``sg(eq2)``.
+    """Values for the stop-gradient factors of the outer loss: eq1's Q weight (``sg(alpha)`` for ASPC),
+    ``sg(mean|q'|)`` and ``sg(eq2)``.
 
     Normally they are the detached live values; fixing them lets a finite-difference check
     differentiate exactly the function autograd differentiates.
     """
 
+    q_weight: torch.Tensor
     q_abs: torch.Tensor
     eq2: torch.Tensor
 
@@ -148,11 +150,15 @@ def outer_terms(pi_new: torch.Tensor, q_new: torch.Tensor, batch: ScaleBatch, q_
 
     ``pi_new = pi_phi'(s)``, ``q_new = Q(s, pi_new)`` (``(B,)``), ``q_weight`` the (detached) weight
     of the normalised Q term in eq1.  ``total = eq1 [+ eq2] [+ eq3]`` per ``use_eq2`` / ``use_eq3``.
+    ``stop_grad`` replaces the three stop-gradient factors by given constants.
     """
     if batch.b_pre is None or batch.m_prev is None:
         raise ValueError("outer_terms needs the pre-step constants b_pre and m_prev in the ScaleBatch")
     q_mean = q_new.mean()
-    q_abs = q_new.abs().mean().detach() if stop_grad is None else stop_grad.q_abs
+    if stop_grad is None:
+        q_abs = q_new.abs().mean().detach()
+    else:
+        q_weight, q_abs = stop_grad.q_weight, stop_grad.q_abs
     sq_err = (pi_new - batch.actions).pow(2)
     bc = sq_err.sum(-1).mean()
     eq1 = -q_weight * q_mean / q_abs + bc
