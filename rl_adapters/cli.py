@@ -137,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .make_dataset import add_arguments
 
     add_arguments(md)
+    aw = sub.add_parser("analyze-weights", help="score a dataset with a trained VACO meta-scorer (plots + JSON)")
+    from .analysis import add_arguments as add_analysis_arguments
+
+    add_analysis_arguments(aw)
     return parser
 
 
@@ -210,6 +214,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "train":
         return _train(args)
+    if args.command == "analyze-weights":
+        from .analysis import run_from_args as analyze
+
+        return analyze(args)
     from .make_dataset import run_from_args
 
     return run_from_args(args)

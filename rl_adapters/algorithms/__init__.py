@@ -18,8 +18,10 @@ from .base import Algorithm, BaseConfig
 from .bc import BC
 from .iql import IQL
 from .td3bc import TD3BC
+from .vaco import VACO
 
-ALGORITHMS: dict[str, type[Algorithm]] = {"bc": BC, "td3bc": TD3BC, "iql": IQL, "aspc": ASPC, "aspc-iql": ASPCIQL}
+ALGORITHMS: dict[str, type[Algorithm]] = {"bc": BC, "td3bc": TD3BC, "iql": IQL, "vaco": VACO, "aspc": ASPC,
+                                          "aspc-iql": ASPCIQL}
 
 
 def register(cls: type[Algorithm]) -> type[Algorithm]:
@@ -69,6 +71,7 @@ __all__ = [
     "BC",
     "IQL",
     "TD3BC",
+    "VACO",
     "Algorithm",
     "BaseConfig",
     "make_algorithm",

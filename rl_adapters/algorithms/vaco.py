@@ -1,0 +1,393 @@
+"""VACO: value-aligned behaviour cloning via bi-level optimisation (Jiang et al., ICLR 2025; SPEC section 3).
+
+Networks: IQL's value networks (twin ``Q_theta``, target ``Q_theta'``, ``V_psi``), a deterministic tanh
+policy ``pi_phi`` and a meta-scorer ``w_alpha(s, a, q)``, both 3-layer ReLU MLPs of width 256.
+
+* **Value learning** is IQL's, step for step (:meth:`VACO.value_update`): ``V`` by expectile regression
+  (``tau = 0.7``) on ``min_i Q'_i(s, a)``, ``Q`` by MSE to ``c r + gamma (1 - done) V(s')``, Polyak target.
+* **Bi-level step** on a batch ``(s, a)`` with ``q = standardise(min_i Q'_i(s, a))`` (detached, per batch):
+
+  .. math::
+
+      J_w(\\phi; \\alpha) = \\tfrac{1}{B} \\sum_b w_\\alpha(s_b, a_b, q_b)\\, \\lVert \\pi_\\phi(s_b) - a_b \\rVert^2
+      \\qquad \\text{(inner, one Adam step: } \\phi' = U(\\phi, \\nabla_\\phi J_w))
+
+      J_\\pi(\\alpha) = -\\tfrac{1}{B} \\sum_b \\min_i Q'_i\\big(s_b, \\pi_{\\phi'(\\alpha)}(s_b + \\sigma \\epsilon_b)\\big),
+      \\quad \\epsilon_b \\sim N(0, I) \\qquad \\text{(outer, Adam on } \\alpha)
+
+  with ``w = sigmoid(f_alpha)`` (optionally divided by its batch mean), ``sigma`` decreasing linearly
+  from ``sigma_start`` to 0 over the bi-level phase, the noise added to the *normalised* state and drawn
+  from the algorithm's own generator. ``d J_pi / d alpha`` comes from a :mod:`bilevel` solver:
+  ``one_step`` (the paper's Markov assumption ``d phi / d alpha = 0`` before the step, Eq. 8),
+  ``k_step`` (exact derivative of K unrolled Adam steps on the batch) or ``implicit`` (IFT at ``phi_K``).
+* **Schedules**: ``two_phase`` (Alg. 1: ``value_fraction * total_steps`` value-only steps, then bi-level
+  steps with frozen values) and ``joint`` (Alg. 2: value step and bi-level step in every update).
+
+The meta-scorer exists only for training: :meth:`policy` (and therefore ``act``) uses ``pi_phi`` alone.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Any, NamedTuple
+
+import torch
+import torchopt
+from torch import nn
+
+import bilevel
+
+from ..data import Batch
+from ..networks import DeterministicActor, TwinCritic, ValueNet, mlp
+from .base import Algorithm, BaseConfig
+from .iql import IQL
+
+__all__ = ["VACO", "WEIGHT_QUANTILES", "MetaScorer", "VACOBatch", "VACOConfig"]
+
+SOLVERS = ("one_step", "k_step", "implicit")
+SCHEDULES = ("two_phase", "joint")
+WEIGHT_NORMS = ("none", "batch_mean")
+# Quantiles of the per-batch weights reported in the metrics.
+WEIGHT_QUANTILES = (0.1, 0.5, 0.9)
+# Forward-mode K-step costs one unroll per meta-scorer scalar; above this it would never finish.
+FORWARD_MODE_MAX_PARAMS = 4096
+Q_STD_EPS = 1e-6
+
+
+@dataclasses.dataclass
+class VACOConfig(BaseConfig):
+    """VACO hyper-parameters (paper Table 7 where it gives them).
+
+    Value learning (IQL): ``critic_lr``, ``value_lr``, ``expectile``, ``normalize_reward``.
+    Policy / meta-scorer: ``actor_lr`` (inner Adam), ``scorer_lr`` (outer Adam), ``adam_eps`` and
+    ``weight_decay`` (both optimisers, Table 7 "Common"), ``scorer_hidden_dim``, ``weight_norm``
+    (``"none"``: ``w = sigmoid``; ``"batch_mean"``: ``w = sigmoid / mean_batch(sigmoid)``),
+    ``outer_q_norm`` (divide ``J_pi`` by ``mean |Q'(s, a)|`` of the batch, detached), ``sigma_start``.
+    Schedule: ``schedule`` (``two_phase`` | ``joint``), ``value_fraction`` (share of the run spent on
+    value learning in ``two_phase``).
+    Solver: ``solver`` (``one_step`` | ``k_step`` | ``implicit``); ``k``, ``truncate`` (0: none) and
+    ``mode`` (``reverse`` | ``forward``) for ``k_step``; ``implicit_steps``, ``linear_solver``,
+    ``iterations`` and ``damping`` for ``implicit``.
+    """
+
+    critic_lr: float = 3e-4
+    value_lr: float = 3e-4
+    expectile: float = 0.7
+    normalize_reward: bool = True
+    actor_lr: float = 3e-4
+    scorer_lr: float = 3e-5
+    adam_eps: float = 1e-5
+    weight_decay: float = 1e-6
+    scorer_hidden_dim: int = 256
+    weight_norm: str = "none"
+    outer_q_norm: bool = False
+    sigma_start: float = 1.0
+    schedule: str = "two_phase"
+    value_fraction: float = 0.5
+    solver: str = "one_step"
+    k: int = 5
+    truncate: int = 0
+    mode: str = "reverse"
+    implicit_steps: int = 1
+    linear_solver: str = "cg"
+    iterations: int = 5
+    damping: float = 0.1
+
+    def __post_init__(self) -> None:
+        # Checked here so that ``make_config`` rejects bad values before any data is loaded.
+        for name, value, allowed in (
+            ("solver", self.solver, SOLVERS),
+            ("schedule", self.schedule, SCHEDULES),
+            ("weight_norm", self.weight_norm, WEIGHT_NORMS),
+            ("mode", self.mode, ("reverse", "forward")),
+            ("linear_solver", self.linear_solver, ("cg", "neumann", "fixed_point")),
+        ):
+            if value not in allowed:
+                raise ValueError(f"VACO {name} must be one of {allowed}, got {value!r}")
+        if not 0.0 <= self.value_fraction < 1.0:
+            raise ValueError(
+                f"VACO value_fraction must be in [0, 1) (share of steps spent on value learning in "
+                f"the two_phase schedule), got {self.value_fraction}"
+            )
+        if self.k < 1 or not 0 <= self.truncate <= self.k:
+            raise ValueError(
+                f"VACO needs k >= 1 and 0 <= truncate <= k, got k={self.k}, truncate={self.truncate}"
+            )
+        if self.sigma_start < 0:
+            raise ValueError(f"VACO sigma_start must be >= 0, got {self.sigma_start}")
+
+
+class MetaScorer(nn.Module):
+    """``w_alpha(s, a, q) = sigmoid(f_alpha([s, a, q]))``, optionally divided by its batch mean.
+
+    ``q`` is the standardised, detached ``min(Q1, Q2)`` of the pair. With ``weight_norm="batch_mean"``
+    the weights of a batch average exactly 1 (the gradient flows through the mean too, so only the
+    *relative* weights are learned).
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256, weight_norm: str = "none") -> None:
+        super().__init__()
+        if weight_norm not in WEIGHT_NORMS:
+            raise ValueError(f"weight_norm must be one of {WEIGHT_NORMS}, got {weight_norm!r}")
+        self.net = mlp(obs_dim + act_dim + 1, 1, (hidden, hidden))
+        self.weight_norm = weight_norm
+
+    def raw(self, obs: torch.Tensor, actions: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """``sigmoid(f_alpha([s, a, q]))`` per pair, shape ``(B,)``, before any normalisation."""
+        return torch.sigmoid(self.net(torch.cat([obs, actions, q.unsqueeze(-1)], dim=-1)).squeeze(-1))
+
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        w = self.raw(obs, actions, q)
+        if self.weight_norm == "batch_mean":
+            w = w / w.mean()
+        return w
+
+
+class VACOBatch(NamedTuple):
+    """What the bi-level losses read (one object serves as inner and outer batch).
+
+    ``q_in``: standardised detached ``min Q'(s, a)`` (meta-scorer input); ``noisy_obs``: ``s + sigma eps``
+    (outer loss); ``q_scale``: ``mean |Q'(s, a)|`` (detached), used when ``outer_q_norm`` is on.
+    """
+
+    obs: torch.Tensor
+    actions: torch.Tensor
+    q_in: torch.Tensor
+    noisy_obs: torch.Tensor
+    q_scale: torch.Tensor
+
+
+def standardise(q: torch.Tensor) -> torch.Tensor:
+    """``(q - mean(q)) / (std(q) + 1e-6)`` over the batch (population std)."""
+    return (q - q.mean()) / (q.std(unbiased=False) + Q_STD_EPS)
+
+
+class VACO(Algorithm):
+    """VACO; see the module docstring. ``self.solver`` is the :mod:`bilevel` solver of the policy/meta-scorer pair."""
+
+    name = "vaco"
+    Config = VACOConfig
+    config: VACOConfig
+
+    # ------------------------------------------------------------------ construction
+    def build(self) -> None:
+        c = self.config
+        hidden = (c.hidden_dim, c.hidden_dim)
+        # Same construction order as IQL, so that with one seed both start from identical value networks.
+        self.actor = DeterministicActor(
+            self.obs_dim, self.act_dim, self.stats.action_low, self.stats.action_high, hidden=hidden
+        )
+        self.critic = TwinCritic(self.obs_dim, self.act_dim, hidden=hidden)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.value = ValueNet(self.obs_dim, hidden=hidden)
+        self.scorer = MetaScorer(self.obs_dim, self.act_dim, c.scorer_hidden_dim, c.weight_norm)
+        self.modules = {
+            "actor": self.actor,
+            "critic": self.critic,
+            "critic_target": self.critic_target,
+            "value": self.value,
+            "scorer": self.scorer,
+        }
+        self.reward_scale = self.stats.reward_scale if c.normalize_reward else 1.0
+        if c.schedule == "two_phase":
+            self.value_steps = round(c.value_fraction * self.total_steps)
+        else:
+            self.value_steps = 0
+        self.bilevel_steps = max(1, self.total_steps - self.value_steps)
+        self._last_weights: torch.Tensor | None = None
+        self._last_bc: torch.Tensor | None = None
+
+    def build_optimizers(self) -> None:
+        """IQL's value optimisers, plus the bilevel solver owning the policy's (inner) and scorer's (outer) Adam.
+
+        Inner: ``torchopt.adam(weight_decay=1e-6)`` adds ``1e-6 * phi`` to the gradient before the moments,
+        which is what ``torch.optim.Adam(weight_decay=1e-6)`` (the paper's "Adam ... weight decay 1e-6",
+        PyTorch 1.12) does; ``torchopt.adamw`` would be the decoupled variant the paper does not name.
+        """
+        c = self.config
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=c.critic_lr)
+        self.value_opt = torch.optim.Adam(self.value.parameters(), lr=c.value_lr)
+        self.scorer_opt = torch.optim.Adam(
+            self.scorer.parameters(), lr=c.scorer_lr, eps=c.adam_eps, weight_decay=c.weight_decay
+        )
+        self.optimizers = {"critic": self.critic_opt, "value": self.value_opt, "scorer": self.scorer_opt}
+        self.schedulers = {}
+        inner_opt = torchopt.adam(lr=c.actor_lr, eps=c.adam_eps, weight_decay=c.weight_decay)
+        self.problem = bilevel.Problem(
+            inner=self.actor, outer=self.scorer, inner_loss=self.inner_loss, outer_loss=self.outer_loss
+        )
+        self.solver = self._make_solver(inner_opt)
+
+    def _make_solver(self, inner_opt: torchopt.base.GradientTransformation) -> bilevel.Solver:
+        c = self.config
+        if c.solver == "one_step":
+            return bilevel.OneStepSolver(self.problem, inner_opt, self.scorer_opt)
+        if c.solver == "k_step":
+            n = sum(p.numel() for p in self.scorer.parameters())
+            if c.mode == "forward" and n > FORWARD_MODE_MAX_PARAMS:
+                raise ValueError(
+                    f"VACO k_step mode='forward' needs one unrolled pass per meta-scorer parameter and the scorer "
+                    f"has {n}; use mode='reverse', or shrink the scorer (scorer_hidden_dim) below "
+                    f"{FORWARD_MODE_MAX_PARAMS} parameters"
+                )
+            return bilevel.KStepSolver(
+                self.problem, inner_opt, self.scorer_opt, steps=c.k, truncate=c.truncate or None, mode=c.mode
+            )  # type: ignore[arg-type]
+        return bilevel.ImplicitSolver(
+            self.problem,
+            inner_opt,
+            self.scorer_opt,
+            inner_steps=c.implicit_steps,
+            linear_solver=c.linear_solver,  # type: ignore[arg-type]
+            iterations=c.iterations,
+            damping=c.damping,
+        )
+
+    # ------------------------------------------------------------------ the two losses
+    def inner_loss(self, inner: bilevel.InnerView, outer: nn.Module, batch: VACOBatch) -> torch.Tensor:
+        """``J_w(phi) = mean_b w_alpha(s_b, a_b, q_b) ||pi_phi(s_b) - a_b||^2``."""
+        w = outer(batch.obs, batch.actions, batch.q_in)
+        bc = (inner(batch.obs) - batch.actions).pow(2).sum(-1)
+        # Kept for the metrics so they cost no second scorer / policy pass (plain tensors, not under a
+        # torch.func transform: forward mode recomputes them instead, see ``update``).
+        self._last_weights, self._last_bc = w.detach(), bc.detach()
+        return (w * bc).mean()
+
+    def outer_loss(self, inner: bilevel.InnerView, outer: nn.Module, batch: VACOBatch) -> torch.Tensor:
+        """``J_pi = -mean_b min_i Q'_i(s_b, pi_phi'(s_b + sigma eps_b))`` [``/ mean_b |Q'(s_b, a_b)|``].
+
+        The target critic is used: its parameters do not require grad (no graph is built to them), and it
+        is the ``Q'`` of IQL's policy extraction.
+        """
+        q = self.critic_target.min_q(batch.obs, inner(batch.noisy_obs))
+        loss = -q.mean()
+        if self.config.outer_q_norm:
+            loss = loss / batch.q_scale
+        return loss
+
+    # ------------------------------------------------------------------ pieces of an update
+    def value_update(self, batch: Batch) -> dict[str, float]:
+        """One IQL value step (expectile V, TD Q, Polyak target): :meth:`IQL.value_critic_update` itself.
+
+        VACO holds the attributes that method reads (``critic``, ``critic_target``, ``value``, their
+        optimisers, ``reward_scale``, the IQL fields of the config), so calling it keeps the value learning
+        identical to IQL's by construction rather than by copy; the advantage it also returns is IQL's actor
+        input and is not needed here.
+        """
+        info, _ = IQL.value_critic_update(self, batch)  # type: ignore[arg-type]
+        return info
+
+    def sigma_at(self, step: int) -> float:
+        """Outer-loss state-noise std at update ``step`` (1-based): ``sigma_start`` at the first bi-level
+        update, falling linearly to 0 at the last one (``total_steps``)."""
+        k = step - self.value_steps  # 1-based index within the bi-level phase
+        if self.bilevel_steps <= 1:
+            return self.config.sigma_start
+        frac = min(max((k - 1) / (self.bilevel_steps - 1), 0.0), 1.0)
+        return self.config.sigma_start * (1.0 - frac)
+
+    def make_bilevel_batch(self, batch: Batch, target_q: torch.Tensor, sigma: float) -> VACOBatch:
+        """The solver's batch: scorer input ``q``, noisy states (``N(0, sigma^2)`` from ``self.generator``)."""
+        noise = torch.randn(
+            batch.obs.shape, generator=self.generator, device=batch.obs.device, dtype=batch.obs.dtype
+        )
+        return VACOBatch(
+            obs=batch.obs,
+            actions=batch.actions,
+            q_in=standardise(target_q),
+            noisy_obs=batch.obs + sigma * noise,
+            q_scale=target_q.abs().mean().clamp_min(1e-6),
+        )
+
+    def in_value_phase(self) -> bool:
+        """True while the next update is a value-only update (phase 1 of the two-phase schedule)."""
+        return self.step < self.value_steps
+
+    # ------------------------------------------------------------------ update
+    def update(self, batch: Batch) -> dict[str, float]:
+        """Phase 1 (two_phase, first ``value_steps`` updates): IQL value step only. Otherwise: [value step
+        if joint] + one bi-level solver step. Returns losses, ``hypergrad_norm``, weight mean/std/quantiles
+        and ``sigma``. Host syncs: the value step's (IQL's), the solver's one, and one for the weight statistics."""
+        value_phase = self.in_value_phase()
+        self.step += 1
+        if value_phase:
+            return self.value_update(batch) | {"phase": 1.0}
+        losses: dict[str, float] = {}
+        if self.config.schedule == "joint":
+            losses = self.value_update(batch)
+        with torch.no_grad():
+            # Scorer input and outer-loss scale from the current target critic (after the joint value step).
+            target_q = self.critic_target.min_q(batch.obs, batch.actions)
+        sigma = self.sigma_at(self.step)
+        vb = self.make_bilevel_batch(batch, target_q, sigma)
+        self._last_weights = self._last_bc = None
+        info = self.solver.step(vb)
+        w, bc = self._last_weights, self._last_bc
+        if w is None or bc is None or torch._C._functorch.is_functorch_wrapped_tensor(w):
+            # Forward-mode K-step evaluated the losses under torch.func.jvp; recompute outside it
+            # (with the pre-step alpha the inner loss used: scorer params are restored after jvp).
+            with torch.no_grad():
+                w = self.scorer(vb.obs, vb.actions, vb.q_in)
+                bc = (self.actor(vb.obs) - vb.actions).pow(2).sum(-1)
+        qs = torch.tensor(WEIGHT_QUANTILES, dtype=w.dtype, device=w.device)
+        packed = torch.cat(
+            [torch.stack([w.mean(), w.std(unbiased=False), bc.mean()]), torch.quantile(w, qs)]
+        ).tolist()
+        out = {"w_mean": packed[0], "w_std": packed[1], "bc_loss": packed[2]}
+        out |= {f"w_q{round(100 * q):02d}": v for q, v in zip(WEIGHT_QUANTILES, packed[3:])}
+        out |= losses | info.as_dict()
+        out |= {"sigma": sigma, "phase": 2.0}
+        return out
+
+    # ------------------------------------------------------------------ analysis / checkpoint
+    @torch.no_grad()
+    def score(
+        self,
+        obs: torch.Tensor,
+        actions: torch.Tensor,
+        q_mean: float | None = None,
+        q_std: float | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Meta-scorer weights for normalised ``obs`` and ``actions`` and their ``min Q'``.
+
+        The scorer was trained on per-batch standardised ``q``; pass the dataset-wide ``q_mean``/``q_std``
+        (the large-batch limit of that standardisation) when scoring a dataset in chunks. Returns
+        ``(raw sigmoid weights, min Q')``; ``batch_mean`` normalisation is left to the caller, who knows
+        the whole population.
+        """
+        q = self.critic_target.min_q(obs, actions)
+        mean = q.mean() if q_mean is None else torch.as_tensor(q_mean, dtype=q.dtype, device=q.device)
+        std = (
+            q.std(unbiased=False) if q_std is None else torch.as_tensor(q_std, dtype=q.dtype, device=q.device)
+        )
+        return self.scorer.raw(obs, actions, (q - mean) / (std + Q_STD_EPS)), q
+
+    def extra_state(self) -> dict[str, Any]:
+        """The inner (policy) optimiser state lives in the solver, not in ``self.optimizers``: save its leaves."""
+        leaves, _ = torchopt.pytree.tree_flatten(self.solver.inner_state)
+        return {
+            "inner_state": [t.detach().clone() if isinstance(t, torch.Tensor) else t for t in leaves],
+            "solver": self.config.solver,
+        }
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        if "inner_state" not in state:
+            raise ValueError(
+                "VACO checkpoint has no 'inner_state' (the policy's Adam moments); it was not "
+                "written by this VACO implementation"
+            )
+        if state.get("solver", self.config.solver) != self.config.solver:
+            raise ValueError(
+                f"checkpoint was trained with solver {state['solver']!r}, this VACO uses "
+                f"{self.config.solver!r}"
+            )
+        leaves, treedef = torchopt.pytree.tree_flatten(self.solver.inner_state)
+        saved = state["inner_state"]
+        if len(saved) != len(leaves):
+            raise ValueError(f"VACO checkpoint inner_state has {len(saved)} tensors, expected {len(leaves)}")
+        restored = [
+            s.to(device=old.device, dtype=old.dtype) if isinstance(old, torch.Tensor) else s
+            for s, old in zip(saved, leaves)
+        ]
+        self.solver.inner_state = torchopt.pytree.tree_unflatten(treedef, restored)

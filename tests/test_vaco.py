@@ -1,0 +1,386 @@
+"""VACO: hypergradient against finite differences of an independent one-step map (float64), value
+learning identical to IQL, meta-weights that prefer good trajectories, every solver through the CLI,
+bitwise resume (policy Adam moments in the solver included), and the weight analysis."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.func import functional_call
+
+from rl_adapters.algorithms import make_algorithm, make_config
+from rl_adapters.algorithms.vaco import VACO, VACOBatch
+from rl_adapters.analysis import analyze_weights, pearson
+from rl_adapters.cli import main
+from rl_adapters.data import Batch, load_dataset
+from rl_adapters.trainer import TrainConfig, train
+
+DT = torch.float64
+
+
+def _to64(batch: Batch) -> Batch:
+    return Batch(*(t.to(DT) if t is not None and t.is_floating_point() else t for t in batch))
+
+
+def _vaco64(data, **hp) -> VACO:
+    """A tiny VACO in float64: modules converted, then optimisers and solver rebuilt on the new tensors."""
+    algo = make_algorithm("vaco", data.obs_dim, data.act_dim, data.stats, seed=3, **hp)
+    for m in algo.modules.values():
+        m.to(DT)
+    algo.obs_mean, algo.obs_std = algo.obs_mean.to(DT), algo.obs_std.to(DT)
+    algo.build_optimizers()
+    return algo
+
+
+# ------------------------------------------------------------------ hypergradient vs finite differences
+def _hand_one_step_outer(
+    algo: VACO,
+    alpha: dict[str, torch.Tensor],
+    theta0: dict[str, torch.Tensor],
+    mu: list[torch.Tensor],
+    nu: list[torch.Tensor],
+    count: int,
+    vb: VACOBatch,
+) -> torch.Tensor:
+    """J_pi(phi_1(alpha)) with phi_1 one hand-written Adam step (coupled L2 weight decay, torch.optim.Adam's
+    convention) on J_w, written independently of bilevel/torchopt."""
+    c = algo.config
+    b1, b2 = 0.9, 0.999
+    names = list(theta0)
+    th = {n: t.detach().clone().requires_grad_() for n, t in theta0.items()}
+    w = functional_call(algo.scorer, alpha, (vb.obs, vb.actions, vb.q_in))
+    bc = (functional_call(algo.actor, th, (vb.obs,)) - vb.actions).pow(2).sum(-1)
+    grads = torch.autograd.grad((w * bc).mean(), [th[n] for n in names])
+    t = torch.tensor(count + 1)
+    # torchopt 0.7.3 computes the bias corrections as pow(beta, int64 count tensor), i.e. in float32 even for
+    # float64 parameters; the same map must do the same (exact 1 - beta**t would differ by ~1e-5 relative).
+    bias1, bias2 = 1 - torch.pow(b1, t), 1 - torch.pow(b2, t)
+    new = {}
+    for n, g, m, v in zip(names, grads, mu, nu):
+        g = g + c.weight_decay * theta0[n]
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        step = (m / bias1) / ((v / bias2).sqrt() + c.adam_eps)
+        new[n] = theta0[n] - c.actor_lr * step
+    a1 = functional_call(algo.actor, new, (vb.noisy_obs,))
+    return -algo.critic_target.min_q(vb.obs, a1).mean()
+
+
+def test_one_step_hypergradient_matches_finite_differences_and_step_lowers_outer_loss(tiny_dataset):
+    torch.manual_seed(0)
+    data = load_dataset(tiny_dataset)
+    algo = _vaco64(
+        data,
+        hidden_dim=16,
+        scorer_hidden_dim=8,
+        total_steps=40,
+        value_fraction=0.5,
+        batch_size=64,
+        actor_lr=1e-2,
+    )  # a larger inner step makes d J_pi / d alpha well above rounding level
+    g = data.make_generator(0)
+    for _ in range(26):  # 20 value steps, then 6 bi-level steps so that the policy's Adam moments are warm
+        algo.update(_to64(data.sample(64, g)))
+    b = _to64(data.sample(64, g))
+    with torch.no_grad():
+        vb = algo.make_bilevel_batch(b, algo.critic_target.min_q(b.obs, b.actions), sigma=0.5)
+    solver = algo.solver
+    names = [n for n, _ in algo.actor.named_parameters()]
+    theta0 = {n: p.detach().clone() for n, p in algo.actor.named_parameters()}
+    st = solver.inner_state[1]  # (weight decay, ScaleByAdamState, scale by -lr)
+    mu, nu = [x.clone() for x in st.mu], [x.clone() for x in st.nu]
+    count = int(st.count[0])
+    assert count == 6 and len(mu) == len(names)
+    alpha0 = {n: p.detach().clone() for n, p in algo.scorer.named_parameters()}
+    G = lambda alpha: float(_hand_one_step_outer(algo, alpha, theta0, mu, nu, count, vb))
+
+    hyper = solver.hypergradient(vb)
+    assert sum(float(h.norm()) for h in hyper) > 0
+    gen = torch.Generator().manual_seed(1)
+    eps = 1e-5
+    for _ in range(3):
+        d = {n: torch.randn(p.shape, generator=gen, dtype=DT) for n, p in alpha0.items()}
+        fd = (G({n: alpha0[n] + eps * d[n] for n in d}) - G({n: alpha0[n] - eps * d[n] for n in d})) / (
+            2 * eps
+        )
+        analytic = sum(float((h * d[n]).sum()) for h, n in zip(hyper, d))
+        assert abs(fd - analytic) <= 1e-7 * abs(analytic), (fd, analytic)
+
+    # One real bi-level step (fresh outer Adam, so its first step is -lr * sign(hypergradient)) moves alpha
+    # downhill on the same one-step map: the outer loss at the new alpha is lower, by about <h, delta>.
+    algo.scorer_opt.state.clear()
+    g_before = G(alpha0)
+    info = solver.step(vb)
+    assert info.outer_loss == pytest.approx(g_before, rel=1e-10)
+    alpha1 = {n: p.detach().clone() for n, p in algo.scorer.named_parameters()}
+    predicted = sum(float((h * (alpha1[n] - alpha0[n])).sum()) for h, n in zip(hyper, alpha0))
+    change = G(alpha1) - g_before
+    assert predicted < 0 and change < 0
+    assert change == pytest.approx(predicted, rel=0.05)
+
+
+# ------------------------------------------------------------------ value learning is IQL's
+def test_value_phase_is_bitwise_iql(tiny_dataset):
+    data = load_dataset(tiny_dataset)
+    kw = {"seed": 5, "total_steps": 40}
+    iql = make_algorithm("iql", data.obs_dim, data.act_dim, data.stats, hidden_dim=32, **kw)
+    vaco = make_algorithm(
+        "vaco", data.obs_dim, data.act_dim, data.stats, hidden_dim=32, value_fraction=0.5, **kw
+    )
+    g = data.make_generator(0)
+    for _ in range(20):
+        b = data.sample(32, g)
+        iql.update(b)
+        info = vaco.update(b)
+        assert info["phase"] == 1.0
+    for name in ("critic", "critic_target", "value"):
+        for k, t in iql.modules[name].state_dict().items():
+            assert torch.equal(t, vaco.modules[name].state_dict()[k]), (name, k)
+    assert vaco.update(data.sample(32, g))["phase"] == 2.0
+
+
+def test_joint_schedule_updates_values_and_policy_every_step(tiny_dataset):
+    data = load_dataset(tiny_dataset)
+    algo = make_algorithm(
+        "vaco", data.obs_dim, data.act_dim, data.stats, hidden_dim=16, schedule="joint", total_steps=5
+    )
+    before = {
+        k: algo.modules[k].state_dict()["net.0.weight" if k in ("actor", "value") else "q1.0.weight"].clone()
+        for k in ("actor", "critic", "value")
+    }
+    info = algo.update(data.sample(32, data.make_generator(0)))
+    assert {"value_loss", "critic_loss", "inner_loss", "outer_loss", "w_mean", "sigma"} <= set(info)
+    assert info["sigma"] == 1.0
+    for k, t in before.items():
+        key = "net.0.weight" if k in ("actor", "value") else "q1.0.weight"
+        assert not torch.equal(t, algo.modules[k].state_dict()[key]), k
+
+
+def test_sigma_anneals_linearly_over_the_bilevel_phase(tiny_dataset):
+    data = load_dataset(tiny_dataset)
+    algo = make_algorithm(
+        "vaco",
+        data.obs_dim,
+        data.act_dim,
+        data.stats,
+        hidden_dim=8,
+        total_steps=21,
+        value_fraction=0.5,
+        sigma_start=2.0,
+    )
+    assert algo.value_steps == 10 and algo.bilevel_steps == 11
+    assert [algo.sigma_at(s) for s in (11, 16, 21)] == pytest.approx([2.0, 1.0, 0.0])
+
+
+def test_act_needs_only_the_policy(tiny_dataset):
+    data = load_dataset(tiny_dataset)
+    algo = make_algorithm("vaco", data.obs_dim, data.act_dim, data.stats, hidden_dim=16)
+    obs = data.observations[:5].numpy()
+    a = algo.act(obs)
+    with torch.no_grad():
+        for p in algo.scorer.parameters():
+            p.add_(1.0)
+    np.testing.assert_array_equal(a, algo.act(obs))
+
+
+def test_config_rejects_bad_options():
+    with pytest.raises(ValueError, match="solver"):
+        make_config("vaco", solver="two_step")
+    with pytest.raises(ValueError, match="schedule"):
+        make_config("vaco", schedule="alternating")
+    with pytest.raises(ValueError, match="value_fraction"):
+        make_config("vaco", value_fraction=1.0)
+    with pytest.raises(ValueError, match="weight_norm"):
+        make_config("vaco", weight_norm="softmax")
+
+
+def test_forward_mode_refuses_a_large_scorer(tiny_dataset):
+    data = load_dataset(tiny_dataset)
+    with pytest.raises(ValueError, match="forward"):
+        make_algorithm("vaco", data.obs_dim, data.act_dim, data.stats, solver="k_step", mode="forward")
+
+
+# ------------------------------------------------------------------ the meta-scorer learns data quality
+def test_meta_scorer_prefers_good_trajectories(make_tiny_dataset):
+    torch.manual_seed(0)
+    make_tiny_dataset("tiny/pendulum/quality-v0", episodes={"good": 5, "bad": 40})
+    data = load_dataset("tiny/pendulum/quality-v0")
+    # The weights can only be as good as Q: with IQL's reward scaling (x26 here) and gamma 0.99, 300 value
+    # steps leave Q far from converged (it then ranks the bad data higher and so does the scorer). A short
+    # horizon, raw rewards and faster value learning give a usable Q within the test's budget.
+    algo = make_algorithm(
+        "vaco",
+        data.obs_dim,
+        data.act_dim,
+        data.stats,
+        seed=0,
+        hidden_dim=64,
+        scorer_hidden_dim=64,
+        total_steps=600,
+        value_fraction=0.5,
+        scorer_lr=1e-3,
+        batch_size=64,
+        discount=0.9,
+        normalize_reward=False,
+        critic_lr=1e-3,
+        value_lr=1e-3,
+    )
+    g = data.make_generator(0)
+    for _ in range(600):
+        info = algo.update(data.sample(64, g))
+    assert info["phase"] == 2.0
+    res = analyze_weights(algo=algo, data=data)
+    ret = np.asarray(res["episodes"]["return"])
+    w = np.asarray(res["episodes"]["mean_weight"])
+    good, bad = w[ret >= 40].mean(), w[ret < 20].mean()
+    assert good > bad + 0.05, (good, bad)
+    assert res["pearson_traj_weight_return"] > 0.3
+
+
+# ------------------------------------------------------------------ end to end through the CLI
+SOLVER_FLAGS = {
+    "one_step": ["--solver", "one_step"],
+    "one_step-joint-meannorm": [
+        "--solver",
+        "one_step",
+        "--schedule",
+        "joint",
+        "--weight-norm",
+        "batch_mean",
+        "--outer-q-norm",
+    ],
+    "k_step-reverse": ["--solver", "k_step", "--k", "3", "--truncate", "2", "--mode", "reverse"],
+    "k_step-forward": ["--solver", "k_step", "--k", "2", "--mode", "forward", "--scorer-hidden-dim", "2"],
+    "implicit": ["--solver", "implicit", "--linear-solver", "cg", "--iterations", "3"],
+}
+
+
+@pytest.mark.parametrize("variant", sorted(SOLVER_FLAGS))
+def test_every_solver_trains_through_the_cli(tiny_dataset, tmp_path, variant, capsys):
+    out = tmp_path / variant
+    args = [
+        "train",
+        "--algo",
+        "vaco",
+        "--dataset",
+        tiny_dataset,
+        "--steps",
+        "8",
+        "--seed",
+        "0",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        "--eval-every",
+        "0",
+        "--eval-episodes",
+        "1",
+        "--log-every",
+        "4",
+        "--no-progress",
+        "--no-plot",
+        "--hidden-dim",
+        "16",
+        "--batch-size",
+        "32",
+        "--value-fraction",
+        "0.25",
+        *SOLVER_FLAGS[variant],
+    ]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["steps"] == 8
+    assert summary["final_normalized_score"] is not None
+    rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in rows if "w_mean" in r][-1]
+    for key in (
+        "w_mean",
+        "w_std",
+        "w_q10",
+        "w_q50",
+        "w_q90",
+        "sigma",
+        "inner_loss",
+        "outer_loss",
+        "hypergrad_norm",
+        "updates_per_s",
+    ):
+        assert np.isfinite(last[key]), key
+    if variant == "one_step":
+        capsys.readouterr()
+        assert main(["analyze-weights", str(out)]) == 0
+        printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        res = json.loads((out / "weights" / "weights.json").read_text())
+        assert printed["pearson_traj_weight_return"] == res["pearson_traj_weight_return"]
+        assert res["trajectories"] == len(res["episodes"]["return"]) == 8
+        assert (out / "weights" / "weights_vs_return.png").stat().st_size > 0
+        assert (out / "weights" / "weights_vs_q.png").stat().st_size > 0
+        assert res["pearson_weight_q"] is None or -1 <= res["pearson_weight_q"] <= 1
+
+
+# ------------------------------------------------------------------ bitwise resume
+def _cfg(dataset: str, out: Path, **hp) -> TrainConfig:
+    return TrainConfig(
+        algo="vaco",
+        dataset=dataset,
+        steps=30,
+        seed=2,
+        device="cpu",
+        out=str(out),
+        eval_every=0,
+        eval_episodes=1,
+        checkpoint_every=10,
+        log_every=5,
+        progress=False,
+        plot=False,
+        hparams={"hidden_dim": 16, "batch_size": 32, "value_fraction": 0.3, **hp},
+    )
+
+
+@pytest.mark.parametrize(
+    "hp", [{}, {"solver": "k_step", "k": 2, "schedule": "joint"}], ids=["one_step", "k_step"]
+)
+def test_resume_is_bitwise_identical(tiny_dataset, tmp_path, hp):
+    full = train(_cfg(tiny_dataset, tmp_path / "full", **hp))
+    part = train(_cfg(tiny_dataset, tmp_path / "part", **hp), max_steps_this_session=17)
+    assert part["status"] == "interrupted"
+    resumed = train(_cfg(tiny_dataset, tmp_path / "part", **hp), resume=True)
+    assert resumed["status"] == "finished" and full["status"] == "finished"
+    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)["algorithm"]
+    b = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=False)["algorithm"]
+    for name in a["modules"]:
+        for k, t in a["modules"][name].items():
+            assert torch.equal(t, b["modules"][name][k]), (name, k)
+    for name in a["optimizers"]:
+        for pid, st in a["optimizers"][name]["state"].items():
+            for k, t in st.items():
+                assert torch.equal(t, b["optimizers"][name]["state"][pid][k]), (name, pid, k)
+    assert len(a["extra"]["inner_state"]) > 0
+    for x, y in zip(a["extra"]["inner_state"], b["extra"]["inner_state"]):
+        assert torch.equal(x, y)
+    assert resumed["final_return"] == full["final_return"]
+
+
+def test_checkpoint_restores_policy_adam_moments(tiny_dataset):
+    data = load_dataset(tiny_dataset)
+    kw = {"hidden_dim": 16, "total_steps": 10, "value_fraction": 0.0}
+    a = make_algorithm("vaco", data.obs_dim, data.act_dim, data.stats, **kw)
+    g = data.make_generator(0)
+    for _ in range(3):
+        a.update(data.sample(32, g))
+    b = make_algorithm("vaco", data.obs_dim, data.act_dim, data.stats, **kw)
+    b.load_state_dict(a.state_dict())
+    la, lb = (torch.utils._pytree.tree_leaves(x.solver.inner_state) for x in (a, b))
+    assert int(b.solver.inner_state[1].count[0]) == 3
+    for x, y in zip(la, lb):
+        assert torch.equal(x, y) and x is not y
+
+
+def test_pearson_helper():
+    assert pearson(np.arange(5.0), 2 * np.arange(5.0) + 1) == pytest.approx(1.0)
+    assert pearson(np.ones(4), np.arange(4.0)) is None
