@@ -53,6 +53,8 @@ class KStepSolver(Solver):
         steps: K, inner steps per ``step`` call (>= 1).
         truncate: differentiate only the last ``truncate`` steps (``None``: all K).
         mode: ``"reverse"`` or ``"forward"`` (see the module docstring).
+        checkpoint: reverse mode only; store the unroll every ``checkpoint`` steps and recompute the
+            segments in the backward pass (``None``: store everything).
 
     ``inner_batch`` is one batch reused K times or a ``list`` of K batches.
     """
@@ -65,6 +67,7 @@ class KStepSolver(Solver):
         steps: int = 5,
         truncate: int | None = None,
         mode: Literal["reverse", "forward"] = "reverse",
+        checkpoint: int | None = None,
     ) -> None:
         super().__init__(problem, inner_optimizer, outer_optimizer)
         if not isinstance(steps, int) or steps < 1:
@@ -73,9 +76,14 @@ class KStepSolver(Solver):
             raise ValueError(f"KStepSolver truncate must be None or an int in [1, steps={steps}], got {truncate!r}")
         if mode not in ("reverse", "forward"):
             raise ValueError(f"KStepSolver mode must be 'reverse' or 'forward', got {mode!r}")
+        if checkpoint is not None and (not isinstance(checkpoint, int) or checkpoint < 1):
+            raise ValueError(f"KStepSolver checkpoint must be None or a segment length >= 1, got {checkpoint!r}")
+        if checkpoint is not None and mode != "reverse":
+            raise ValueError("KStepSolver checkpoint applies to mode='reverse' only (forward mode stores no unroll)")
         self.steps = steps
         self.truncate = steps if truncate is None else truncate
         self.mode = mode
+        self.checkpoint = checkpoint
         n_outer = sum(p.numel() for p in self._outer_params)
         if mode == "forward" and n_outer > _FORWARD_MODE_WARN:
             warnings.warn(
@@ -92,10 +100,15 @@ class KStepSolver(Solver):
             theta, state, loss = self.inner_step(theta, state, batch, buffers, differentiable=False)
             losses.append(loss)
         live = batches[frozen:]
+        if self.mode == "reverse" and self.checkpoint is not None:
+            for start in range(0, len(live), self.checkpoint):
+                theta, state = _checkpointed_segment(self, theta, state, live[start:start + self.checkpoint],
+                                                     buffers, losses)
         if self.mode == "reverse":
-            for batch in live:
-                theta, state, loss = self.inner_step(theta, state, batch, buffers, differentiable=True)
-                losses.append(loss)
+            if self.checkpoint is None:
+                for batch in live:
+                    theta, state, loss = self.inner_step(theta, state, batch, buffers, differentiable=True)
+                    losses.append(loss)
             g = self.outer_value(theta, outer_batch, buffers)
             hypergrad = self.outer_grad(g)
             return _Result(hypergrad, tuple(t.detach() for t in theta), state, losses, g.detach())
@@ -147,3 +160,99 @@ class KStepSolver(Solver):
         theta, state, step_losses, g = aux
         return _Result(hypergrad, tuple(t.detach() for t in theta), _detach_tree(state),
                        losses + [x.detach() for x in step_losses], g.detach())
+
+
+# ---------------------------------------------------------------------- checkpointed reverse unroll
+class _Segment(torch.autograd.Function):
+    """Inner steps ``theta_{k+s}, s_{k+s} = U^s(theta_k, s_k; lambda)`` that save only their inputs.
+
+    Forward runs the steps without a graph; backward re-runs them with ``create_graph=True`` from the
+    saved inputs (same RNG state, same buffer values) and backpropagates through the recomputed
+    segment to theta_k, the floating-point optimiser state s_k and lambda.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, solver: KStepSolver, batches: list[Any], buffers: dict[str, torch.Tensor],
+                layout: tuple[int, Any, list[bool]], losses: list[torch.Tensor],
+                *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        n_theta, spec, is_float = layout
+        n_state = len(is_float)
+        theta_in, state_in = tensors[:n_theta], tensors[n_theta:n_theta + n_state]
+        ctx.solver, ctx.batches, ctx.layout = solver, batches, layout
+        ctx.n_lam = len(tensors) - n_theta - n_state
+        ctx.buffers = {n: b.clone() for n, b in buffers.items()}  # values at the segment's start
+        ctx.rng = _rng_state(tensors)
+        ctx.save_for_backward(*theta_in, *state_in)
+        with torch.enable_grad():
+            theta, state = tuple(theta_in), torchopt.pytree.tree_unflatten(spec, list(state_in))
+            for batch in batches:
+                theta, state, loss = solver.inner_step(theta, state, batch, buffers, differentiable=False)
+                losses.append(loss)
+        out_state = torchopt.pytree.tree_leaves(state)
+        ints = [t for t, f in zip(out_state, is_float) if not f]
+        ctx.mark_non_differentiable(*ints)
+        return (*theta, *out_state)
+
+    @staticmethod
+    def backward(ctx: Any, *grad_out: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+        solver, batches = ctx.solver, ctx.batches
+        n_theta, spec, is_float = ctx.layout
+        saved = ctx.saved_tensors
+        theta_in = tuple(t.detach().requires_grad_() for t in saved[:n_theta])
+        state_in = [t.detach().requires_grad_() if f else t for t, f in zip(saved[n_theta:], is_float)]
+        lam = solver._outer_params
+        with torch.enable_grad(), _restored_rng(ctx.rng):
+            theta = theta_in
+            state = torchopt.pytree.tree_unflatten(spec, state_in)
+            buffers = {n: b.clone() for n, b in ctx.buffers.items()}
+            for batch in batches:
+                theta, state, _ = solver.inner_step(theta, state, batch, buffers, differentiable=True)
+            outs = list(theta) + list(torchopt.pytree.tree_leaves(state))
+        pairs = [(o, g) for o, g in zip(outs, grad_out) if g is not None and o.requires_grad]
+        inputs = list(theta_in) + [t for t, f in zip(state_in, is_float) if f] + list(lam)
+        grads = torch.autograd.grad([o for o, _ in pairs], inputs, [g for _, g in pairs], allow_unused=True) \
+            if pairs else [None] * len(inputs)
+        grads = list(grads)
+        g_theta, rest = grads[:n_theta], grads[n_theta:]
+        g_state: list[torch.Tensor | None] = []
+        for f in is_float:
+            g_state.append(rest.pop(0) if f else None)
+        return (None, None, None, None, None, *g_theta, *g_state, *rest)
+
+
+def _rng_state(tensors: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+    cuda = any(t.is_cuda for t in tensors)
+    return torch.get_rng_state(), (torch.cuda.get_rng_state_all() if cuda else None)
+
+
+class _restored_rng:
+    """Re-run a segment with the global RNG as it was in its forward pass, then put it back."""
+
+    def __init__(self, state: tuple[torch.Tensor, list[torch.Tensor] | None]) -> None:
+        self.state = state
+
+    def __enter__(self) -> None:
+        self.saved = (torch.get_rng_state(), torch.cuda.get_rng_state_all() if self.state[1] is not None else None)
+        torch.set_rng_state(self.state[0])
+        if self.state[1] is not None:
+            torch.cuda.set_rng_state_all(self.state[1])
+
+    def __exit__(self, *exc: Any) -> None:
+        torch.set_rng_state(self.saved[0])
+        if self.saved[1] is not None:
+            torch.cuda.set_rng_state_all(self.saved[1])
+
+
+def _checkpointed_segment(
+    solver: KStepSolver, theta: tuple[torch.Tensor, ...], state: Any, batches: list[Any],
+    buffers: dict[str, torch.Tensor], losses: list[torch.Tensor],
+) -> tuple[tuple[torch.Tensor, ...], Any]:
+    leaves, spec = torchopt.pytree.tree_flatten(state)
+    is_float = [isinstance(t, torch.Tensor) and t.is_floating_point() for t in leaves]
+    if not all(isinstance(t, torch.Tensor) for t in leaves):
+        raise TypeError("KStepSolver(checkpoint=...) needs an inner optimiser whose state is made of tensors")
+    layout = (len(theta), spec, is_float)
+    out = _Segment.apply(solver, batches, buffers, layout, losses, *theta, *leaves, *solver._outer_params)
+    theta_out = tuple(out[:len(theta)])
+    state_out = torchopt.pytree.tree_unflatten(spec, list(out[len(theta):]))
+    return theta_out, state_out
