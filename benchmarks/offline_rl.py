@@ -62,16 +62,40 @@ def run_cell(algo: str, dataset: str, seed: int, args: argparse.Namespace) -> di
     if (run_dir / "checkpoint.pt").exists() and (run_dir / "config.json").exists():
         cmd += ["--resume", str(run_dir)]
     else:
-        cmd += ["--algo", base_algo, "--dataset", dataset, "--seed", str(seed), "--steps", str(args.steps),
-                "--device", args.device, "--out", str(run_dir), "--eval-every", str(args.eval_every),
-                "--eval-episodes", str(args.eval_episodes), "--checkpoint-every", str(args.checkpoint_every),
-                "--log-every", str(args.log_every)]
+        cmd += [
+            "--algo",
+            base_algo,
+            "--dataset",
+            dataset,
+            "--seed",
+            str(seed),
+            "--steps",
+            str(args.steps),
+            "--device",
+            args.device,
+            "--out",
+            str(run_dir),
+            "--eval-every",
+            str(args.eval_every),
+            "--eval-episodes",
+            str(args.eval_episodes),
+            "--checkpoint-every",
+            str(args.checkpoint_every),
+            "--log-every",
+            str(args.log_every),
+        ]
         cmd += [f"--set={kv}" for kv in variant_sets + args.set]
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
     t0 = time.perf_counter()
     with open(log, "a") as f:
-        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT).returncode
+        rc = subprocess.run(
+            cmd, check=False, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT
+        ).returncode
     if rc != 0:
         print(f"[offline_rl] {name} FAILED (exit {rc}); see {log}", flush=True)
         return {"algo": algo, "dataset": dataset, "seed": seed, "failed": True}
@@ -84,17 +108,24 @@ def run_cell(algo: str, dataset: str, seed: int, args: argparse.Namespace) -> di
     tmp = result_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(summary, indent=2))
     os.replace(tmp, result_path)
-    print(f"[offline_rl] {name}: score {summary.get('final_normalized_score')} "
-          f"({summary['updates_per_s']:.0f} upd/s, {time.perf_counter() - t0:.0f}s)", flush=True)
+    print(
+        f"[offline_rl] {name}: score {summary.get('final_normalized_score')} "
+        f"({summary['updates_per_s']:.0f} upd/s, {time.perf_counter() - t0:.0f}s)",
+        flush=True,
+    )
     return summary
 
 
 def table(results: list[dict], algos: list[str], datasets: list[str]) -> str:
-    lines = ["| dataset | algorithm | normalised score (mean ± std) | final return | seeds | updates/s | wall time (s) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| dataset | algorithm | normalised score (mean ± std) | final return | seeds | updates/s | wall time (s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for ds in datasets:
         for algo in algos:
-            rows = [r for r in results if r.get("algo") == algo and r.get("dataset") == ds and not r.get("failed")]
+            rows = [
+                r for r in results if r.get("algo") == algo and r.get("dataset") == ds and not r.get("failed")
+            ]
             if not rows:
                 lines.append(f"| {ds} | {algo} | (no finished seed) | | 0 | | |")
                 continue
@@ -102,8 +133,10 @@ def table(results: list[dict], algos: list[str], datasets: list[str]) -> str:
             rets = np.array([r["final_return"] for r in rows], dtype=float)
             ups = np.mean([r["updates_per_s"] for r in rows])
             wall = np.mean([r["wall_time_s"] for r in rows])
-            lines.append(f"| {ds} | {algo} | {scores.mean():.1f} ± {scores.std():.1f} | {rets.mean():.0f} | "
-                         f"{len(rows)} | {ups:.0f} | {wall:.0f} |")
+            lines.append(
+                f"| {ds} | {algo} | {scores.mean():.1f} ± {scores.std():.1f} | {rets.mean():.0f} | "
+                f"{len(rows)} | {ups:.0f} | {wall:.0f} |"
+            )
     return "\n".join(lines)
 
 
@@ -119,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-episodes", type=int, default=10)
     p.add_argument("--checkpoint-every", type=int, default=5_000)
     p.add_argument("--log-every", type=int, default=1_000)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="hyper-parameter for every cell")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="hyper-parameter for every cell"
+    )
     p.add_argument("--out", default="results/offline_rl")
     p.add_argument("--report", action="store_true", help="write the table into docs/benchmarks.md")
     p.add_argument("--note", default="", help="extra line for the report (e.g. 'smoke run')")
@@ -143,13 +178,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         from _report import command_line, git_revision, machine_description, write_section
 
-        section = (f"## Offline RL baselines\n\n"
-                   f"Command: `MINARI_DATASETS_PATH=../shared/datasets {command_line()}`\n\n"
-                   f"Machine: {machine_description(args.device)}; {args.workers} worker processes, one torch "
-                   f"thread each; git {git_revision()}. Grid wall time {wall:.0f}s.\n\n"
-                   f"{args.steps} updates, batch 256, final evaluation {args.eval_episodes} episodes per seed "
-                   f"(normalised score = 100 (R - ref_min) / (ref_max - ref_min) from the dataset metadata).\n"
-                   + (f"\n{args.note}\n" if args.note else "") + f"\n{body}\n")
+        section = (
+            f"## Offline RL baselines\n\n"
+            f"Command: `MINARI_DATASETS_PATH=../shared/datasets {command_line()}`\n\n"
+            f"Machine: {machine_description(args.device)}; {args.workers} worker processes, one torch "
+            f"thread each; git {git_revision()}. Grid wall time {wall:.0f}s.\n\n"
+            f"{args.steps} updates, batch 256, final evaluation {args.eval_episodes} episodes per seed "
+            f"(normalised score = 100 (R - ref_min) / (ref_max - ref_min) from the dataset metadata).\n"
+            + (f"\n{args.note}\n" if args.note else "")
+            + f"\n{body}\n"
+        )
         write_section("offline_rl", section)
     return 0 if all(not r.get("failed") for r in results) else 1
 

@@ -8,11 +8,13 @@ docs/benchmarks.md from *all* JSON found there, so they can run in any order, on
     hopper-medium-replay, hopper-medium-expert (medium + expert concatenated) and halfcheetah-medium,
     through ``benchmarks/offline_rl.py``'s resumable cell runner (one process per cell, one torch
     thread each); for VACO on medium-expert it adds the Pearson coefficient of trajectory mean weight
-    vs trajectory return (``rl_adapters.analysis.analyze_weights``). Full GPU grid (about 8 minutes,
-    16 cores + 1 H100; re-running the same command resumes unfinished cells)::
+    vs trajectory return (``rl_adapters.analysis.analyze_weights``). Full grid, 45 cells of 10k updates
+    (estimated 6-8 minutes on 16 cores + 1 H100; re-running the same command resumes unfinished cells),
+    then the per-update timing on the GPU, alone::
 
         MINARI_DATASETS_PATH=../shared/datasets python benchmarks/vaco_bench.py grid --device cuda \\
-            --workers 15 --steps 20000 --seeds 0,1,2 --report
+            --workers 15 --steps 10000 --seeds 0,1,2 --report
+        python benchmarks/vaco_bench.py timing --device cuda --report
 
 ``timing``
     Milliseconds per update of IQL, BC and VACO (bi-level updates only, each solver; plus the joint
@@ -21,7 +23,8 @@ docs/benchmarks.md from *all* JSON found there, so they can run in any order, on
 
 ``options``
     Sigmoid weights vs batch-mean-normalised weights vs sigmoid weights with Q normalisation in the
-    outer loss, on one dataset (default hopper-medium-replay), same seeds and steps.
+    outer loss, on one dataset (default hopper-medium-expert, where the weight/return Pearson
+    coefficient measures whether the weights separate the two behaviour policies), same seeds and steps.
 
 ``report``
     Only rebuild the docs section from the JSON in ``--out``.
@@ -232,9 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("grid", "options"):
         g = sub.add_parser(name)
         g.add_argument("--algos", default=GRID_ALGOS if name == "grid" else ",".join(OPTION_VARIANTS))
-        g.add_argument("--datasets", default=DATASETS if name == "grid" else "suite/hopper/medium-replay-v0")
+        g.add_argument("--datasets", default=DATASETS if name == "grid" else "suite/hopper/medium-expert")
         g.add_argument("--seeds", default="0,1,2")
-        g.add_argument("--steps", type=int, default=20_000)
+        g.add_argument("--steps", type=int, default=10_000)
         g.add_argument("--device", default="cpu")
         g.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
         g.add_argument("--eval-episodes", type=int, default=10)

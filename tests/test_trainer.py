@@ -102,7 +102,9 @@ def test_killed_subprocess_resumes_to_same_parameters(tiny_dataset, tmp_path):
         "--batch-size",
         "32",
     ]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    )
     out = tmp_path / "killed"
     proc = subprocess.Popen(
         [sys.executable, "-m", "rl_adapters.train", *args, "--out", str(out)],

@@ -237,7 +237,7 @@ class _restored_rng:
         if self.state[1] is not None:
             torch.cuda.set_rng_state_all(self.state[1])
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         torch.set_rng_state(self.saved[0])
         if self.saved[1] is not None:
             torch.cuda.set_rng_state_all(self.saved[1])
