@@ -483,3 +483,23 @@ def test_checkpointed_reverse_unroll_equals_stored_unroll(opt, segment):
     before = torch.get_rng_state()
     info = s.step((x, yb))
     assert info.hypergrad_norm > 0 and not torch.equal(before, torch.get_rng_state())
+
+
+def test_forward_mode_falls_back_to_one_jvp_per_scalar_for_data_dependent_losses():
+    problem, model, hyper, (X, y), _ = ridge_problem()
+    f = problem.inner_loss
+
+    def branching(inner, outer, batch):  # data-dependent Python control flow: vmap cannot batch it
+        loss = f(inner, outer, batch)
+        return loss * 2 if loss > 1e9 else loss
+
+    theta0 = torch.linspace(-1, 1, 5, dtype=DT)
+    with torch.no_grad():
+        model.weight.copy_(theta0[None])
+    plain = bilevel.KStepSolver(problem, torchopt.sgd(lr=0.05), outer_sgd(hyper), steps=3, mode="forward")
+    branchy = bilevel.KStepSolver(bilevel.Problem(model, hyper, branching, problem.outer_loss),
+                                  torchopt.sgd(lr=0.05), outer_sgd(hyper), steps=3, mode="forward")
+    rev = bilevel.KStepSolver(problem, torchopt.sgd(lr=0.05), outer_sgd(hyper), steps=3)
+    ref = rev.hypergradient((X, y))[0]
+    assert rel_err(plain.hypergradient((X, y))[0], ref) < 1e-12
+    assert rel_err(branchy.hypergradient((X, y))[0], ref) < 1e-12
