@@ -147,9 +147,7 @@ class KStepSolver(Solver):
         except RuntimeError as err:
             if "in-place" in str(err):
                 raise self._in_place_error() from err
-            # Losses with data-dependent control flow (or ops without a batching rule) cannot run
-            # under vmap; one jvp per outer scalar needs neither.
-            hypergrad, aux = self._jvp_loop(unrolled, lam)
+            raise
         theta, state, step_losses, g = aux
         return _Result(hypergrad, tuple(t.detach() for t in theta), _detach_tree(state),
                        losses + [x.detach() for x in step_losses], g.detach())
@@ -166,7 +164,9 @@ class KStepSolver(Solver):
     @staticmethod
     def _jvp_batched(unrolled: Any, lam: tuple[torch.Tensor, ...]) -> tuple[list[torch.Tensor], Any]:
         """All basis directions at once: ``vmap`` over tangents of ``jvp`` (randomness="same": every
-        direction differentiates the same sampled unroll). About 5x faster than a loop for 20 scalars."""
+        direction differentiates the same sampled unroll). Only tangents are batched, never primal
+        values, so Python control flow on losses still works. About 5x faster than one jvp per
+        direction for 20 scalars."""
         n = sum(p.numel() for p in lam)
         eye = torch.eye(n, dtype=lam[0].dtype, device=lam[0].device)
         tangents, offset = [], 0
@@ -184,22 +184,6 @@ class KStepSolver(Solver):
         for p in lam:
             hypergrad.append(d[offset:offset + p.numel()].reshape(p.shape))
             offset += p.numel()
-        return hypergrad, aux
-
-    def _jvp_loop(self, unrolled: Any, lam: tuple[torch.Tensor, ...]) -> tuple[list[torch.Tensor], Any]:
-        hypergrad = [torch.zeros_like(p) for p in lam]
-        aux = None
-        for i, p in enumerate(lam):
-            for j in range(p.numel()):
-                tangents = tuple(torch.zeros_like(q) for q in lam)
-                tangents[i].view(-1)[j] = 1.0
-                try:
-                    _, directional, aux = torch.func.jvp(unrolled, lam, tangents, has_aux=True)
-                except RuntimeError as err:
-                    if "in-place" in str(err):
-                        raise self._in_place_error() from err
-                    raise
-                hypergrad[i].view(-1)[j] = directional
         return hypergrad, aux
 
 
