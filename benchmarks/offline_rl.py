@@ -41,6 +41,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "vaco-one_step": ("vaco", ["solver=one_step"]),
     "vaco-k_step": ("vaco", ["solver=k_step", "k=5", "mode=reverse"]),
     "vaco-implicit": ("vaco", ["solver=implicit"]),
+    # TD3+BC with ASPC's robust critic (3 hidden layers + LayerNorm): the fixed-alpha baseline of ASPC.
+    "td3bc-rc": ("td3bc", ["critic_hidden_layers=3", "critic_layer_norm=True"]),
 }
 
 
@@ -105,6 +107,9 @@ def run_cell(algo: str, dataset: str, seed: int, args: argparse.Namespace) -> di
         from rl_adapters.analysis import analyze_weights
 
         summary["weight_return_pearson"] = analyze_weights(run_dir)["pearson_traj_weight_return"]
+    if base_algo == "aspc":
+        rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+        summary["final_alpha"] = [r["alpha"] for r in rows if "alpha" in r][-1]
     tmp = result_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(summary, indent=2))
     os.replace(tmp, result_path)
