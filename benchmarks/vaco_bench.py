@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
-import offline_rl  # noqa: E402  (the shared cell runner; path set above)
+import offline_rl
 
 DATASETS = "suite/hopper/medium-replay-v0,suite/hopper/medium-expert,suite/halfcheetah/medium-v0"
 GRID_ALGOS = "bc,iql,vaco-one_step,vaco-k_step,vaco-implicit"
@@ -65,12 +65,21 @@ COST = {"vaco-k_step": 5.0, "vaco-implicit": 3.9, "vaco-one_step": 1.3, "iql": 1
 
 def _cell_args(a: argparse.Namespace, out: Path) -> argparse.Namespace:
     # Intermediate evaluations are off (eval_every = steps): only the final 10-episode score is reported.
-    return argparse.Namespace(out=str(out), steps=a.steps, device=a.device, eval_every=a.steps,
-                              eval_episodes=a.eval_episodes, checkpoint_every=max(1000, a.steps // 4),
-                              log_every=max(100, a.steps // 20), set=list(a.set))
+    return argparse.Namespace(
+        out=str(out),
+        steps=a.steps,
+        device=a.device,
+        eval_every=a.steps,
+        eval_episodes=a.eval_episodes,
+        checkpoint_every=max(1000, a.steps // 4),
+        log_every=max(100, a.steps // 20),
+        set=list(a.set),
+    )
 
 
-def run_cells(a: argparse.Namespace, algos: list[str], datasets: list[str], out: Path) -> list[dict[str, Any]]:
+def run_cells(
+    a: argparse.Namespace, algos: list[str], datasets: list[str], out: Path
+) -> list[dict[str, Any]]:
     """Run (or resume / skip finished) every algos x datasets x seeds cell; returns the summaries."""
     out.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in a.seeds.split(",")]
@@ -80,9 +89,16 @@ def run_cells(a: argparse.Namespace, algos: list[str], datasets: list[str], out:
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=a.workers) as pool:
         results = list(pool.map(lambda c: offline_rl.run_cell(*c, cargs), cells))
-    meta = {"steps": a.steps, "seeds": seeds, "device": a.device, "workers": a.workers,
-            "eval_episodes": a.eval_episodes, "wall_time_s": time.perf_counter() - t0,
-            "command": _command(), "machine": _machine(a.device)}
+    meta = {
+        "steps": a.steps,
+        "seeds": seeds,
+        "device": a.device,
+        "workers": a.workers,
+        "eval_episodes": a.eval_episodes,
+        "wall_time_s": time.perf_counter() - t0,
+        "command": _command(),
+        "machine": _machine(a.device),
+    }
     (out / "grid_meta.json").write_text(json.dumps(meta, indent=2))
     return results
 
@@ -121,8 +137,10 @@ def timing(a: argparse.Namespace) -> dict[str, Any]:
         "vaco-implicit": ("vaco", {"solver": "implicit", "value_fraction": 0.0}),
         "vaco value phase": ("vaco", {"value_fraction": 0.99}),
     }
-    algos = {k: make_algorithm(n, data.obs_dim, data.act_dim, data.stats, device=device, total_steps=10**6, **hp)
-             for k, (n, hp) in specs.items()}
+    algos = {
+        k: make_algorithm(n, data.obs_dim, data.act_dim, data.stats, device=device, total_steps=10**6, **hp)
+        for k, (n, hp) in specs.items()
+    }
     gen = data.make_generator(0)
     batches = [data.sample(256, gen) for _ in range(a.updates)]
 
@@ -143,17 +161,24 @@ def timing(a: argparse.Namespace) -> dict[str, Any]:
             sync()
             times[k].append((time.perf_counter() - t0) / len(batches))
     med = {k: statistics.median(v) for k, v in times.items()}
-    res = {"dataset": a.dataset, "device": str(device), "threads": a.threads, "rounds": a.rounds,
-           "updates_per_round": a.updates, "ms_per_update": {k: 1e3 * v for k, v in med.items()},
-           "ms_per_update_min": {k: 1e3 * min(v) for k, v in times.items()},
-           "ratio_to_iql": {k: v / med["iql"] for k, v in med.items()},
-           "command": _command(), "machine": _machine(str(device))}
+    res = {
+        "dataset": a.dataset,
+        "device": str(device),
+        "threads": a.threads,
+        "rounds": a.rounds,
+        "updates_per_round": a.updates,
+        "ms_per_update": {k: 1e3 * v for k, v in med.items()},
+        "ms_per_update_min": {k: 1e3 * min(v) for k, v in times.items()},
+        "ratio_to_iql": {k: v / med["iql"] for k, v in med.items()},
+        "command": _command(),
+        "machine": _machine(str(device)),
+    }
     name = "timing_cuda.json" if device.type == "cuda" else "timing_cpu.json"
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / name).write_text(json.dumps(res, indent=2))
-    for k in med:
-        print(f"{k:24s} {1e3 * med[k]:8.2f} ms/update   x{res['ratio_to_iql'][k]:.2f} of IQL")
+    for k, v in med.items():
+        print(f"{k:24s} {1e3 * v:8.2f} ms/update   x{res['ratio_to_iql'][k]:.2f} of IQL")
     return res
 
 
@@ -169,12 +194,21 @@ def _load(out: Path, pattern: str) -> list[dict[str, Any]]:
 
 
 def _score_table(rows: list[dict[str, Any]], algos: list[str], datasets: list[str]) -> str:
-    lines = ["| dataset | algorithm | normalised score (mean ± std) | seeds | updates/s | time/update vs IQL "
-             "(whole run) | weight/return Pearson |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        (
+            "| dataset | algorithm | normalised score (mean ± std) | seeds | updates/s | time/update vs IQL "
+            "(whole run) | weight/return Pearson |"
+        ),
+        "|---|---|---|---|---|---|---|",
+    ]
     for ds in datasets:
         iql = [r["updates_per_s"] for r in rows if r.get("algo") == "iql" and r.get("dataset") == ds]
         for al in algos:
-            rs = [r for r in rows if r.get("algo") == al and r.get("dataset") == ds and "final_normalized_score" in r]
+            rs = [
+                r
+                for r in rows
+                if r.get("algo") == al and r.get("dataset") == ds and "final_normalized_score" in r
+            ]
             if not rs:
                 continue
             sc = np.array([r["final_normalized_score"] for r in rs], float)
@@ -182,19 +216,25 @@ def _score_table(rows: list[dict[str, Any]], algos: list[str], datasets: list[st
             ratio = f"{np.mean(iql) / ups:.2f}x" if iql else "n/a"
             pr = [r["weight_return_pearson"] for r in rs if r.get("weight_return_pearson") is not None]
             pear = f"{np.mean(pr):.3f} ± {np.std(pr):.3f}" if pr else ""
-            lines.append(f"| {ds} | {al} | {sc.mean():.1f} ± {sc.std():.1f} | {len(rs)} | {ups:.0f} | {ratio} | "
-                         f"{pear} |")
+            lines.append(
+                f"| {ds} | {al} | {sc.mean():.1f} ± {sc.std():.1f} | {len(rs)} | {ups:.0f} | {ratio} | "
+                f"{pear} |"
+            )
     return "\n".join(lines)
 
 
 def report(out: Path) -> str:
     from _report import write_section
 
-    parts = ["## VACO: solvers, baselines, update cost, weight options",
-             "Produced by `benchmarks/vaco_bench.py` (see its docstring); VACO options and defaults are explained "
-             "in docs/vaco.md. `time/update vs IQL (whole run)` divides IQL's updates/s by the cell's, over the "
-             "whole run: in the default two-phase schedule half of VACO's updates are value-only (cheaper than "
-             "IQL's), so the per-bi-level-update ratio is the one in the timing table."]
+    parts = [
+        "## VACO: solvers, baselines, update cost, weight options",
+        (
+            "Produced by `benchmarks/vaco_bench.py` (see its docstring); VACO options and defaults are explained "
+            "in docs/vaco.md. `time/update vs IQL (whole run)` divides IQL's updates/s by the cell's, over the "
+            "whole run: in the default two-phase schedule half of VACO's updates are value-only (cheaper than "
+            "IQL's), so the per-bi-level-update ratio is the one in the timing table."
+        ),
+    ]
     for label, sub in (("Solver grid", "grid"), ("Smoke grid (CPU)", "smoke"), ("Weight options", "options")):
         d = out / sub
         meta_p = d / "grid_meta.json"
@@ -204,11 +244,13 @@ def report(out: Path) -> str:
         rows = [r for r in _load(d, "*__s*.json")]
         algos = sorted({r["algo"] for r in rows if "algo" in r}, key=lambda x: (x.startswith("vaco"), x))
         datasets = sorted({r["dataset"] for r in rows if "dataset" in r})
-        parts.append(f"### {label}\n\nCommand: `{meta['command']}`\n\nMachine: {meta['machine']}; "
-                     f"{meta['workers']} workers, device {meta['device']}; {meta['steps']} updates per run "
-                     f"(VACO default two-phase: first half value-only), batch 256, seeds {meta['seeds']}, final "
-                     f"evaluation {meta['eval_episodes']} episodes; grid wall time {meta['wall_time_s']:.0f}s.\n\n"
-                     + _score_table(rows, algos, datasets))
+        parts.append(
+            f"### {label}\n\nCommand: `{meta['command']}`\n\nMachine: {meta['machine']}; "
+            f"{meta['workers']} workers, device {meta['device']}; {meta['steps']} updates per run "
+            f"(VACO default two-phase: first half value-only), batch 256, seeds {meta['seeds']}, final "
+            f"evaluation {meta['eval_episodes']} episodes; grid wall time {meta['wall_time_s']:.0f}s.\n\n"
+            + _score_table(rows, algos, datasets)
+        )
         if (d / "note.md").exists():
             parts.append((d / "note.md").read_text().strip())
     for name in ("timing_cpu.json", "timing_cuda.json"):
@@ -216,10 +258,15 @@ def report(out: Path) -> str:
         if not p.exists():
             continue
         t = json.loads(p.read_text())
-        lines = [f"### Time per update ({t['device']}, {t['threads']} torch thread(s))",
-                 f"Command: `{t['command']}`\n\nMachine: {t['machine']}. Dataset {t['dataset']}, batch 256, "
-                 f"median over {t['rounds']} interleaved rounds of {t['updates_per_round']} updates.\n",
-                 "| algorithm | ms / update (median) | ms / update (best round) | ratio to IQL |", "|---|---|---|---|"]
+        lines = [
+            f"### Time per update ({t['device']}, {t['threads']} torch thread(s))",
+            (
+                f"Command: `{t['command']}`\n\nMachine: {t['machine']}. Dataset {t['dataset']}, batch 256, "
+                f"median over {t['rounds']} interleaved rounds of {t['updates_per_round']} updates.\n"
+            ),
+            "| algorithm | ms / update (median) | ms / update (best round) | ratio to IQL |",
+            "|---|---|---|---|",
+        ]
         for k, v in t["ms_per_update"].items():
             lines.append(f"| {k} | {v:.2f} | {t['ms_per_update_min'][k]:.2f} | {t['ratio_to_iql'][k]:.2f} |")
         parts.append("\n".join(lines))
@@ -243,7 +290,9 @@ def main(argv: list[str] | None = None) -> int:
         g.add_argument("--eval-episodes", type=int, default=10)
         g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
         g.add_argument("--out", default="results/vaco")
-        g.add_argument("--subdir", default=name, help="results go to OUT/SUBDIR (e.g. 'smoke' for a CPU smoke run)")
+        g.add_argument(
+            "--subdir", default=name, help="results go to OUT/SUBDIR (e.g. 'smoke' for a CPU smoke run)"
+        )
         g.add_argument("--report", action="store_true")
     t = sub.add_parser("timing")
     t.add_argument("--dataset", default="suite/hopper/medium-replay-v0")

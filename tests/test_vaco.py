@@ -67,7 +67,8 @@ def _hand_one_step_outer(
         step = (m / bias1) / ((v / bias2).sqrt() + c.adam_eps)
         new[n] = theta0[n] - c.actor_lr * step
     a1 = functional_call(algo.actor, new, (vb.noisy_obs,))
-    return -algo.critic_target.min_q(vb.obs, a1).mean()
+    loss = -algo.critic_target.min_q(vb.obs, a1).mean()
+    return loss / vb.q_scale if c.outer_q_norm else loss
 
 
 def test_one_step_hypergradient_matches_finite_differences_and_step_lowers_outer_loss(tiny_dataset):
@@ -251,7 +252,7 @@ SOLVER_FLAGS = {
         "joint",
         "--weight-norm",
         "batch_mean",
-        "--outer-q-norm",
+        "--no-outer-q-norm",
     ],
     "k_step-reverse": ["--solver", "k_step", "--k", "3", "--truncate", "2", "--mode", "reverse"],
     "k_step-forward": ["--solver", "k_step", "--k", "2", "--mode", "forward", "--scorer-hidden-dim", "2"],

@@ -81,7 +81,7 @@ class VACOConfig(BaseConfig):
     weight_decay: float = 1e-6
     scorer_hidden_dim: int = 256
     weight_norm: str = "none"
-    outer_q_norm: bool = False
+    outer_q_norm: bool = True  # measured default, see docs/vaco.md "Option comparison"
     sigma_start: float = 1.0
     schedule: str = "two_phase"
     value_fraction: float = 0.5
