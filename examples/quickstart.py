@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 
 import torch
@@ -109,14 +108,14 @@ def part2_vaco(out_dir: str, steps: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--skip-rl", action="store_true", help="only run part 1 (no Minari / MuJoCo needed)")
-    p.add_argument("--out", default=None, help="directory for the VACO run (default: a temporary one)")
+    p.add_argument("--out", default="runs/quickstart", help="directory for the VACO run and its dataset")
     p.add_argument("--steps", type=int, default=3000, help="VACO training steps in part 2")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     part1_hyperparameter()
     if not args.skip_rl:
         print()
-        part2_vaco(args.out or tempfile.mkdtemp(prefix="bilevel-quickstart-"), args.steps)
+        part2_vaco(args.out, args.steps)
     return 0
 
 

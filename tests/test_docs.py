@@ -11,9 +11,19 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
 def test_quickstart_reweighting_example_downweights_flipped_labels():
-    code = re.findall(r"```python\n(.*?)```", (DOCS / "quickstart.md").read_text(), re.S)[0]
+    code = re.findall(r"```python\n(.*?)```", (DOCS / "quickstart.md").read_text(), re.DOTALL)[0]
     torch.set_num_threads(1)
     scope: dict = {}
-    exec(compile(code, "docs/quickstart.md", "exec"), scope)
+    exec(compile(code, "docs/quickstart.md", "exec"), scope)  # noqa: S102 - running our own docs is the test
     w, flipped = scope["w"], scope["flipped"]
     assert w[~flipped].mean() > 3 * w[flipped].mean()
+
+
+def test_quickstart_vaco_demo_prefers_good_episodes(tmp_path, monkeypatch):
+    from rl_adapters.quickstart import vaco_demo
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "unused"))  # vaco_demo sets its own root
+    torch.set_num_threads(1)
+    res = vaco_demo(tmp_path, steps=1500, progress=False)
+    assert res["good_weight"] > res["bad_weight"] + 0.05
+    assert res["pearson"] > 0.3
