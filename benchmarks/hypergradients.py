@@ -571,7 +571,7 @@ def markdown(res: dict[str, Any]) -> str:
                 own = "(= true)"
             L.append(f"| {row['solver']} | {row['err_true']:.2e} | {own} | {row['time_s'] * 1e3:.2f} |")
         L.append("")
-    L.append("![accuracy vs time](img/hypergradients_accuracy.png)\n")
+    L.append(f"![accuracy vs time](img/hypergradients_{report_tag(meta)}_accuracy.png)\n")
 
     # ---- speed
     L.append("### Speed and peak memory per hypergradient\n")
@@ -594,7 +594,7 @@ def markdown(res: dict[str, Any]) -> str:
         mr = f"{r['mem_ratio']:.2f}" if "mem_ratio" in r and r["library"] == "ours" else ""
         L.append(f"| {r['group']} | {r['method']} | {fmt_params(r['params'])} | {r['K']} | "
                  f"{r['min_s'] * 1e3:.2f} ({r['median_s'] * 1e3:.2f}) | {tr} | {fmt_bytes(r['peak_bytes'])} | {mr} |")
-    L.append("\n![speed and memory](img/hypergradients_speed.png)\n")
+    L.append(f"\n![speed and memory](img/hypergradients_{report_tag(meta)}_speed.png)\n")
 
     # ---- checkpointing
     L.append("### Would checkpointing the reverse unroll pay?\n")
@@ -633,6 +633,24 @@ def markdown(res: dict[str, Any]) -> str:
 
 
 # ============================================================================================ main
+def report_tag(meta: dict[str, Any]) -> str:
+    """Device and preset of a run: each (e.g. ``cuda-full``, ``cpu-quick``) has its own report section and
+    plots, so a quick CPU re-run never overwrites the GPU table."""
+    return f"{meta['device']}-{meta['preset']}"
+
+
+def write_report(res: dict[str, Any]) -> None:
+    tag = report_tag(res["meta"])
+    IMG.mkdir(parents=True, exist_ok=True)
+    plot_accuracy(res["accuracy"], IMG / f"hypergradients_{tag}_accuracy.png")
+    plot_speed(res["speed"], IMG / f"hypergradients_{tag}_speed.png")
+    from hg_reading import reading
+
+    res["reading"] = reading(res)
+    write_section(f"hypergradients-{tag}", markdown(res))
+    print(f"wrote docs/benchmarks.md section 'hypergradients-{tag}'")
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -642,7 +660,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 1 on cpu, all on cuda)")
     ap.add_argument("--sections", default="accuracy,speed,checkpoint,reweighting")
     ap.add_argument("--no-report", action="store_true", help="do not write docs/benchmarks.md or plots")
+    ap.add_argument("--from-json", default=None,
+                    help="re-render the report from a saved hypergradients.json (e.g. a GPU run) instead of running")
     args = ap.parse_args(argv)
+    if args.from_json:
+        res = json.loads(Path(args.from_json).read_text())
+        write_report(res)
+        return res
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda but torch.cuda.is_available() is False")
     if args.threads or args.device == "cpu":
@@ -682,14 +706,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     (out / "hypergradients.json").write_text(json.dumps(res, indent=1, default=str))
     print(f"wrote {out / 'hypergradients.json'} ({res['meta']['wall_s']:.0f} s)")
     if not args.no_report and sections >= {"accuracy", "speed", "checkpoint", "reweighting"}:
-        IMG.mkdir(parents=True, exist_ok=True)
-        plot_accuracy(res["accuracy"], IMG / "hypergradients_accuracy.png")
-        plot_speed(res["speed"], IMG / "hypergradients_speed.png")
-        from hg_reading import reading
-
-        res["reading"] = reading(res)
-        write_section("hypergradients", markdown(res))
-        print("wrote docs/benchmarks.md section 'hypergradients'")
+        write_report(res)
     return res
 
 
