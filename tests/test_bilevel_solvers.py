@@ -503,3 +503,24 @@ def test_forward_mode_allows_python_control_flow_on_losses():
     ref = rev.hypergradient((X, y))[0]
     assert rel_err(plain.hypergradient((X, y))[0], ref) < 1e-12
     assert rel_err(branchy.hypergradient((X, y))[0], ref) < 1e-12
+
+
+def test_linear_solvers_on_explicit_matrices():
+    g = torch.Generator().manual_seed(0)
+    M = torch.randn(6, 6, generator=g, dtype=DT)
+    A = M @ M.T + 0.5 * torch.eye(6, dtype=DT)
+    b = (torch.randn(6, generator=g, dtype=DT),)
+    exact = torch.linalg.solve(A, b[0])
+    mv = lambda v: (A @ v[0],)
+    cg = bilevel.linear.conjugate_gradient(mv, b, iterations=6)
+    assert rel_err(cg.solution[0], exact) < 1e-10 and cg.residual < 1e-10
+    lam_max = bilevel.linear.power_iteration(mv, b, iterations=200)
+    assert abs(lam_max - torch.linalg.eigvalsh(A)[-1].item()) / lam_max < 1e-6
+    for solve in (bilevel.linear.neumann, bilevel.linear.fixed_point):
+        sol = solve(mv, b, 3000, 1.0 / lam_max)
+        assert rel_err(sol.solution[0], exact) < 1e-8
+        assert sol.residual == pytest.approx(float((A @ sol.solution[0] - b[0]).norm() / b[0].norm()))
+    # indefinite A: CG stops moving instead of producing NaN, and says how far it got
+    D = torch.diag(torch.tensor([1.0, -1.0], dtype=DT))
+    bad = bilevel.linear.conjugate_gradient(lambda v: (D @ v[0],), (torch.ones(2, dtype=DT),), iterations=5)
+    assert torch.isfinite(bad.solution[0]).all() and bad.residual == pytest.approx(1.0)

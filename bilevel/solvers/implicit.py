@@ -10,7 +10,8 @@ grad_theta f(theta*(lambda), lambda) = 0 and, differentiating,
 
 with damping delta. The system is solved matrix-free with Hessian-vector products (double
 backward), by conjugate gradients, a truncated Neumann series, or Richardson fixed-point iteration.
-Cost: K plain inner steps + (iterations + 2) Hessian-vector products, each ~2 inner gradients;
+Cost: K plain inner steps + iterations Hessian-vector products (+1 for the residual of Neumann /
+fixed point, +power_iterations when their step size is estimated), each ~2 inner gradients;
 memory one inner graph, independent of K and of ``iterations``. Exact only at a true inner optimum.
 """
 
@@ -38,6 +39,9 @@ class ImplicitSolver(Solver):
             ``power_iterations`` power iterations each call (must be < 2 / lambda_max to converge).
         warm_start: start fixed-point iteration from the previous call's solution.
         tol: relative-residual tolerance at which CG stops early.
+        residual: for Neumann / fixed point, measure ``||Hv - b|| / ||b||`` (one extra Hessian-vector
+            product) and report it in ``StepInfo.extras["residual"]``; CG reports its recursive
+            residual at no cost either way.
     """
 
     def __init__(
@@ -53,6 +57,7 @@ class ImplicitSolver(Solver):
         power_iterations: int = 10,
         warm_start: bool = False,
         tol: float = 1e-12,
+        residual: bool = True,
     ) -> None:
         super().__init__(problem, inner_optimizer, outer_optimizer)
         if not isinstance(inner_steps, int) or inner_steps < 0:
@@ -74,6 +79,7 @@ class ImplicitSolver(Solver):
         self.power_iterations = power_iterations
         self.warm_start = warm_start
         self.tol = tol
+        self.residual = residual
         self._previous_solution: tuple[torch.Tensor, ...] | None = None
 
     def _solve(self, inner_batch: Any, outer_batch: Any, buffers: dict[str, torch.Tensor]) -> _Result:
@@ -131,10 +137,10 @@ class ImplicitSolver(Solver):
                 alpha = 1.0 / lam_max if lam_max > 0 else 1.0
                 extras["lambda_max"] = lam_max
             if self.linear_solver == "neumann":
-                sol = linear.neumann(hvp, dg_theta, self.iterations, alpha)
+                sol = linear.neumann(hvp, dg_theta, self.iterations, alpha, self.residual)
             else:
                 init = self._previous_solution if self.warm_start else None
-                sol = linear.fixed_point(hvp, dg_theta, self.iterations, alpha, init)
+                sol = linear.fixed_point(hvp, dg_theta, self.iterations, alpha, init, self.residual)
         v = tuple(x.detach() for x in sol.solution)
         if self.warm_start:
             self._previous_solution = v

@@ -33,7 +33,7 @@ def norm(a: Vec) -> torch.Tensor:
 class LinearSolveResult:
     solution: Vec
     iterations: int
-    residual: float  # ||A v - b|| / ||b||, measured with one extra product
+    residual: float  # ||A v - b|| / ||b|| (CG: its recursive residual; NaN when not computed)
     step_size: float | None = None
 
 
@@ -43,32 +43,45 @@ def relative_residual(matvec: MatVec, v: Vec, b: Vec) -> float:
     return float(norm(r) / bn) if float(bn) > 0 else float(norm(r))
 
 
-def conjugate_gradient(matvec: MatVec, b: Vec, iterations: int, tol: float = 1e-12) -> LinearSolveResult:
+def conjugate_gradient(
+    matvec: MatVec, b: Vec, iterations: int, tol: float = 1e-12, check_every: int = 5
+) -> LinearSolveResult:
     """Conjugate gradients from ``v0 = 0``; stops after ``iterations`` products or when
-    ``||r|| <= tol ||b||``. Exact in at most dim(theta) steps for SPD ``A`` in exact arithmetic."""
+    ``||r|| <= tol ||b||``. Exact in at most dim(theta) steps for SPD ``A`` in exact arithmetic.
+
+    The reported residual is CG's recursive one, ``||r_k|| / ||b||`` (equal to the true residual in exact
+    arithmetic), so it costs no extra product. The stopping test reads a device scalar only every
+    ``check_every`` iterations: on a GPU each read is a host sync that stalls the queue.
+    If ``A`` turns out not to be positive definite along a search direction (``p^T A p <= 0``), CG's step
+    is undefined; the iteration freezes there and the residual reports how far it got (``damping > 0``
+    is the fix).
+    """
     v = tuple(torch.zeros_like(x) for x in b)
     r = b
     p = r
     rs = dot(r, r)
-    stop = (tol * norm(b)) ** 2
+    b_norm_sq = rs
+    stop = (tol ** 2) * b_norm_sq
+    frozen = torch.zeros((), dtype=torch.bool, device=b[0].device)
     done = 0
     for done in range(1, iterations + 1):
         ap = matvec(p)
         pap = dot(p, ap)
-        if float(pap) <= 0:
-            # A is not positive definite along p: CG's step is undefined. Return what we have;
-            # the reported residual tells the user, and damping > 0 is the fix.
-            done -= 1
-            break
-        alpha = rs / pap
+        frozen = frozen | (pap <= 0)
+        # A zero step once frozen, without branching on a device value.
+        alpha = torch.where(frozen, torch.zeros_like(rs), rs / torch.where(pap == 0, torch.ones_like(pap), pap))
         v = axpy(alpha, p, v)
         r = axpy(-alpha, ap, r)
         rs_new = dot(r, r)
-        if float(rs_new) <= float(stop):
+        at_check = done % check_every == 0 or done == iterations
+        if at_check and (bool(frozen) or bool(rs_new <= stop)):
+            rs = rs_new
             break
-        p = axpy(rs_new / rs, p, r)
+        p = axpy(rs_new / torch.where(rs == 0, torch.ones_like(rs), rs), p, r)
         rs = rs_new
-    return LinearSolveResult(v, done, relative_residual(matvec, v, b))
+    bn = float(b_norm_sq.sqrt())
+    residual = float(rs.sqrt()) / bn if bn > 0 else float(rs.sqrt())
+    return LinearSolveResult(v, done, residual)
 
 
 def power_iteration(matvec: MatVec, like: Vec, iterations: int = 10, seed: int = 0) -> float:
@@ -86,7 +99,7 @@ def power_iteration(matvec: MatVec, like: Vec, iterations: int = 10, seed: int =
     return float(lam)
 
 
-def neumann(matvec: MatVec, b: Vec, iterations: int, step_size: float) -> LinearSolveResult:
+def neumann(matvec: MatVec, b: Vec, iterations: int, step_size: float, residual: bool = True) -> LinearSolveResult:
     """Truncated Neumann series ``A^{-1} b ~= a * sum_{i=0}^{n} (I - a A)^i b``.
 
     Converges when ``0 < a < 2 / lambda_max(A)`` and ``A`` is positive definite (Lorraine et al., 2020).
@@ -97,11 +110,12 @@ def neumann(matvec: MatVec, b: Vec, iterations: int, step_size: float) -> Linear
         term = axpy(-step_size, matvec(term), term)
         acc = tuple(a + t for a, t in zip(acc, term))
     v = tuple(step_size * a for a in acc)
-    return LinearSolveResult(v, iterations, relative_residual(matvec, v, b), step_size)
+    res = relative_residual(matvec, v, b) if residual else float("nan")
+    return LinearSolveResult(v, iterations, res, step_size)
 
 
 def fixed_point(
-    matvec: MatVec, b: Vec, iterations: int, step_size: float, init: Vec | None = None
+    matvec: MatVec, b: Vec, iterations: int, step_size: float, init: Vec | None = None, residual: bool = True
 ) -> LinearSolveResult:
     """Richardson iteration ``v <- v - a (A v - b)``: the fixed point of gradient descent on
     ``1/2 v^T A v - b^T v``. From ``v0 = 0`` its iterates equal the Neumann partial sums; unlike
@@ -110,4 +124,5 @@ def fixed_point(
     for _ in range(iterations):
         r = axpy(-1.0, matvec(v), b)
         v = axpy(step_size, r, v)
-    return LinearSolveResult(v, iterations, relative_residual(matvec, v, b), step_size)
+    res = relative_residual(matvec, v, b) if residual else float("nan")
+    return LinearSolveResult(v, iterations, res, step_size)
