@@ -2,10 +2,10 @@
 
 Three parts, all on by default:
 
-* grid: ``aspc`` and ``td3bc --set critic_hidden_layers=3 --set critic_layer_norm=True`` on every
-  dataset x seed, one worker process per cell through ``offline_rl.run_cell`` (resumable: finished
-  cells are skipped, interrupted ones resumed); the final alpha of each ASPC cell is read from its
-  ``metrics.jsonl``;
+* grid: ``aspc`` and ``td3bc-rc`` (the runner's variant ``td3bc --set critic_hidden_layers=3 --set
+  critic_layer_norm=True``) on every dataset x seed, one worker process per cell through
+  ``offline_rl.run_cell`` (resumable: finished cells are skipped, interrupted ones resumed); the
+  final alpha and the alpha curve of each ASPC cell come from its ``metrics.jsonl``;
 * timing: both algorithms in *this* process on the same batches, blocks of updates interleaved
   (TD3+BC, ASPC, TD3+BC, ...) so that load from other processes hits both alike; the ratio is the
   median ASPC block time over the median TD3+BC block time.  A block is a multiple of
@@ -13,10 +13,14 @@ Three parts, all on by default:
 * report: markdown table, ``<out>/alpha_curves.png`` (alpha over training, mean over seeds per
   dataset) and, with ``--report``, the "aspc" section of docs/benchmarks.md (plus the figure in docs/).
 
-Full run (1 GPU, 16 cores)::
+Grid and timing results are stored in ``<out>/grid.json`` and ``<out>/timing.json``; ``--no-grid`` /
+``--no-timing`` skip a part and the report reuses its stored result when there is one.
+
+Full run (1 GPU, 16 cores; 18 cells of 20000 updates, sized for about 6-7 minutes; re-running the same
+command resumes an interrupted grid from the cells' checkpoints)::
 
     MINARI_DATASETS_PATH=../shared/datasets python benchmarks/aspc_bench.py --device cuda --workers 18 \\
-        --steps 30000 --report
+        --steps 20000 --checkpoint-every 2000 --timing-repeats 3 --out results/aspc --report
 
 CPU smoke run::
 
@@ -29,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import statistics
 import sys
@@ -46,19 +51,11 @@ sys.path.insert(0, str(ROOT))
 from offline_rl import cell_name, run_cell  # the shared grid runner
 
 DATASETS = "suite/hopper/medium-v0,suite/hopper/medium-replay-v0,suite/halfcheetah/medium-expert"
-ROBUST_CRITIC = ["critic_hidden_layers=3", "critic_layer_norm=True"]
-#: grid label -> (registry name, --set overrides)
-VARIANTS: dict[str, tuple[str, list[str]]] = {"aspc": ("aspc", []), "td3bc_rc": ("td3bc", ROBUST_CRITIC)}
-LABELS = {"aspc": "ASPC", "td3bc_rc": "TD3+BC (alpha 2.5, robust critic)"}
+#: grid cell names (``td3bc-rc`` is a variant of ``offline_rl.VARIANTS``) -> table labels
+LABELS = {"aspc": "ASPC", "td3bc-rc": "TD3+BC (alpha 2.5, robust critic)"}
 
 
 # ---------------------------------------------------------------------------- grid
-def _cell_args(args: argparse.Namespace, overrides: list[str]) -> argparse.Namespace:
-    cell = argparse.Namespace(**vars(args))
-    cell.set = list(args.set) + overrides
-    return cell
-
-
 def _alpha_curve(run_dir: Path) -> list[tuple[int, float]]:
     path = run_dir / "metrics.jsonl"
     if not path.exists():
@@ -70,18 +67,13 @@ def _alpha_curve(run_dir: Path) -> list[tuple[int, float]]:
 def run_grid(args: argparse.Namespace, datasets: list[str], seeds: list[int]) -> list[dict[str, Any]]:
     """Run (or resume, or skip) every cell; returns one dict per cell with label, summary, alpha curve."""
     out = Path(args.out)
-    cells = [(label, d, s) for d in datasets for label in VARIANTS for s in seeds]
+    cells = [(label, d, s) for d in datasets for label in LABELS for s in seeds]
 
     def one(cell: tuple[str, str, int]) -> dict[str, Any]:
         label, dataset, seed = cell
-        algo, overrides = VARIANTS[label]
-        # Each variant gets its own sub-grid so that td3bc with the robust critic never shares a cell
-        # name (and a resumable result file) with a plain td3bc run.
-        cell_args = _cell_args(args, overrides)
-        cell_args.out = str(out / label)
-        res = run_cell(algo, dataset, seed, cell_args)
-        run_dir = out / label / "runs" / cell_name(algo, dataset, seed)
-        return {"label": label, "dataset": dataset, "seed": seed, **res, "alpha_curve": _alpha_curve(run_dir)}
+        res = run_cell(label, dataset, seed, args)
+        run_dir = out / "runs" / cell_name(label, dataset, seed)
+        return {**res, "label": label, "dataset": dataset, "seed": seed, "alpha_curve": _alpha_curve(run_dir)}
 
     with ThreadPoolExecutor(max_workers=args.workers) as pool:
         # ASPC cells first: they are the slower ones, so the pool's tail is short.
@@ -144,19 +136,19 @@ def results_table(results: list[dict[str, Any]], datasets: list[str]) -> str:
     lines = ["| dataset | algorithm | normalised score (mean ± std) | final alpha (mean ± std) | seeds | updates/s |",
              "|---|---|---|---|---|---|"]
     for ds in datasets:
-        for label in VARIANTS:
+        for label, title in LABELS.items():
             rows = [r for r in results if r["label"] == label and r["dataset"] == ds and not r.get("failed")]
             if not rows:
-                lines.append(f"| {ds} | {LABELS[label]} | (no finished seed) | | 0 | |")
+                lines.append(f"| {ds} | {title} | (no finished seed) | | 0 | |")
                 continue
             scores = [r["final_normalized_score"] for r in rows]
             if label == "aspc":
-                alphas = np.array([r["alpha_curve"][-1][1] for r in rows if r["alpha_curve"]])
+                alphas = np.array([r.get("final_alpha", r["alpha_curve"][-1][1]) for r in rows if r["alpha_curve"]])
                 alpha = f"{alphas.mean():.3f} ± {alphas.std():.3f}" if len(alphas) else "n/a"
             else:
                 alpha = "2.5 (fixed)"
             ups = np.mean([r["updates_per_s"] for r in rows])
-            lines.append(f"| {ds} | {LABELS[label]} | {_mean_std(scores)} | {alpha} | {len(rows)} | {ups:.0f} |")
+            lines.append(f"| {ds} | {title} | {_mean_std(scores)} | {alpha} | {len(rows)} | {ups:.0f} |")
     return "\n".join(lines)
 
 
@@ -214,28 +206,37 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timing-intervals", default="10", help="comma-separated update_interval values to time")
     p.add_argument("--timing-updates", type=int, default=1000, help="updates per timed block")
     p.add_argument("--timing-repeats", type=int, default=5, help="timed blocks per algorithm (after 1 warm-up)")
-    p.add_argument("--no-grid", action="store_true", help="only the timing")
-    p.add_argument("--no-timing", action="store_true", help="only the grid")
+    p.add_argument("--no-grid", action="store_true", help="skip the grid (the report reuses <out>/grid.json)")
+    p.add_argument("--no-timing", action="store_true", help="skip the timing (the report reuses <out>/timing.json)")
     p.add_argument("--out", default="results/aspc")
     p.add_argument("--report", action="store_true", help="write the 'aspc' section of docs/benchmarks.md")
     p.add_argument("--note", default="", help="extra line for the report (e.g. 'smoke run')")
     args = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1)  # the timing is defined on one thread; the report states this process's count
     os.environ.setdefault("MINARI_DATASETS_PATH", str(ROOT.parent / "shared" / "datasets"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     datasets = args.datasets.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
+    command = "python " + shlex.join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
     t0 = time.perf_counter()
-    results = [] if args.no_grid else run_grid(args, datasets, seeds)
-    grid_wall = time.perf_counter() - t0
-    timing: list[dict[str, float]] = []
+    grid_path, timing_path = out / "grid.json", out / "timing.json"
+    if not args.no_grid:
+        cells = run_grid(args, datasets, seeds)
+        grid_path.write_text(json.dumps({"command": command, "wall_s": time.perf_counter() - t0, "steps": args.steps,
+                                         "eval_episodes": args.eval_episodes, "workers": args.workers,
+                                         "seeds": args.seeds, "cells": cells}, indent=1))
     if not args.no_timing:
-        import torch
-
-        torch.set_num_threads(1)
-        timing = time_updates(args.timing_dataset, args.device, [int(i) for i in args.timing_intervals.split(",")],
-                              args.timing_updates, args.timing_repeats)
-    (out / "aspc_results.json").write_text(json.dumps({"cells": results, "timing": timing}, indent=1))
+        rows = time_updates(args.timing_dataset, args.device, [int(i) for i in args.timing_intervals.split(",")],
+                            args.timing_updates, args.timing_repeats)
+        timing_path.write_text(json.dumps({"command": command, "dataset": args.timing_dataset, "device": args.device,
+                                           "repeats": args.timing_repeats, "rows": rows}, indent=1))
+    grid = json.loads(grid_path.read_text()) if grid_path.exists() else None
+    timing_run = json.loads(timing_path.read_text()) if timing_path.exists() else None
+    results = grid["cells"] if grid else []
+    timing = timing_run["rows"] if timing_run else []
     parts = []
     if results:
         parts.append(results_table(results, datasets))
@@ -245,29 +246,32 @@ def main(argv: list[str] | None = None) -> int:
     body = "\n\n".join(parts)
     (out / "table.md").write_text(body + "\n")
     print(body)
-    print(f"[aspc_bench] grid wall time {grid_wall:.0f}s, total {time.perf_counter() - t0:.0f}s")
+    print(f"[aspc_bench] total {time.perf_counter() - t0:.0f}s")
     if args.report:
-        from _report import command_line, git_revision, machine_description, write_section
+        from _report import git_revision, machine_description, write_section
 
         fig = ""
         if results:
             dst = ROOT / "docs" / "aspc_alpha_curves.png"
             shutil.copyfile(out / "alpha_curves.png", dst)
             fig = f"\n![alpha over training]({dst.name})\n"
-        grid_txt = (f"Grid: {len(results)} cells ({', '.join(LABELS.values())}; datasets {', '.join(datasets)}; "
-                    f"seeds {args.seeds}), {args.steps} updates each, batch 256, final evaluation "
-                    f"{args.eval_episodes} episodes per seed; {args.workers} worker processes with one torch "
-                    f"thread each; grid wall time {grid_wall:.0f}s. Final alpha = alpha after the last update.\n"
-                    if results else "")
-        timing_txt = (f"Time per update: both algorithms in one process on `{args.timing_dataset}`, device "
-                      f"{args.device}, 1 torch thread, {args.timing_repeats} interleaved blocks of "
+        grid_txt = (f"Grid (`{grid['command']}`): {len(results)} cells ({', '.join(LABELS.values())}; datasets "
+                    f"{', '.join(datasets)}; seeds {grid['seeds']}), {grid['steps']} updates each, batch 256, "
+                    f"final evaluation {grid['eval_episodes']} episodes per seed; {grid['workers']} worker "
+                    f"processes with one torch thread each; grid wall time {grid['wall_s']:.0f}s. Final alpha = "
+                    f"mean alpha over the last log window (the outer lr has decayed to 1% by then). updates/s is the cells' own wall-clock rate, which depends on "
+                    f"what else ran on the machine at the time; the controlled cost comparison is the timing "
+                    f"table.\n\n" if grid else "")
+        timing_txt = (f"Time per update (`{timing_run['command']}`): both algorithms in one process on "
+                      f"`{timing_run['dataset']}`, device {timing_run['device']}, 1 torch thread, "
+                      f"{timing_run['repeats']} interleaved blocks of "
                       f"{timing[0]['block']} updates each after a warm-up block; the ratio is median ASPC "
                       f"block time / median TD3+BC block time, by thread CPU time and by wall time (target <= 1.15 at "
                       f"update_interval 10; on a shared CPU the CPU-time ratio is the reliable one, on a GPU the "
                       f"wall-time one).\n"
                       if timing else "")
         section = (f"## ASPC vs TD3+BC (robust critic)\n\n"
-                   f"Command: `MINARI_DATASETS_PATH=../shared/datasets {command_line()}`\n\n"
+                   f"Command: `MINARI_DATASETS_PATH=../shared/datasets {command}`\n\n"
                    f"Machine: {machine_description(args.device)}; git {git_revision()}.\n\n"
                    + grid_txt + timing_txt + (f"\n{args.note}\n" if args.note else "") + f"\n{body}\n{fig}")
         write_section("aspc", section)

@@ -99,16 +99,18 @@ def test_one_step_forward_and_reverse_k_step_agree(tiny_dataset):
         assert torch.allclose(grads[mode], ref, rtol=1e-10, atol=0), (mode, grads)
 
 
-def test_forward_mode_solver_trains_like_one_step(tiny_dataset):
+@pytest.mark.parametrize("name,outer", [("aspc", 3), ("aspc-iql", 6)])
+def test_forward_mode_solver_trains_like_one_step(tiny_dataset, name, outer):
     data = load_dataset(tiny_dataset)
     runs = {}
     for solver in ("one_step", "k_step_forward"):
-        algo = _aspc(data, solver=solver, steps=60)
+        algo = _aspc(data, name, solver=solver, steps=60)
         gen = data.make_generator(3)
         for _ in range(60):
             algo.update(data.sample(32, gen))
         runs[solver] = algo
-    assert runs["one_step"].outer_updates == 3
+    assert runs["one_step"].outer_updates == runs["k_step_forward"].outer_updates == outer
+    assert runs["k_step_forward"].scale.rho.dtype == torch.float32
     torch.testing.assert_close(runs["k_step_forward"].parameters_flat(), runs["one_step"].parameters_flat(),
                                rtol=1e-5, atol=1e-6)
 

@@ -162,7 +162,11 @@ def outer_terms(pi_new: torch.Tensor, q_new: torch.Tensor, batch: ScaleBatch, q_
     sq_err = (pi_new - batch.actions).pow(2)
     bc = sq_err.sum(-1).mean()
     eq1 = -q_weight * q_mean / q_abs + bc
-    ema = (1.0 - ema_decay) * q_mean + ema_decay * batch.m_prev
+    # The decay as a tensor, not a Python float: torch.func.jvp promotes the tangent of
+    # ``python_float * 0-d tensor`` to float64, which would make KStepSolver(mode="forward")'s
+    # hypergradient float64 and break its assignment to a float32 rho.grad.
+    decay = torch.as_tensor(ema_decay, dtype=q_mean.dtype, device=q_mean.device)
+    ema = (1 - decay) * q_mean + decay * batch.m_prev
     eq2 = (ema - batch.m_prev).pow(2)
     eq2_sg = eq2.detach() if stop_grad is None else stop_grad.eq2
     eq3 = eq2_sg * batch.b_pre.max() * (batch.b_pre - sq_err.mean(-1)).abs().max()
