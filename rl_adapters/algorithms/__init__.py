@@ -65,9 +65,9 @@ def make_algorithm(
 
 
 __all__ = [
+    "ALGORITHMS",
     "ASPC",
     "ASPCIQL",
-    "ALGORITHMS",
     "BC",
     "IQL",
     "TD3BC",
