@@ -524,3 +524,33 @@ def test_linear_solvers_on_explicit_matrices():
     D = torch.diag(torch.tensor([1.0, -1.0], dtype=DT))
     bad = bilevel.linear.conjugate_gradient(lambda v: (D @ v[0],), (torch.ones(2, dtype=DT),), iterations=5)
     assert torch.isfinite(bad.solution[0]).all() and bad.residual == pytest.approx(1.0)
+
+
+def test_forward_mode_float32_with_python_scalar_times_zero_dim_parameter():
+    """torch promotes `0.5 * rho` (rho 0-d, vmapped tangent) to float64; the solver must still return a
+    float32 hypergradient equal to reverse mode's, and `step` must be able to use it."""
+
+    class Scale(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rho = nn.Parameter(torch.tensor(1.0))
+
+    torch.manual_seed(0)
+    net, scale = nn.Linear(3, 1), Scale()
+    x, yb = torch.randn(16, 3), torch.randn(16, 1)
+
+    def f(inner, outer, batch):
+        return 0.995 * ((inner(batch[0]) - batch[1]) ** 2).mean() + 0.5 * outer.rho * sum(
+            (p ** 2).sum() for p in inner.parameters())
+
+    def g(inner, outer, batch):
+        return 0.3 * ((inner(batch[0]) - batch[1]) ** 2).mean()
+
+    problem = bilevel.Problem(net, scale, f, g)
+    fwd = bilevel.KStepSolver(problem, torchopt.adam(1e-2), torch.optim.Adam(scale.parameters()), steps=2,
+                              mode="forward")
+    rev = bilevel.KStepSolver(problem, torchopt.adam(1e-2), torch.optim.Adam(scale.parameters()), steps=2)
+    [h] = fwd.hypergradient((x, yb))
+    assert h.dtype == torch.float32
+    assert rel_err(h.double(), rev.hypergradient((x, yb))[0].double()) < 1e-4  # float32 round-off
+    fwd.step((x, yb))

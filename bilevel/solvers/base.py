@@ -206,8 +206,10 @@ class Solver(abc.ABC):
             if not ok:
                 raise NonFiniteError(
                     f"the hypergradient of outer parameter '{self._outer_names[i]}' is not finite although both "
-                    "losses are: the unrolled derivative exploded (lower the inner lr or K, or truncate) or the "
-                    "implicit linear system is singular (add damping)"
+                    "losses are: the unrolled derivative exploded (lower the inner lr or K, or truncate), the "
+                    "implicit linear system is singular (add damping), or an inner Adam differentiates sqrt(v) at "
+                    "v = 0 for a parameter whose gradient is exactly zero, e.g. a dead ReLU unit (use "
+                    "torchopt.adam(..., eps_root=1e-16))"
                 )
         return inner_vals, outer_val, norm_val
 

@@ -23,6 +23,7 @@ import warnings
 from typing import Any, Literal
 
 import torch
+import torch.autograd.forward_ad as fwAD
 import torchopt
 from torch import nn
 
@@ -33,6 +34,15 @@ from .base import Solver, _detach_tree, _Result, resolve_outer_batch
 _FORWARD_MODE_WARN = 64
 # Directions pushed through one vmapped jvp unroll; bounds forward mode's memory at this many copies.
 _FORWARD_CHUNK = 32
+
+
+def _reroot(x: Any) -> Any:
+    """A dual tensor with the same primal and tangent but no reverse-mode history (keeps forward mode's
+    memory flat in K); non-float leaves (step counters) pass through."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        return x
+    primal, tangent = fwAD.unpack_dual(x)
+    return fwAD.make_dual(primal.detach(), torch.zeros_like(primal) if tangent is None else tangent.detach())
 
 
 class _Closure(nn.Module):
@@ -144,10 +154,16 @@ class KStepSolver(Solver):
 
         try:
             hypergrad, aux = self._jvp_batched(unrolled, lam)
+            batched_ok = all(a.dtype == b.dtype for a, b in zip(aux[0], theta0))
         except RuntimeError as err:
             if "in-place" in str(err):
                 raise self._in_place_error() from err
-            raise
+            batched_ok = False
+        if not batched_ok:
+            # torch.func.jvp (torch 2.13) gives `python_float * zero_dim_tensor` a float64 tangent, so a
+            # float32 loss like `0.5 * loss` derails a float32 unroll with a dtype error. Autograd's own
+            # forward mode (torch.autograd.forward_ad) has no such bug: one dual-number unroll per direction.
+            hypergrad, aux = self._forward_ad_loop(theta0, state0, batches, outer_batch, buffers, names, lam)
         theta, state, step_losses, g = aux
         return _Result(hypergrad, tuple(t.detach() for t in theta), _detach_tree(state),
                        losses + [x.detach() for x in step_losses], g.detach())
@@ -182,8 +198,53 @@ class KStepSolver(Solver):
         aux = torchopt.pytree.tree_map(lambda t: t[0] if isinstance(t, torch.Tensor) else t, aux)
         hypergrad, offset = [], 0
         for p in lam:
-            hypergrad.append(d[offset:offset + p.numel()].reshape(p.shape))
+            hypergrad.append(d[offset:offset + p.numel()].reshape(p.shape).to(p.dtype))
             offset += p.numel()
+        return hypergrad, aux
+
+
+    def _forward_ad_loop(
+        self, theta0: tuple[torch.Tensor, ...], state0: Any, batches: list[Any], outer_batch: Any,
+        buffers: dict[str, torch.Tensor], names: list[str], lam: tuple[torch.Tensor, ...],
+    ) -> tuple[list[torch.Tensor], Any]:
+        """Forward-over-reverse with ``torch.autograd.forward_ad``: lambda carries a unit tangent, each
+        inner gradient is taken with ``create_graph=True`` so its tangent is propagated, and every
+        iterate is re-rooted (primal detached, tangent kept) so memory stays independent of K."""
+        hypergrad = [torch.zeros_like(p) for p in lam]
+        aux: Any = None
+        for i, p in enumerate(lam):
+            for j in range(p.numel()):
+                with fwAD.dual_level():
+                    duals = {}
+                    for k, (n, q) in enumerate(zip(names, lam)):
+                        t = torch.zeros_like(q)
+                        if k == i:
+                            t.view(-1)[j] = 1.0
+                        duals[n] = fwAD.make_dual(q, t)
+
+                    def run() -> tuple[torch.Tensor, Any]:
+                        theta = tuple(_reroot(t) for t in theta0)
+                        state = torchopt.pytree.tree_map(_reroot, state0)
+                        step_losses = []
+                        for batch in batches:
+                            theta = tuple(t.requires_grad_() for t in theta)
+                            loss = self.inner_value(theta, batch, buffers)
+                            grads = torch.autograd.grad(loss, theta, create_graph=True, allow_unused=True)
+                            grads = tuple(torch.zeros_like(t) if gr is None else gr for gr, t in zip(grads, theta))
+                            updates, state = self.inner_optimizer.update(grads, state, params=theta, inplace=False)
+                            theta = tuple(_reroot(t) for t in torchopt.apply_updates(theta, updates, inplace=False))
+                            state = torchopt.pytree.tree_map(_reroot, state)
+                            step_losses.append(fwAD.unpack_dual(loss).primal.detach())
+                        g = self.outer_value(theta, outer_batch, buffers)
+                        return g, (theta, state, step_losses)
+
+                    g, (theta, state, step_losses) = torch.func.functional_call(
+                        _Closure(self.problem.outer, run), duals, (), strict=False)
+                    primal, tangent = fwAD.unpack_dual(g)
+                    hypergrad[i].view(-1)[j] = 0.0 if tangent is None else tangent.detach()
+                    strip = lambda t: fwAD.unpack_dual(t).primal.detach() if isinstance(t, torch.Tensor) else t
+                    aux = (tuple(strip(t) for t in theta), torchopt.pytree.tree_map(strip, state), step_losses,
+                           primal.detach())
         return hypergrad, aux
 
 
