@@ -8,13 +8,26 @@ The aggregate (mean +- std over seeds of the final normalised score, 10 evaluati
 seed, updates/s, wall time) goes to ``<out>/table.md`` and, with ``--report``, to the
 "Offline RL baselines" section of docs/benchmarks.md.
 
-Full grid (about 8 minutes on 16 cores + 1 GPU)::
+Presets (``--preset``; explicit flags override them):
 
-    MINARI_DATASETS_PATH=../shared/datasets python benchmarks/offline_rl.py --device cuda --workers 18 --report
+* ``quick``: every algorithm family on hopper medium-replay and medium-expert, VACO with all three
+  solvers, 1 seed, 3k updates; about 12 minutes on 2 CPU cores. Checks the whole pipeline and gives a
+  first ranking, not paper-grade numbers.
+* ``full``: the comparison users come for: BC, TD3+BC, IQL, VACO (one-step / K-step / implicit), ASPC
+  and its fixed-alpha twin on the hopper and halfcheetah medium, medium-replay and medium-expert sets,
+  3 seeds, 100k updates. Sized for a GPU machine with many cores (``--device cuda --workers 16``).
 
-Smoke run on a small CPU box::
+VACO's solver is an axis of its own: ``--solvers one_step,k_step,implicit`` expands an algorithm named
+``vaco`` into one cell per solver. Each grid writes its own report section (``--section``) with a table
+and a learning-curve plot (mean evaluation score over seeds against updates, one panel per dataset).
 
-    python benchmarks/offline_rl.py --steps 2000 --seeds 0 --workers 2 --eval-episodes 2 --out results/offline_rl_smoke
+Baselines as measured for docs/benchmarks.md (18 cells, 16 cores)::
+
+    MINARI_DATASETS_PATH=../shared/datasets python benchmarks/offline_rl.py --device cpu --workers 18 --report
+
+Quick preset on a small CPU box::
+
+    MINARI_DATASETS_PATH=../shared/datasets python benchmarks/offline_rl.py --preset quick --workers 2 --report
 """
 
 from __future__ import annotations
@@ -44,6 +57,76 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     # TD3+BC with ASPC's robust critic (3 hidden layers + LayerNorm): the fixed-alpha baseline of ASPC.
     "td3bc-rc": ("td3bc", ["critic_hidden_layers=3", "critic_layer_norm=True"]),
 }
+
+
+PRESETS: dict[str, dict[str, object]] = {
+    "quick": {
+        "algos": "bc,td3bc,iql,vaco,aspc,td3bc-rc",
+        "datasets": "suite/hopper/medium-replay-v0,suite/hopper/medium-expert",
+        "seeds": "0",
+        "steps": 3_000,
+        "eval_every": 1_000,
+        "eval_episodes": 5,
+        "checkpoint_every": 1_000,
+        "section": "offline_rl_quick",
+    },
+    "full": {
+        "algos": "bc,td3bc,iql,vaco,aspc,td3bc-rc",
+        "datasets": ",".join(f"suite/{env}/{kind}" for env in ("hopper", "halfcheetah")
+                             for kind in ("medium-v0", "medium-replay-v0", "medium-expert")),
+        "seeds": "0,1,2",
+        "steps": 100_000,
+        "eval_every": 10_000,
+        "eval_episodes": 10,
+        "checkpoint_every": 10_000,
+        "section": "offline_rl_full",
+    },
+}
+
+
+def expand_solvers(algos: list[str], solvers: list[str]) -> list[str]:
+    """``vaco`` -> ``vaco-<solver>`` for each solver: the one-step / K-step / implicit axis."""
+    out: list[str] = []
+    for a in algos:
+        out += [f"vaco-{s}" for s in solvers] if a == "vaco" else [a]
+    return out
+
+
+def learning_curves(results: list[dict], algos: list[str], datasets: list[str], out_dir: Path, png: Path) -> None:
+    """Mean evaluation score over seeds against updates, one panel per dataset."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 3.6), squeeze=False)
+    for ax, ds in zip(axes[0], datasets):
+        for algo in algos:
+            curves = []
+            for r in results:
+                if r.get("algo") != algo or r.get("dataset") != ds or r.get("failed"):
+                    continue
+                metrics = out_dir / "runs" / cell_name(algo, ds, int(r["seed"])) / "metrics.jsonl"
+                if not metrics.exists():
+                    continue
+                rows = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
+                pts = {row["step"]: row["eval_normalized_score"] for row in rows if "eval_normalized_score" in row}
+                if pts:
+                    curves.append(pts)
+            if not curves:
+                continue
+            steps = sorted(set.intersection(*(set(c) for c in curves)))
+            mean = [float(np.mean([c[s] for c in curves])) for s in steps]
+            ax.plot(steps, mean, marker="o", ms=3, label=f"{algo} ({len(curves)} seeds)")
+        ax.set_title(ds.replace("suite/", ""), fontsize=10)
+        ax.set_xlabel("updates")
+        ax.set_ylabel("normalised score")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
 
 
 def cell_name(algo: str, dataset: str, seed: int) -> str:
@@ -147,7 +230,11 @@ def table(results: list[dict], algos: list[str], datasets: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="quick (about 12 min on 2 CPU cores) or full (a GPU machine); flags below override it")
     p.add_argument("--algos", default="bc,td3bc,iql")
+    p.add_argument("--solvers", default="one_step,k_step,implicit",
+                   help="VACO solvers: an algorithm named 'vaco' runs once per solver")
     p.add_argument("--datasets", default=DEFAULT_DATASETS)
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--steps", type=int, default=30_000)
@@ -163,9 +250,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="results/offline_rl")
     p.add_argument("--report", action="store_true", help="write the table into docs/benchmarks.md")
     p.add_argument("--note", default="", help="extra line for the report (e.g. 'smoke run')")
+    p.add_argument("--section", default="offline_rl", help="docs/benchmarks.md section this grid writes")
+    if argv is None:
+        argv = sys.argv[1:]
+    pre = p.parse_known_args(argv)[0].preset
+    if pre is not None:
+        # Preset values become defaults, so any flag given explicitly still wins.
+        p.set_defaults(**PRESETS[pre], out=f"results/offline_rl_{pre}")
     args = p.parse_args(argv)
     os.environ.setdefault("MINARI_DATASETS_PATH", str(ROOT.parent / "shared" / "datasets"))
-    algos, datasets = args.algos.split(","), args.datasets.split(",")
+    algos = expand_solvers(args.algos.split(","), args.solvers.split(","))
+    datasets = args.datasets.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
     Path(args.out).mkdir(parents=True, exist_ok=True)
     cells = [(a, d, s) for d in datasets for a in algos for s in seeds]
@@ -180,20 +275,29 @@ def main(argv: list[str] | None = None) -> int:
     (Path(args.out) / "table.md").write_text(body + "\n")
     print(body)
     print(f"[offline_rl] grid wall time {wall:.0f}s, {len(cells)} cells, {args.workers} workers")
+    png = Path(args.out) / "learning_curves.png"
+    learning_curves(results, algos, datasets, Path(args.out), png)
     if args.report:
-        from _report import command_line, git_revision, machine_description, write_section
+        import shutil
 
+        from _report import REPORT, command_line, git_revision, machine_description, write_section
+
+        img = REPORT.parent / "img" / f"{args.section}_curves.png"
+        img.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(png, img)
+        title = {"offline_rl": "Offline RL baselines"}.get(
+            args.section, f"Offline RL grid ({args.preset or 'custom'} preset)")
         section = (
-            f"## Offline RL baselines\n\n"
+            f"## {title}\n\n"
             f"Command: `MINARI_DATASETS_PATH=../shared/datasets {command_line()}`\n\n"
             f"Machine: {machine_description(args.device)}; {args.workers} worker processes, one torch "
             f"thread each; git {git_revision()}. Grid wall time {wall:.0f}s.\n\n"
             f"{args.steps} updates, batch 256, final evaluation {args.eval_episodes} episodes per seed "
             f"(normalised score = 100 (R - ref_min) / (ref_max - ref_min) from the dataset metadata).\n"
             + (f"\n{args.note}\n" if args.note else "")
-            + f"\n{body}\n"
+            + f"\n{body}\n\n![learning curves](img/{img.name})\n"
         )
-        write_section("offline_rl", section)
+        write_section(args.section, section)
     return 0 if all(not r.get("failed") for r in results) else 1
 
 
