@@ -17,9 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torchopt
 
-from ..problem import Problem
 from .base import Solver, _Result, resolve_outer_batch
 
 
@@ -32,14 +30,6 @@ class OneStepSolver(Solver):
                                   outer_optimizer=torch.optim.Adam(hyper.parameters(), 1e-3))
         info = s.step(batch)          # theta <- theta_1, lambda <- Adam step on dG/dlambda
     """
-
-    def __init__(
-        self,
-        problem: Problem,
-        inner_optimizer: torchopt.base.GradientTransformation,
-        outer_optimizer: torch.optim.Optimizer,
-    ) -> None:
-        super().__init__(problem, inner_optimizer, outer_optimizer)
 
     def _solve(self, inner_batch: Any, outer_batch: Any, buffers: dict[str, torch.Tensor]) -> _Result:
         if isinstance(inner_batch, list):
