@@ -39,7 +39,7 @@ HPARAMS: dict[str, Any] = {
 
 def vaco_demo(out_dir: str | os.PathLike, steps: int = 3000, seed: int = 0, progress: bool = True) -> dict[str, Any]:
     """Build the dataset under ``out_dir/datasets``, train VACO into ``out_dir/vaco``, analyse its weights."""
-    out = Path(out_dir)
+    out = Path(out_dir).resolve()  # minari resolves a relative root against the dataset path again
     # The demo's dataset lives with its run, not in the user's Minari root.
     os.environ["MINARI_DATASETS_PATH"] = str(out / "datasets")
     print(f"Part 2: VACO on a tiny InvertedPendulum dataset (5 good + 40 random episodes) in {out}")

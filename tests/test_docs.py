@@ -23,7 +23,8 @@ def test_quickstart_vaco_demo_prefers_good_episodes(tmp_path, monkeypatch):
     from rl_adapters.quickstart import vaco_demo
 
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "unused"))  # vaco_demo sets its own root
+    monkeypatch.chdir(tmp_path)  # a relative --out, as `bash run.sh quickstart` uses
     torch.set_num_threads(1)
-    res = vaco_demo(tmp_path, steps=1500, progress=False)
+    res = vaco_demo("runs/quickstart", steps=1500, progress=False)
     assert res["good_weight"] > res["bad_weight"] + 0.05
     assert res["pearson"] > 0.3
