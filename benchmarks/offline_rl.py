@@ -283,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
         from _report import REPORT, command_line, git_revision, machine_description, write_section
 
         img = REPORT.parent / "img" / f"{args.section}_curves.png"
+        # Hand-written findings about a grid (e.g. an investigation of a surprising cell) live beside the
+        # script, so that regenerating the section keeps them.
+        notes_file = ROOT / "benchmarks" / "notes" / f"{args.section}.md"
         img.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(png, img)
         title = {"offline_rl": "Offline RL baselines"}.get(
@@ -296,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
             f"(normalised score = 100 (R - ref_min) / (ref_max - ref_min) from the dataset metadata).\n"
             + (f"\n{args.note}\n" if args.note else "")
             + f"\n{body}\n\n![learning curves](img/{img.name})\n"
+            + (f"\n{notes_file.read_text()}" if notes_file.exists() else "")
         )
         write_section(args.section, section)
     return 0 if all(not r.get("failed") for r in results) else 1
