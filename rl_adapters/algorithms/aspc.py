@@ -41,6 +41,7 @@ Both kinds of step read and write ``solver.inner_state``, so the actor has exact
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import json
 import math
@@ -212,7 +213,7 @@ class ASPCIQLConfig(IQLConfig, AdaptiveScaleConfig):
     outer_terms: str = "eq1+eq2"
 
 
-class AdaptiveScale:
+class AdaptiveScale(abc.ABC):
     """Mixin: a learnable ``softplus(rho)`` trained through the actor's differentiable Adam step.
 
     The host class provides ``self.actor``, ``self.config`` (an :class:`AdaptiveScaleConfig`) and
@@ -230,28 +231,29 @@ class AdaptiveScale:
     device: torch.device
 
     # ------------------------------------------------------------------ host hooks
+    @abc.abstractmethod
     def inner_loss(self, actor: InnerView, scale: ConstraintScale, batch: ScaleBatch) -> torch.Tensor:
         """``J_in(phi; scale)`` on ``batch``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def outer_q(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """The Q estimate ``(B,)`` the outer loss evaluates the post-step policy with."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def q_weight(self, scale: torch.Tensor) -> torch.Tensor:
         """Weight of the normalised Q term in eq1, given the (detached) current scale."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def inner_lr(self) -> float | Any:
         """Learning rate (or torchopt schedule of the step count) of the actor's Adam."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def initial_scale(self) -> float:
-        raise NotImplementedError
+        """Initial value of the scale (alpha for ASPC, beta for ASPC-IQL)."""
 
+    @abc.abstractmethod
     def actor_updates_total(self) -> int:
         """Actor updates in the whole run (sets the outer lr decay)."""
-        raise NotImplementedError
 
     # ------------------------------------------------------------------ construction
     def build_scale(self) -> None:

@@ -7,6 +7,7 @@ what must survive a checkpoint in ``self.modules`` / ``self.optimizers`` / ``sel
 
 from __future__ import annotations
 
+import abc
 import copy
 import dataclasses
 from typing import Any, ClassVar
@@ -30,7 +31,7 @@ class BaseConfig:
     tau: float = 0.005
 
 
-class Algorithm:
+class Algorithm(abc.ABC):
     """Base class; see the module docstring.
 
     Randomness: network initialisation is seeded from ``seed`` without touching the global torch RNG
@@ -75,17 +76,17 @@ class Algorithm:
         self.build_optimizers()
 
     # ------------------------------------------------------------------ to override
+    @abc.abstractmethod
     def build(self) -> None:
         """Create networks (on CPU) and register them in ``self.modules``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def build_optimizers(self) -> None:
         """Create optimizers/schedulers for the (already moved) networks."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def update(self, batch: Batch) -> dict[str, float]:
         """One gradient step on ``batch``; returns scalar diagnostics (losses) as floats."""
-        raise NotImplementedError
 
     def policy(self, obs: torch.Tensor) -> torch.Tensor:
         """Deterministic action for *normalised* observations (default: ``self.modules['actor']``)."""
