@@ -40,6 +40,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -127,6 +128,68 @@ def learning_curves(results: list[dict], algos: list[str], datasets: list[str], 
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=110)
     plt.close(fig)
+
+
+def _runs(results: list[dict], out_dir: Path, pred: Any) -> list[tuple[dict, Path]]:
+    return [(r, out_dir / "runs" / cell_name(r["algo"], r["dataset"], int(r["seed"])))
+            for r in results if not r.get("failed") and "seed" in r and pred(r)]
+
+
+def vaco_weight_scatter(results: list[dict], out_dir: Path, png: Path) -> bool:
+    """Trajectory mean meta-weight vs trajectory return for each VACO solver (seed 0 of each mixed
+    dataset the grid analysed), Pearson r in the panel titles. False when there is nothing to plot."""
+    cells = [(r, d) for r, d in _runs(results, out_dir, lambda r: str(r["algo"]).startswith("vaco")
+                                        and int(r["seed"]) == 0) if (d / "weights" / "weights.json").exists()]
+    if not cells:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(cells), figsize=(4 * len(cells), 3.4), squeeze=False)
+    for ax, (r, d) in zip(axes[0], cells):
+        w = json.loads((d / "weights" / "weights.json").read_text())
+        ax.scatter(w["episodes"]["mean_weight"], w["episodes"]["return"], s=6, alpha=0.6)
+        ax.set_title(f"{r['algo']} on {r['dataset'].replace('suite/', '')}\nPearson r = "
+                     f"{w['pearson_traj_weight_return']:.3f}", fontsize=9)
+        ax.set_xlabel("trajectory mean meta-weight")
+        ax.set_ylabel("trajectory return")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def aspc_alpha_curves(results: list[dict], out_dir: Path, png: Path) -> bool:
+    """ASPC's constraint scale alpha over training, mean over seeds, one line per dataset."""
+    by_ds: dict[str, list[list[tuple[int, float]]]] = {}
+    for r, d in _runs(results, out_dir, lambda r: r["algo"] == "aspc"):
+        m = d / "metrics.jsonl"
+        if m.exists():
+            rows = [json.loads(x) for x in m.read_text().splitlines() if x.strip()]
+            by_ds.setdefault(r["dataset"], []).append([(row["step"], row["alpha"]) for row in rows if "alpha" in row])
+    if not by_ds:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    for ds, curves in by_ds.items():
+        steps = sorted(set.intersection(*({s for s, _ in c} for c in curves)))
+        mean = [float(np.mean([dict(c)[s] for c in curves])) for s in steps]
+        ax.plot(steps, mean, label=f"{ds.replace('suite/', '')} ({len(curves)} seeds)")
+    ax.set_xlabel("updates")
+    ax.set_ylabel("alpha = softplus(rho)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def cell_name(algo: str, dataset: str, seed: int) -> str:
@@ -283,6 +346,13 @@ def main(argv: list[str] | None = None) -> int:
         from _report import REPORT, command_line, git_revision, machine_description, write_section
 
         img = REPORT.parent / "img" / f"{args.section}_curves.png"
+        reused = sum(bool(r.get("skipped")) for r in results)
+        extra = ""
+        for kind, fn, caption in (("vaco_weights", vaco_weight_scatter, "VACO meta-weights vs return"),
+                                  ("aspc_alpha", aspc_alpha_curves, "ASPC alpha over training")):
+            extra_png = REPORT.parent / "img" / f"{args.section}_{kind}.png"
+            if fn(results, Path(args.out), extra_png):
+                extra += f"\n![{caption}](img/{extra_png.name})\n"
         # Hand-written findings about a grid (e.g. an investigation of a surprising cell) live beside the
         # script, so that regenerating the section keeps them.
         notes_file = ROOT / "benchmarks" / "notes" / f"{args.section}.md"
@@ -294,11 +364,14 @@ def main(argv: list[str] | None = None) -> int:
             f"## {title}\n\n"
             f"Command: `MINARI_DATASETS_PATH=../shared/datasets {command_line()}`\n\n"
             f"Machine: {machine_description(args.device)}; {args.workers} worker processes, one torch "
-            f"thread each; git {git_revision()}. Grid wall time {wall:.0f}s.\n\n"
+            f"thread each; git {git_revision()}. Grid wall time {wall:.0f}s"
+            + (f" ({reused} of {len(results)} cells reused from an earlier invocation)" if reused else "")
+            + ".\n\n"
             f"{args.steps} updates, batch 256, final evaluation {args.eval_episodes} episodes per seed "
             f"(normalised score = 100 (R - ref_min) / (ref_max - ref_min) from the dataset metadata).\n"
             + (f"\n{args.note}\n" if args.note else "")
             + f"\n{body}\n\n![learning curves](img/{img.name})\n"
+            + extra
             + (f"\n{notes_file.read_text()}" if notes_file.exists() else "")
         )
         write_section(args.section, section)
