@@ -15,7 +15,10 @@ Presets (``--preset``; explicit flags override them):
   first ranking, not paper-grade numbers.
 * ``full``: the comparison users come for: BC, TD3+BC, IQL, VACO (one-step / K-step / implicit), ASPC
   and its fixed-alpha twin on the hopper and halfcheetah medium, medium-replay and medium-expert sets,
-  3 seeds, 100k updates. Sized for a GPU machine with many cores (``--device cuda --workers 16``).
+  3 seeds, 100k updates: 144 cells, about 50 core-hours at one thread per cell (VACO K-step and implicit
+  are two thirds of it), i.e. ~3.5 h on a 16-core host. Small MLPs time-slice badly when many processes
+  share one GPU, so run it with CPU workers (``--device cpu --workers 16``); it resumes where it stopped,
+  so it can be spread over several runs.
 
 VACO's solver is an axis of its own: ``--solvers one_step,k_step,implicit`` expands an algorithm named
 ``vaco`` into one cell per solver. Each grid writes its own report section (``--section``) with a table
