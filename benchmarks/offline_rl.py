@@ -13,6 +13,9 @@ Presets (``--preset``; explicit flags override them):
 * ``quick``: every algorithm family on hopper medium-replay and medium-expert, VACO with all three
   solvers, 1 seed, 3k updates; about 12 minutes on 2 CPU cores. Checks the whole pipeline and gives a
   first ranking, not paper-grade numbers.
+* ``mid``: the full preset's eight algorithm variants on the hopper and halfcheetah medium and
+  medium-expert sets, 3 seeds, 20k updates: 96 cells, about 8 core-hours (e.g. 30 minutes on a 16-core
+  host). Scores are not converged at 20k updates; rankings between variants are what it is for.
 * ``full``: the comparison users come for: BC, TD3+BC, IQL, VACO (one-step / K-step / implicit), ASPC
   and its fixed-alpha twin on the hopper and halfcheetah medium, medium-replay and medium-expert sets,
   3 seeds, 100k updates: 144 cells, about 50 core-hours at one thread per cell (VACO K-step and implicit
@@ -38,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -63,6 +67,11 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
 }
 
 
+# Mean milliseconds per update at one thread (2-core Xeon box, two-phase VACO averaged over its
+# phases): only used to start the longest cells first.
+COST_MS = {"vaco-k_step": 29.0, "vaco-implicit": 23.0, "vaco-one_step": 11.0, "iql": 10.8, "aspc": 9.5,
+           "td3bc-rc": 9.5, "td3bc": 9.0, "bc": 3.6}
+
 PRESETS: dict[str, dict[str, object]] = {
     "quick": {
         "algos": "bc,td3bc,iql,vaco,aspc,td3bc-rc",
@@ -73,6 +82,17 @@ PRESETS: dict[str, dict[str, object]] = {
         "eval_episodes": 5,
         "checkpoint_every": 1_000,
         "section": "offline_rl_quick",
+    },
+    "mid": {
+        "algos": "bc,td3bc,iql,vaco,aspc,td3bc-rc",
+        "datasets": ",".join(f"suite/{env}/{kind}" for env in ("hopper", "halfcheetah")
+                             for kind in ("medium-v0", "medium-expert")),
+        "seeds": "0,1,2",
+        "steps": 20_000,
+        "eval_every": 2_000,
+        "eval_episodes": 10,
+        "checkpoint_every": 2_000,
+        "section": "offline_rl_mid",
     },
     "full": {
         "algos": "bc,td3bc,iql,vaco,aspc,td3bc-rc",
@@ -195,6 +215,31 @@ def aspc_alpha_curves(results: list[dict], out_dir: Path, png: Path) -> bool:
     return True
 
 
+def host_description() -> str:
+    """CPU model and core count: the updates/s of a cell mean something only next to this."""
+    cpu = platform.machine()
+    try:
+        cpu = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                   if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores"
+
+
+def hosts_line(results: list[dict], datasets: list[str]) -> str:
+    """Which machine ran which dataset's cells, when a grid was spread over more than one."""
+    hosts = {r["host"] for r in results if r.get("host")}
+    if len(hosts) < 2:
+        return ""
+    parts = []
+    for h in sorted(hosts):
+        ds = [d.replace("suite/", "") for d in datasets
+              if any(r.get("host") == h and r.get("dataset") == d for r in results)]
+        parts.append(f"{h}: {', '.join(ds)}")
+    return ("Cells ran on more than one machine (updates/s compare only within a machine): "
+            + "; ".join(parts) + ".")
+
+
 def cell_name(algo: str, dataset: str, seed: int) -> str:
     return f"{algo}__{dataset.replace('/', '_')}__s{seed}"
 
@@ -252,6 +297,7 @@ def run_cell(algo: str, dataset: str, seed: int, args: argparse.Namespace) -> di
         return {"algo": algo, "dataset": dataset, "seed": seed, "failed": True}
     summary = json.loads((run_dir / "summary.json").read_text())
     summary["algo"] = algo  # the variant name, so that the table keeps variants apart
+    summary["host"] = host_description()  # a grid may be spread over machines; updates/s is per host
     if base_algo == "vaco" and "medium-expert" in dataset:
         from rl_adapters.analysis import analyze_weights
 
@@ -297,7 +343,7 @@ def table(results: list[dict], algos: list[str], datasets: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                   help="quick (about 12 min on 2 CPU cores) or full (a GPU machine); flags below override it")
+                   help="quick (about 12 min on 2 CPU cores), mid (~8 core-hours) or full (~50 core-hours); flags below override it")
     p.add_argument("--algos", default="bc,td3bc,iql")
     p.add_argument("--solvers", default="one_step,k_step,implicit",
                    help="VACO solvers: an algorithm named 'vaco' runs once per solver")
@@ -330,9 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     Path(args.out).mkdir(parents=True, exist_ok=True)
     cells = [(a, d, s) for d in datasets for a in algos for s in seeds]
-    # Slowest algorithms first so the pool's tail is short.
-    cost = {"iql": 0, "td3bc": 1, "bc": 2}
-    cells.sort(key=lambda c: cost.get(c[0], -1))
+    # Longest cells first so the pool's tail is short (unknown variants count as the slowest).
+    cells.sort(key=lambda c: -COST_MS.get(c[0], max(COST_MS.values())))
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=args.workers) as pool:
         results = list(pool.map(lambda c: run_cell(*c, args), cells))
@@ -373,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.steps} updates, batch 256, final evaluation {args.eval_episodes} episodes per seed "
             f"(normalised score = 100 (R - ref_min) / (ref_max - ref_min) from the dataset metadata).\n"
             + (f"\n{args.note}\n" if args.note else "")
+            + (f"\n{hosts_line(results, datasets)}\n" if hosts_line(results, datasets) else "")
             + f"\n{body}\n\n![learning curves](img/{img.name})\n"
             + extra
             + (f"\n{notes_file.read_text()}" if notes_file.exists() else "")
