@@ -277,13 +277,16 @@ def speed_methods(betty_ok: bool) -> list[tuple[str, str, str, Callable[[Functio
         ("unrolled", "ours", "KStepSolver forward", lambda fp, k, dev: peers.ours(fp, "forward", k)),
         ("unrolled", "higher", "higher innerloop_ctx", lambda fp, k, dev: peers.higher_unroll(fp, k)),
         ("unrolled", "torchopt", "torchopt unroll", lambda fp, k, dev: peers.torchopt_unroll(fp, k)),
-        ("implicit CG", "ours", "ImplicitSolver cg", lambda fp, k, dev: peers.ours(fp, "cg", k, iterations=it)),
+        # Same products as the peers: textbook CG through negative curvature (torchopt and Betty do not stop
+        # there), and no residual product for Neumann / fixed point (the peers do not measure one).
+        ("implicit CG", "ours", "ImplicitSolver cg", lambda fp, k, dev: peers.ours(
+            fp, "cg", k, iterations=it, negative_curvature="continue")),
         ("implicit CG", "torchopt", "torchopt custom_root cg",
          lambda fp, k, dev: peers.torchopt_implicit(fp, k, "cg", it)),
         ("implicit Neumann", "ours", "ImplicitSolver neumann",
-         lambda fp, k, dev: peers.ours(fp, "neumann", k, iterations=it, step_size=fp.lr)),
+         lambda fp, k, dev: peers.ours(fp, "neumann", k, iterations=it, step_size=fp.lr, residual=False)),
         ("implicit Neumann", "ours", "ImplicitSolver fixed_point",
-         lambda fp, k, dev: peers.ours(fp, "fixed_point", k, iterations=it, step_size=fp.lr)),
+         lambda fp, k, dev: peers.ours(fp, "fixed_point", k, iterations=it, step_size=fp.lr, residual=False)),
         ("implicit Neumann", "torchopt", "torchopt custom_root neumann",
          lambda fp, k, dev: peers.torchopt_implicit(fp, k, "neumann", it, alpha=fp.lr)),
     ]
@@ -544,7 +547,7 @@ def markdown(res: dict[str, Any]) -> str:
     L.append(f"## Hypergradients ({meta['preset']} preset, {meta['device']}, {meta['dtype']})\n")
     L.append(f"Command: `{meta['command']}` (git {meta['git']}, {meta['date']}, total {meta['wall_s']:.0f} s)  ")
     L.append(f"Machine: {meta['machine']}  ")
-    L.append(f"Raw numbers: `{meta['out']}/hypergradients.json`. Betty: {meta['betty']}.\n")
+    L.append(f"Raw numbers: `docs/data/hypergradients-{report_tag(meta)}.json`. Betty: {meta['betty']}.\n")
 
     # ---- accuracy
     L.append("### Accuracy (float64)\n")
@@ -647,6 +650,9 @@ def write_report(res: dict[str, Any]) -> None:
     from hg_reading import reading
 
     res["reading"] = reading(res)
+    data = ROOT / "docs" / "data" / f"hypergradients-{tag}.json"
+    data.parent.mkdir(parents=True, exist_ok=True)
+    data.write_text(json.dumps({k: v for k, v in res.items() if k != "reading"}, indent=1, default=str))
     write_section(f"hypergradients-{tag}", markdown(res))
     print(f"wrote docs/benchmarks.md section 'hypergradients-{tag}'")
 
@@ -687,7 +693,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.device == "cuda" else "CPU proxy: peak total bytes of tensor storages created during the call "
         "and still alive (counted by a TorchDispatchMode, freed via tensor finalizers); the analogue of "
         "max_memory_allocated, excluding allocator caching and Python objects",
-        "preset_params": p}}
+        "preset_params": p,
+        # Our implicit rows do the same Hessian-vector products as the peers' (see speed_methods).
+        "like_for_like": True}}
     if "accuracy" in sections:
         print("accuracy ...", flush=True)
         res["accuracy"] = run_accuracy(args.device, p["acc_repeats"])

@@ -554,3 +554,43 @@ def test_forward_mode_float32_with_python_scalar_times_zero_dim_parameter():
     assert h.dtype == torch.float32
     assert rel_err(h.double(), rev.hypergradient((x, yb))[0].double()) < 1e-4  # float32 round-off
     fwd.step((x, yb))
+
+
+def test_cg_through_negative_curvature_solves_indefinite_system():
+    """'continue' is textbook CG: on a symmetric indefinite, non-singular A it still solves A v = b in
+    dim(A) products; 'stop' (the default) freezes at the first direction with p^T A p <= 0."""
+    g = torch.Generator().manual_seed(1)
+    Q, _ = torch.linalg.qr(torch.randn(6, 6, generator=g, dtype=DT))
+    A = Q @ torch.diag(torch.tensor([3.0, 2.0, 1.5, -0.7, -1.0, -2.0], dtype=DT)) @ Q.T
+    b = (torch.randn(6, generator=g, dtype=DT),)
+    exact = torch.linalg.solve(A, b[0])
+    mv = lambda v: (A @ v[0],)
+    cont = bilevel.linear.conjugate_gradient(mv, b, iterations=6, stop_on_negative_curvature=False)
+    assert rel_err(cont.solution[0], exact) < 1e-8 and cont.residual < 1e-8
+    stop = bilevel.linear.conjugate_gradient(mv, b, iterations=6, check_every=1)
+    assert stop.iterations < 6 and stop.residual > 1e-3
+
+
+def test_implicit_negative_curvature_option_on_mlp():
+    """An MLP's inner Hessian away from a minimum is indefinite: 'stop' ends CG early, 'continue' spends
+    every iteration; both hypergradients are finite, and a bad value is refused with the choices."""
+    torch.manual_seed(0)
+    X, y = torch.randn(32, 4, dtype=DT), 3 * torch.randn(32, 1, dtype=DT)
+    out = {}
+    for mode in ("stop", "continue"):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 1)).to(DT)
+        hyper = LogReg(1, init=-8.0)
+        problem = bilevel.Problem(
+            net, hyper,
+            lambda inner, outer, batch: ((inner(batch[0]) - batch[1]) ** 2).mean()
+            + outer.log_lam.exp().sum() * sum((p ** 2).sum() for p in inner.parameters()),
+            lambda inner, outer, batch: ((inner(batch[0]) - batch[1]) ** 2).mean())
+        solver = bilevel.ImplicitSolver(problem, torchopt.sgd(lr=0.1), outer_sgd(hyper), inner_steps=1,
+                                        iterations=12, negative_curvature=mode)
+        info = solver.step((X, y), (X, y))
+        out[mode] = info.extras["iterations"]
+        assert all(torch.isfinite(p.grad).all() for p in hyper.parameters())
+    assert out["continue"] == 12 and out["stop"] < 12
+    with pytest.raises(ValueError, match="negative_curvature must be 'stop' or 'continue'"):
+        bilevel.ImplicitSolver(problem, torchopt.sgd(lr=0.1), outer_sgd(hyper), negative_curvature="ignore")

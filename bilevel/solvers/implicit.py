@@ -39,6 +39,9 @@ class ImplicitSolver(Solver):
             ``power_iterations`` power iterations each call (must be < 2 / lambda_max to converge).
         warm_start: start fixed-point iteration from the previous call's solution.
         tol: relative-residual tolerance at which CG stops early.
+        negative_curvature: CG on a Hessian that is not positive definite along a search direction:
+            ``"stop"`` freezes the iterate there (safe; the residual in ``StepInfo.extras`` shows how far
+            it got), ``"continue"`` runs textbook CG through it (what torchopt and Betty do).
         residual: for Neumann / fixed point, measure ``||Hv - b|| / ||b||`` (one extra Hessian-vector
             product) and report it in ``StepInfo.extras["residual"]``; CG reports its recursive
             residual at no cost either way.
@@ -58,6 +61,7 @@ class ImplicitSolver(Solver):
         warm_start: bool = False,
         tol: float = 1e-12,
         residual: bool = True,
+        negative_curvature: Literal["stop", "continue"] = "stop",
     ) -> None:
         super().__init__(problem, inner_optimizer, outer_optimizer)
         if not isinstance(inner_steps, int) or inner_steps < 0:
@@ -71,6 +75,10 @@ class ImplicitSolver(Solver):
             raise ValueError(f"ImplicitSolver damping must be >= 0, got {damping}")
         if step_size is not None and step_size <= 0:
             raise ValueError(f"ImplicitSolver step_size must be > 0 or None (estimate it), got {step_size}")
+        if negative_curvature not in ("stop", "continue"):
+            raise ValueError(f"ImplicitSolver negative_curvature must be 'stop' or 'continue', "
+                             f"got {negative_curvature!r}")
+        self.negative_curvature = negative_curvature
         self.inner_steps = inner_steps
         self.linear_solver = linear_solver
         self.iterations = iterations
@@ -129,7 +137,8 @@ class ImplicitSolver(Solver):
 
         extras: dict[str, float] = {}
         if self.linear_solver == "cg":
-            sol = linear.conjugate_gradient(hvp, dg_theta, self.iterations, self.tol)
+            sol = linear.conjugate_gradient(hvp, dg_theta, self.iterations, self.tol,
+                                            stop_on_negative_curvature=self.negative_curvature == "stop")
         else:
             alpha = self.step_size
             if alpha is None:

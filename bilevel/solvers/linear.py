@@ -44,7 +44,8 @@ def relative_residual(matvec: MatVec, v: Vec, b: Vec) -> float:
 
 
 def conjugate_gradient(
-    matvec: MatVec, b: Vec, iterations: int, tol: float = 1e-12, check_every: int = 5
+    matvec: MatVec, b: Vec, iterations: int, tol: float = 1e-12, check_every: int = 5,
+    stop_on_negative_curvature: bool = True,
 ) -> LinearSolveResult:
     """Conjugate gradients from ``v0 = 0``; stops after ``iterations`` products or when
     ``||r|| <= tol ||b||``. Exact in at most dim(theta) steps for SPD ``A`` in exact arithmetic.
@@ -52,9 +53,12 @@ def conjugate_gradient(
     The reported residual is CG's recursive one, ``||r_k|| / ||b||`` (equal to the true residual in exact
     arithmetic), so it costs no extra product. The stopping test reads a device scalar only every
     ``check_every`` iterations: on a GPU each read is a host sync that stalls the queue.
-    If ``A`` turns out not to be positive definite along a search direction (``p^T A p <= 0``), CG's step
-    is undefined; the iteration freezes there and the residual reports how far it got (``damping > 0``
-    is the fix).
+    If ``A`` turns out not to be positive definite along a search direction (``p^T A p <= 0``), CG's
+    minimisation view breaks down. With ``stop_on_negative_curvature`` (default) the iterate freezes there
+    (zero steps until the next check, then a stop) and the residual reports how far it got (``damping > 0``
+    is the fix). With it off, the textbook recurrence continues through negative curvature (only
+    ``p^T A p == 0`` is guarded), as torchopt's and Betty's CG do: on an indefinite but non-singular ``A``
+    this still solves the system in the Krylov space, but nothing keeps it from stepping far.
     """
     v = tuple(torch.zeros_like(x) for x in b)
     r = b
@@ -67,7 +71,8 @@ def conjugate_gradient(
     for done in range(1, iterations + 1):
         ap = matvec(p)
         pap = dot(p, ap)
-        frozen = frozen | (pap <= 0)
+        if stop_on_negative_curvature:
+            frozen = frozen | (pap <= 0)
         # A zero step once frozen, without branching on a device value.
         alpha = torch.where(frozen, torch.zeros_like(rs), rs / torch.where(pap == 0, torch.ones_like(pap), pap))
         v = axpy(alpha, p, v)
