@@ -260,7 +260,10 @@ def train(
         file=sys.stderr,
     )
     session_start = time.perf_counter()
+    # Per-key counts: some metrics exist only on some steps (TD3+BC's actor loss, VACO's bi-level phase),
+    # and a mean over the whole window would shrink them.
     sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
     n_sum = 0
     window_train = train_time
 
@@ -302,11 +305,12 @@ def train(
                 )
             for k, v in info.items():
                 sums[k] = sums.get(k, 0.0) + v
+                counts[k] = counts.get(k, 0) + 1
             n_sum += 1
             if step % cfg.log_every == 0 or step == cfg.steps:
                 row = {
                     "step": step,
-                    **{k: v / n_sum for k, v in sums.items()},
+                    **{k: v / counts[k] for k, v in sums.items()},
                     "updates_per_s": n_sum / max(train_time - window_train, 1e-9),
                 }
                 log(row)
@@ -315,7 +319,7 @@ def train(
                     | ({"score": f"{last_eval:.1f}"} if last_eval is not None else {}),
                     refresh=False,
                 )
-                sums, n_sum, window_train = {}, 0, train_time
+                sums, counts, n_sum, window_train = {}, {}, 0, train_time
             if (
                 cfg.eval_episodes > 0
                 and cfg.eval_every > 0

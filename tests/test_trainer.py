@@ -225,3 +225,27 @@ def test_checkpoint_write_is_atomic(tiny_dataset, tmp_path):
 def test_resume_without_checkpoint_is_a_clear_error(tiny_dataset, tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint.pt there"):
         train(_cfg(tiny_dataset, tmp_path / "empty"), resume=True)
+
+
+def test_logged_means_count_only_steps_that_report_the_metric(tiny_dataset, tmp_path, monkeypatch):
+    """TD3+BC reports its actor loss on every second update: the logged mean is over those updates, not
+    diluted by the updates without it."""
+    from rl_adapters.algorithms.td3bc import TD3BC
+
+    real, seen = TD3BC.update, []
+
+    def recording(self, batch):
+        info = real(self, batch)
+        seen.append(info)
+        return info
+
+    monkeypatch.setattr(TD3BC, "update", recording)
+    out = tmp_path / "means"
+    train(_cfg(tiny_dataset, out, "td3bc", steps=20, eval_every=0, checkpoint_every=0))
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    first = next(r for r in rows if r["step"] == 10)
+    actor = [i["actor_loss"] for i in seen[:10] if "actor_loss" in i]
+    assert 0 < len(actor) < 10
+    assert first["actor_loss"] == pytest.approx(sum(actor) / len(actor), rel=1e-9)
+    critic = [i["critic_loss"] for i in seen[:10]]
+    assert first["critic_loss"] == pytest.approx(sum(critic) / 10, rel=1e-9)
