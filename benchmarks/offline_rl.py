@@ -319,8 +319,9 @@ def run_cell(algo: str, dataset: str, seed: int, args: argparse.Namespace) -> di
 
 def table(results: list[dict], algos: list[str], datasets: list[str]) -> str:
     lines = [
-        "| dataset | algorithm | normalised score (mean ± std) | final return | seeds | updates/s | wall time (s) |",
-        "|---|---|---|---|---|---|---|",
+        ("| dataset | algorithm | normalised score (mean ± std) | final return | seeds | updates/s | wall time (s) | "
+         "VACO weight/return Pearson, ASPC final alpha |"),
+        "|---|---|---|---|---|---|---|---|",
     ]
     for ds in datasets:
         for algo in algos:
@@ -328,15 +329,20 @@ def table(results: list[dict], algos: list[str], datasets: list[str]) -> str:
                 r for r in results if r.get("algo") == algo and r.get("dataset") == ds and not r.get("failed")
             ]
             if not rows:
-                lines.append(f"| {ds} | {algo} | (no finished seed) | | 0 | | |")
+                lines.append(f"| {ds} | {algo} | (no finished seed) | | 0 | | | |")
                 continue
             scores = np.array([r["final_normalized_score"] for r in rows], dtype=float)
             rets = np.array([r["final_return"] for r in rows], dtype=float)
             ups = np.mean([r["updates_per_s"] for r in rows])
             wall = np.mean([r["wall_time_s"] for r in rows])
+            extra = ""
+            for key, fmt in (("weight_return_pearson", "r = {:.2f} ± {:.2f}"), ("final_alpha", "alpha = {:.3f} ± {:.3f}")):
+                vals = [r[key] for r in rows if r.get(key) is not None]
+                if vals:
+                    extra = fmt.format(np.mean(vals), np.std(vals))
             lines.append(
                 f"| {ds} | {algo} | {scores.mean():.1f} ± {scores.std():.1f} | {rets.mean():.0f} | "
-                f"{len(rows)} | {ups:.0f} | {wall:.0f} |"
+                f"{len(rows)} | {ups:.0f} | {wall:.0f} | {extra} |"
             )
     return "\n".join(lines)
 
