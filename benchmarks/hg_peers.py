@@ -16,7 +16,7 @@ import time
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -192,7 +192,7 @@ class _RecordingSGD(torch.optim.SGD):
     """Betty rebuilds the outer optimiser from its class; this one keeps the last gradients it saw
     (with lr=0 it leaves lambda unchanged, so repeated calls measure the same hypergradient)."""
 
-    recorded: list[torch.Tensor] = []
+    recorded: ClassVar[list[torch.Tensor]] = []
 
     def step(self, closure: Any = None) -> Any:  # type: ignore[override]
         self.recorded = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)

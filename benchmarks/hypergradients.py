@@ -44,9 +44,9 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import hg_peers as peers  # noqa: E402
-from _report import command_line, git_revision, machine_description, write_section  # noqa: E402
-from hg_peers import FunctionalProblem, Hyper  # noqa: E402
+import hg_peers as peers
+from _report import command_line, git_revision, machine_description, write_section
+from hg_peers import FunctionalProblem, Hyper
 
 ROOT = Path(__file__).resolve().parent.parent
 IMG = ROOT / "docs" / "img"
@@ -200,7 +200,8 @@ def run_accuracy(device: str, repeats: int) -> dict[str, Any]:
             ref_note = "IFT with the dense Hessian at a Newton-converged theta*"
         rows = []
 
-        def add(label: str, family: str, fn: Callable[[], list[torch.Tensor]], own: torch.Tensor | None) -> None:
+        def add(label: str, family: str, fn: Callable[[], list[torch.Tensor]], own: torch.Tensor | None,
+                rows: list[dict[str, Any]] = rows, true: torch.Tensor = true) -> None:
             with peers.quiet_warnings():
                 h = fn()[0]
                 t = peers.time_call(fn, device, 1, repeats, budget_s=2.0)
@@ -351,11 +352,11 @@ def run_checkpoint(device: str, dtype: torch.dtype, p: dict[str, Any]) -> list[d
     for k in p["ckpt_ks"]:
         seg = max(1, round(math.sqrt(k)))
         variants: list[tuple[str, Callable[[FunctionalProblem], Any]]] = [
-            ("KStepSolver reverse", lambda fp: peers.ours(fp, "reverse", k)),
-            ("KStepSolver forward (3 jvps)", lambda fp: peers.ours(fp, "forward", k)),
-            ("plain stored unroll (same code)", lambda fp: peers.checkpointed_unroll(fp, k, None)),
-            ("checkpoint every step", lambda fp: peers.checkpointed_unroll(fp, k, 1)),
-            (f"checkpoint every {seg} steps", lambda fp: peers.checkpointed_unroll(fp, k, seg)),
+            ("KStepSolver reverse", lambda fp, k=k: peers.ours(fp, "reverse", k)),
+            ("KStepSolver forward (3 directions, one vmapped jvp unroll)", lambda fp, k=k: peers.ours(fp, "forward", k)),
+            ("plain stored unroll (same code)", lambda fp, k=k: peers.checkpointed_unroll(fp, k, None)),
+            ("checkpoint every step", lambda fp, k=k: peers.checkpointed_unroll(fp, k, 1)),
+            (f"checkpoint every {seg} steps", lambda fp, k=k, seg=seg: peers.checkpointed_unroll(fp, k, seg)),
         ]
         for label, build in variants:
             fp = mlp_problem(p["ckpt_hidden"], p["batch"], device, dtype)
