@@ -13,7 +13,7 @@ import torch
 from torch.func import functional_call
 
 from rl_adapters.algorithms import make_algorithm, make_config
-from rl_adapters.algorithms.vaco import VACO, VACOBatch
+from rl_adapters.algorithms.vaco import VACO
 from rl_adapters.analysis import analyze_weights, pearson
 from rl_adapters.cli import main
 from rl_adapters.data import Batch, load_dataset
@@ -37,38 +37,9 @@ def _vaco64(data, **hp) -> VACO:
 
 
 # ------------------------------------------------------------------ hypergradient vs finite differences
-def _hand_one_step_outer(
-    algo: VACO,
-    alpha: dict[str, torch.Tensor],
-    theta0: dict[str, torch.Tensor],
-    mu: list[torch.Tensor],
-    nu: list[torch.Tensor],
-    count: int,
-    vb: VACOBatch,
-) -> torch.Tensor:
-    """J_pi(phi_1(alpha)) with phi_1 one hand-written Adam step (coupled L2 weight decay, torch.optim.Adam's
-    convention) on J_w, written independently of bilevel/torchopt."""
-    c = algo.config
-    b1, b2 = 0.9, 0.999
-    names = list(theta0)
-    th = {n: t.detach().clone().requires_grad_() for n, t in theta0.items()}
-    w = functional_call(algo.scorer, alpha, (vb.obs, vb.actions, vb.q_in))
-    bc = (functional_call(algo.actor, th, (vb.obs,)) - vb.actions).pow(2).sum(-1)
-    grads = torch.autograd.grad((w * bc).mean(), [th[n] for n in names])
-    t = torch.tensor(count + 1)
-    # torchopt 0.7.3 computes the bias corrections as pow(beta, int64 count tensor), i.e. in float32 even for
-    # float64 parameters; the same map must do the same (exact 1 - beta**t would differ by ~1e-5 relative).
-    bias1, bias2 = 1 - torch.pow(b1, t), 1 - torch.pow(b2, t)
-    new = {}
-    for n, g, m, v in zip(names, grads, mu, nu):
-        g = g + c.weight_decay * theta0[n]
-        m = b1 * m + (1 - b1) * g
-        v = b2 * v + (1 - b2) * g * g
-        step = (m / bias1) / ((v / bias2).sqrt() + c.adam_eps)
-        new[n] = theta0[n] - c.actor_lr * step
-    a1 = functional_call(algo.actor, new, (vb.noisy_obs,))
-    loss = -algo.critic_target.min_q(vb.obs, a1).mean()
-    return loss / vb.q_scale if c.outer_q_norm else loss
+def _hand_one_step_outer(algo, alpha, theta0, mu, nu, count, vb) -> torch.Tensor:
+    """J_pi(phi_1(alpha)) with phi_1 one hand-written Adam step on J_w (see :func:`_hand_k_step_outer`)."""
+    return _hand_k_step_outer(algo, alpha, theta0, mu, nu, count, vb, 1)
 
 
 def test_one_step_hypergradient_matches_finite_differences_and_step_lowers_outer_loss(tiny_dataset):
@@ -125,8 +96,11 @@ def test_one_step_hypergradient_matches_finite_differences_and_step_lowers_outer
 
 
 def _hand_k_step_outer(algo, alpha, theta0, mu, nu, count, vb, k):
-    """J_pi(phi_K(alpha)) with phi_K = K hand-written Adam steps on the same batch (the map VACO's K-step
-    solver differentiates), written independently of bilevel/torchopt."""
+    """J_pi(phi_K(alpha)) with phi_K = K hand-written Adam steps (coupled L2 weight decay, torch.optim.Adam's
+    convention) on J_w over the same batch, the map VACO's solvers differentiate, written independently of
+    bilevel/torchopt. torchopt 0.7.3 computes the bias corrections as pow(beta, int64 count tensor), i.e. in
+    float32 even for float64 parameters; this map does the same (exact 1 - beta**t would differ by ~1e-5
+    relative)."""
     c = algo.config
     b1, b2 = 0.9, 0.999
     names = list(theta0)
@@ -136,7 +110,7 @@ def _hand_k_step_outer(algo, alpha, theta0, mu, nu, count, vb, k):
     for i in range(k):
         cur = {n: t if t.requires_grad else t.detach().clone().requires_grad_() for n, t in th.items()}
         bc = (functional_call(algo.actor, cur, (vb.obs,)) - vb.actions).pow(2).sum(-1)
-        grads = torch.autograd.grad((w * bc).mean(), [cur[n] for n in names], create_graph=True)
+        grads = torch.autograd.grad((w * bc).mean(), [cur[n] for n in names])
         t = torch.tensor(count + 1 + i)
         bias1, bias2 = 1 - torch.pow(b1, t), 1 - torch.pow(b2, t)
         new = {}
