@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["DeterministicActor", "TwinCritic", "ValueNet", "mlp", "soft_update"]
+__all__ = ["CRITIC_INITS", "DeterministicActor", "TwinCritic", "ValueNet", "aspc_init_", "mlp", "soft_update"]
 
 
 def mlp(
@@ -67,15 +67,50 @@ class DeterministicActor(nn.Module):
         return self.action_center + self.action_scale * torch.tanh(self.net(obs))
 
 
+#: Critic initialisations: ``torch`` (PyTorch's Linear default) or ``aspc`` (:func:`aspc_init_`).
+CRITIC_INITS = ("torch", "aspc")
+
+
+@torch.no_grad()
+def aspc_init_(net: nn.Sequential) -> nn.Sequential:
+    """The ASPC authors' critic initialisation, in place.
+
+    Hidden ``Linear`` layers: weights ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` (PyTorch's law too) but
+    biases constant 0.1; the output layer: weights and bias ``U(-3e-3, 3e-3)``, so that the initial Q is
+    near 0 everywhere. Draws from the global torch RNG, like PyTorch's own initialisers.
+    """
+    linears = [m for m in net if isinstance(m, nn.Linear)]
+    for lin in linears[:-1]:
+        bound = 1.0 / float(np.sqrt(lin.in_features))
+        lin.weight.uniform_(-bound, bound)
+        lin.bias.fill_(0.1)
+    linears[-1].weight.uniform_(-3e-3, 3e-3)
+    linears[-1].bias.uniform_(-3e-3, 3e-3)
+    return net
+
+
 class TwinCritic(nn.Module):
-    """Two independent Q networks ``Q_i(s, a) = f_i([s, a])``; ``forward`` returns ``(Q1, Q2)``, each ``(B,)``."""
+    """Two independent Q networks ``Q_i(s, a) = f_i([s, a])``; ``forward`` returns ``(Q1, Q2)``, each ``(B,)``.
+
+    ``init="aspc"`` re-initialises both with :func:`aspc_init_` (the ASPC reference critic).
+    """
 
     def __init__(
-        self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (256, 256), layer_norm: bool = False
+        self,
+        obs_dim: int,
+        act_dim: int,
+        hidden: Sequence[int] = (256, 256),
+        layer_norm: bool = False,
+        init: str = "torch",
     ) -> None:
         super().__init__()
+        if init not in CRITIC_INITS:
+            raise ValueError(f"critic init must be one of {CRITIC_INITS}, got {init!r}")
         self.q1 = mlp(obs_dim + act_dim, 1, hidden, layer_norm)
         self.q2 = mlp(obs_dim + act_dim, 1, hidden, layer_norm)
+        if init == "aspc":
+            aspc_init_(self.q1)
+            aspc_init_(self.q2)
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.cat([obs, action], dim=-1)

@@ -117,7 +117,8 @@ def test_forward_mode_solver_trains_like_one_step(tiny_dataset, name, outer):
 
 def test_one_outer_update_per_update_interval_actor_updates(tiny_dataset):
     data = load_dataset(tiny_dataset)
-    algo = _aspc(data, update_interval=10, policy_freq=2, steps=100)
+    # A 100-step decay horizon (5 outer updates) makes the whole schedule visible in a short test.
+    algo = _aspc(data, update_interval=10, policy_freq=2, steps=100, outer_lr_horizon=100)
     calls = []
     real_step = algo.solver.step
 
@@ -142,11 +143,30 @@ def test_one_outer_update_per_update_interval_actor_updates(tiny_dataset):
     assert algo.rho_opt.param_groups[0]["lr"] == pytest.approx(2e-3 * 0.01)
 
 
+@pytest.mark.parametrize("steps", [100, 20_000, 1_000_000])
+def test_outer_lr_decay_horizon_is_the_references_whatever_the_run_length(tiny_dataset, steps):
+    data = load_dataset(tiny_dataset)
+    algo = _aspc(data, steps=steps)
+    # The authors' code: gamma = 0.01 ** (1 / int(1e6 / (policy_freq * alpha_freq))) = 0.01 ** (1 / 50000).
+    assert algo.rho_sched.gamma == pytest.approx(0.01 ** (1 / 50_000), rel=1e-12)
+    # ASPC-IQL updates its actor every step, so the same horizon holds 100000 outer updates.
+    assert _aspc(data, "aspc-iql", steps=steps).rho_sched.gamma == pytest.approx(0.01 ** (1 / 100_000), rel=1e-12)
+
+
+@pytest.mark.parametrize("option,value", [("outer_lr_horizon", -5), ("outer_lr_horizon", 0), ("ema_init", "mean"),
+                                          ("outer_terms", "eq2"), ("solver", "k_step"), ("critic_init", "xavier")])
+def test_bad_aspc_options_are_refused_by_make_config_naming_the_option(option, value):
+    from rl_adapters.algorithms import make_config
+
+    with pytest.raises(ValueError, match=option):
+        make_config("aspc", **{option: value})
+
+
 def test_update_interval_scales_the_outer_lr(tiny_dataset):
     data = load_dataset(tiny_dataset)
     algo = _aspc(data, update_interval=30, steps=6000)
     assert algo.rho_opt.param_groups[0]["lr"] == pytest.approx(6e-3)
-    assert algo.rho_sched.gamma == pytest.approx(0.01 ** (1 / 100))
+    assert algo.rho_sched.gamma == pytest.approx(0.01 ** (1 / (1_000_000 // 60)))
 
 
 def test_ablation_switches_change_the_loss_as_documented(tiny_dataset):
@@ -159,7 +179,8 @@ def test_ablation_switches_change_the_loss_as_documented(tiny_dataset):
     w = torch.tensor(2.5, dtype=torch.float64)
     ref = outer_terms(pi, q, batch, w, 0.995, True, True)
     # the terms themselves, from their definitions
-    bc = ((pi - actions) ** 2).sum(-1).mean()
+    # F.mse_loss convention: mean over the 16 x 3 entries
+    bc = sum(float(pi[i, j] - actions[i, j]) ** 2 for i in range(16) for j in range(3)) / 48
     assert torch.allclose(ref.eq1, -2.5 * q.mean() / q.abs().mean() + bc)
     m = 0.005 * q.mean() + 0.995 * 1.0
     assert torch.allclose(ref.ema, m) and torch.allclose(ref.eq2, (m - 1.0) ** 2)

@@ -6,21 +6,24 @@ optimisation.  With ``sg`` the stop-gradient:
 
 * inner, every actor update: one *differentiable* Adam step (lr 3e-4) on
 
-  ``J_in(phi; alpha) = -(alpha / sg(mean|Q1(s, pi_phi(s))|)) mean Q1(s, pi_phi(s)) + mean ||pi_phi(s) - a||^2``
+  ``J_in(phi; alpha) = -(alpha / sg(mean|Q1(s, pi_phi(s))|)) mean Q1(s, pi_phi(s)) + mse(pi_phi(s), a)``
 
-  gives ``phi'``, which becomes the actor;
+  gives ``phi'``, which becomes the actor (``mse`` = ``F.mse_loss``, the mean over batch *and* action
+  dimensions, as in TD3+BC's and the ASPC authors' code);
 * outer, every ``update_interval`` actor updates, with ``q' = Q1(s, pi_phi'(s))``:
 
-  - ``eq1 = -sg(alpha) mean q' / sg(mean|q'|) + mean ||pi_phi'(s) - a||^2`` (alpha enters only through phi');
+  - ``eq1 = -sg(alpha) mean q' / sg(mean|q'|) + mse(pi_phi'(s), a)`` (alpha enters only through phi');
   - ``m_t = (1 - d) mean q' + d m_{t-1}`` (``d = 0.995``, ``m_{t-1}`` a constant), ``eq2 = (m_t - m_{t-1})^2``;
+    ``m_0 = 0`` as in the authors' code (``ema_init="zero"``), or the pre-step ``mean Q1(s, pi_phi(s))`` of
+    the first outer batch (``ema_init="first_q"``);
   - ``b_i = mean_j (pi_phi(s_i)_j - a_ij)^2`` before the step (constant), ``b'_i`` after it,
     ``eq3 = sg(eq2) max_i b_i max_i |b_i - b'_i|``;
   - ``rho <- Adam(rho, d(eq1 + eq2 + eq3)/d rho)``, lr ``2e-3 * update_interval / 10`` decayed
-    exponentially to 1% of that over the run.
+    exponentially to 1% of that over a *fixed* horizon of ``outer_lr_horizon = 1e6`` training steps
+    (the authors' ``gamma = 0.01^(1/50000)`` per outer update), whatever the length of the run.
 
   ``outer_terms`` selects the paper's ablation: ``eq1``, ``eq1+eq2``, ``eq1+eq3`` or ``all``
   (``eq1+eq3`` still uses eq2's *value* as eq3's weight, it only drops eq2 from the sum).
-  Before the first outer update ``m_{t-1}`` is the pre-step ``mean Q1(s, pi_phi(s))`` of that batch.
 
 **ASPC-IQL** (``--algo aspc-iql``, paper section 5.6 / appendix D.1) makes IQL's temperature
 ``beta = softplus(rho)`` (initially 3.0) learnable the same way: the inner problem is the AWR step
@@ -82,6 +85,7 @@ OUTER_TERMS: dict[str, tuple[bool, bool]] = {
     "eq1": (False, False), "eq1+eq2": (True, False), "eq1+eq3": (False, True), "all": (True, True),
 }
 SOLVERS = ("one_step", "k_step_forward", "k_step_reverse")
+EMA_INITS = ("zero", "first_q")
 #: Added under Adam's square root: d sqrt(v)/dv is infinite at v = 0 (any weight whose gradient has
 #: always been exactly 0, e.g. behind a dead ReLU), which makes the differentiated step 0 * inf = NaN.
 #: 1e-16 keeps it finite and moves the update by < 1e-8 relative wherever sqrt(v) > 1e-4.
@@ -135,7 +139,7 @@ class StopGrad(NamedTuple):
 
 
 class OuterTerms(NamedTuple):
-    """The outer loss and its parts (see the module docstring); ``bc = mean ||pi_phi'(s) - a||^2``."""
+    """The outer loss and its parts (see the module docstring); ``bc = mse(pi_phi'(s), a)``."""
 
     eq1: torch.Tensor
     eq2: torch.Tensor
@@ -161,7 +165,7 @@ def outer_terms(pi_new: torch.Tensor, q_new: torch.Tensor, batch: ScaleBatch, q_
     else:
         q_weight, q_abs = stop_grad.q_weight, stop_grad.q_abs
     sq_err = (pi_new - batch.actions).pow(2)
-    bc = sq_err.sum(-1).mean()
+    bc = sq_err.mean()  # F.mse_loss(pi_new, actions): batch and action dimensions
     eq1 = -q_weight * q_mean / q_abs + bc
     # The decay as a tensor, not a Python float: torch.func.jvp promotes the tangent of
     # ``python_float * 0-d tensor`` to float64, which would make KStepSolver(mode="forward")'s
@@ -184,18 +188,43 @@ class AdaptiveScaleConfig:
     """Options of the adaptive scale (shared by ASPC and ASPC-IQL).
 
     ``update_interval``: actor updates per outer update; ``outer_lr``: Adam lr of rho at
-    ``update_interval = 10`` (scaled by ``update_interval / 10``); ``outer_lr_final_fraction``: the lr
-    decays exponentially to this fraction over the run; ``ema_decay``: d of the Q EMA;
-    ``outer_terms``: one of ``eq1``, ``eq1+eq2``, ``eq1+eq3``, ``all``; ``solver``: ``one_step``,
-    ``k_step_forward`` or ``k_step_reverse`` (the last two with K = 1, same hypergradient).
+    ``update_interval = 10`` (scaled by ``update_interval / 10``); ``outer_lr_final_fraction`` and
+    ``outer_lr_horizon``: the lr decays exponentially to that fraction over that many *training steps*
+    (independent of ``--steps``: a short run sees the early, large learning rates of the reference's 1e6-step
+    schedule); ``ema_decay``: d of the Q EMA; ``ema_init``: ``zero`` (the authors' ``m_0 = 0``) or
+    ``first_q``; ``outer_terms``: one of ``eq1``, ``eq1+eq2``, ``eq1+eq3``, ``all``; ``solver``:
+    ``one_step``, ``k_step_forward`` or ``k_step_reverse`` (the last two with K = 1, same hypergradient).
     """
 
     update_interval: int = 10
     outer_lr: float = 2e-3
     outer_lr_final_fraction: float = 0.01
+    outer_lr_horizon: int = 1_000_000
     ema_decay: float = 0.995
+    ema_init: str = "zero"
     outer_terms: str = "all"
     solver: str = "one_step"
+
+    def validate_scale(self) -> None:
+        """Refuse options that cannot work, naming the option (called from the configs' ``__post_init__``,
+        so ``make_config`` fails before any data loads)."""
+        if self.outer_terms not in OUTER_TERMS:
+            raise ValueError(f"outer_terms must be one of {sorted(OUTER_TERMS)}, got {self.outer_terms!r}")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {list(SOLVERS)}, got {self.solver!r}")
+        if not isinstance(self.update_interval, int) or self.update_interval < 1:
+            raise ValueError(f"update_interval must be an int >= 1, got {self.update_interval!r}")
+        if not 0.0 < self.outer_lr_final_fraction <= 1.0:
+            raise ValueError(f"outer_lr_final_fraction must be in (0, 1], got {self.outer_lr_final_fraction}")
+        if not isinstance(self.outer_lr_horizon, int) or self.outer_lr_horizon < 1:
+            raise ValueError(f"outer_lr_horizon must be a positive number of training steps (reference: "
+                             f"1000000), got {self.outer_lr_horizon!r}")
+        if self.ema_init not in EMA_INITS:
+            raise ValueError(f"ema_init must be one of {EMA_INITS}, got {self.ema_init!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if not self.outer_lr > 0:
+            raise ValueError(f"outer_lr must be > 0, got {self.outer_lr}")
 
 
 @dataclasses.dataclass
@@ -204,6 +233,11 @@ class ASPCConfig(TD3BCConfig, AdaptiveScaleConfig):
 
     critic_hidden_layers: int = 3
     critic_layer_norm: bool = True
+    critic_init: str = "aspc"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.validate_scale()
 
 
 @dataclasses.dataclass
@@ -211,6 +245,9 @@ class ASPCIQLConfig(IQLConfig, AdaptiveScaleConfig):
     """IQL options (``beta`` is the *initial* temperature) + the adaptive-scale options."""
 
     outer_terms: str = "eq1+eq2"
+
+    def __post_init__(self) -> None:
+        self.validate_scale()
 
 
 class AdaptiveScale(abc.ABC):
@@ -252,21 +289,13 @@ class AdaptiveScale(abc.ABC):
         """Initial value of the scale (alpha for ASPC, beta for ASPC-IQL)."""
 
     @abc.abstractmethod
-    def actor_updates_total(self) -> int:
-        """Actor updates in the whole run (sets the outer lr decay)."""
+    def steps_per_actor_update(self) -> int:
+        """Training steps per actor update (sets the outer lr decay per outer update)."""
 
     # ------------------------------------------------------------------ construction
     def build_scale(self) -> None:
         """Create the outer module (call in ``build``, after the actor exists)."""
-        c = self.config
-        if c.outer_terms not in OUTER_TERMS:
-            raise ValueError(f"outer_terms must be one of {sorted(OUTER_TERMS)}, got {c.outer_terms!r}")
-        if c.solver not in SOLVERS:
-            raise ValueError(f"solver must be one of {list(SOLVERS)}, got {c.solver!r}")
-        if not isinstance(c.update_interval, int) or c.update_interval < 1:
-            raise ValueError(f"update_interval must be an int >= 1, got {c.update_interval!r}")
-        if not 0.0 < c.outer_lr_final_fraction <= 1.0:
-            raise ValueError(f"outer_lr_final_fraction must be in (0, 1], got {c.outer_lr_final_fraction}")
+        self.config.validate_scale()
         self.scale = ConstraintScale(self.initial_scale())
         self.modules["scale"] = self.scale
 
@@ -275,7 +304,8 @@ class AdaptiveScale(abc.ABC):
         c = self.config
         self.use_eq2, self.use_eq3 = OUTER_TERMS[c.outer_terms]
         self.rho_opt = torch.optim.Adam(self.scale.parameters(), lr=c.outer_lr * c.update_interval / 10)
-        n_outer = max(1, self.actor_updates_total() // c.update_interval)
+        # Outer updates in the fixed horizon: int(1e6 / (2 * 10)) = 50000 for TD3+BC, as the authors'.
+        n_outer = max(1, c.outer_lr_horizon // (self.steps_per_actor_update() * c.update_interval))
         self.rho_sched = torch.optim.lr_scheduler.ExponentialLR(
             self.rho_opt, gamma=c.outer_lr_final_fraction ** (1.0 / n_outer))
         self.optimizers["rho"] = self.rho_opt
@@ -318,7 +348,12 @@ class AdaptiveScale(abc.ABC):
         with torch.no_grad():
             pi0 = self.actor(obs)
             b_pre = (pi0 - actions).pow(2).mean(-1)
-            m_prev = self.ema_q if self.ema_q is not None else self.outer_q(obs, pi0).mean()
+            if self.ema_q is not None:
+                m_prev = self.ema_q
+            elif self.config.ema_init == "zero":
+                m_prev = torch.zeros((), dtype=obs.dtype, device=obs.device)
+            else:
+                m_prev = self.outer_q(obs, pi0).mean()
         return ScaleBatch(obs, actions, adv, b_pre, m_prev)
 
     def plain_actor_step(self, batch: ScaleBatch) -> float:
@@ -419,7 +454,7 @@ class ASPC(AdaptiveScale, TD3BC):
     def inner_loss(self, actor: InnerView, scale: ConstraintScale, batch: ScaleBatch) -> torch.Tensor:
         pi = actor(batch.obs)
         q = self.critic.q1_only(batch.obs, pi)
-        return -(scale() / q.abs().mean().detach()) * q.mean() + (pi - batch.actions).pow(2).sum(-1).mean()
+        return -(scale() / q.abs().mean().detach()) * q.mean() + F.mse_loss(pi, batch.actions)
 
     def outer_q(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         return self.critic.q1_only(obs, actions)
@@ -433,8 +468,8 @@ class ASPC(AdaptiveScale, TD3BC):
     def initial_scale(self) -> float:
         return self.config.alpha
 
-    def actor_updates_total(self) -> int:
-        return self.total_steps // self.config.policy_freq
+    def steps_per_actor_update(self) -> int:
+        return self.config.policy_freq
 
     def actor_update(self, batch: Batch) -> dict[str, float]:
         return self.adaptive_actor_step(batch.obs, batch.actions)
@@ -482,8 +517,8 @@ class ASPCIQL(AdaptiveScale, IQL):
     def initial_scale(self) -> float:
         return self.config.beta
 
-    def actor_updates_total(self) -> int:
-        return self.total_steps
+    def steps_per_actor_update(self) -> int:
+        return 1
 
     def actor_update(self, batch: Batch, adv: torch.Tensor) -> dict[str, float]:
         info = self.adaptive_actor_step(batch.obs, batch.actions, adv)

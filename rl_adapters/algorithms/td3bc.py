@@ -3,10 +3,12 @@
 Critic: ``min_theta sum_i (Q_i(s,a) - y)^2`` with
 ``y = r + gamma (1 - done) min_i Q'_i(s', clip(pi'(s') + eps, low, high))``,
 ``eps = clip(N(0, (0.2 h)^2), -0.5 h, 0.5 h)`` where ``h`` is the action half-range (max action).
-Actor (every ``policy_freq`` critic steps): ``min_phi -lambda mean Q1(s, pi(s)) + mean ||pi(s) - a||^2``
+Actor (every ``policy_freq`` critic steps): ``min_phi -lambda mean Q1(s, pi(s)) + mse(pi(s), a)``
 with ``lambda = alpha / mean|Q1(s, pi(s))|`` (detached), ``alpha = 2.5``; targets are Polyak-averaged
-at the same time.
-``critic_hidden_layers=3, critic_layer_norm=True`` gives the "robust critic" of ASPC (paper 004, section 4.3).
+at the same time. ``mse`` is ``F.mse_loss``, the mean over the batch *and* the action dimensions, as in
+the authors' code and CORL: a sum over action dimensions would make alpha act like ``alpha / act_dim``.
+``critic_hidden_layers=3, critic_layer_norm=True`` gives the "robust critic" of ASPC (paper 004, section 4.3);
+``critic_init="aspc"`` adds its authors' initialisation (constant 0.1 hidden biases, output layer near 0).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import Batch
-from ..networks import DeterministicActor, TwinCritic, soft_update
+from ..networks import CRITIC_INITS, DeterministicActor, TwinCritic, soft_update
 from .base import Algorithm, BaseConfig
 
 
@@ -32,6 +34,14 @@ class TD3BCConfig(BaseConfig):
     policy_freq: int = 2
     critic_hidden_layers: int = 2
     critic_layer_norm: bool = False
+    critic_init: str = "torch"
+
+    def __post_init__(self) -> None:
+        # Checked here so that ``make_config`` rejects a bad value before any data is loaded.
+        if self.critic_init not in CRITIC_INITS:
+            raise ValueError(f"critic_init must be one of {CRITIC_INITS}, got {self.critic_init!r}")
+        if self.policy_freq < 1:
+            raise ValueError(f"policy_freq must be an int >= 1, got {self.policy_freq!r}")
 
 
 class TD3BC(Algorithm):
@@ -50,6 +60,7 @@ class TD3BC(Algorithm):
             self.act_dim,
             hidden=(c.hidden_dim,) * c.critic_hidden_layers,
             layer_norm=c.critic_layer_norm,
+            init=c.critic_init,
         )
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
@@ -100,11 +111,11 @@ class TD3BC(Algorithm):
         return {"critic_loss": critic_loss.item(), "q1": q1.mean().item()}
 
     def actor_update(self, batch: Batch) -> dict[str, float]:
-        """One step on ``-lambda mean Q1(s, pi(s)) + mean ||pi(s) - a||^2`` (subclasses replace it)."""
+        """One step on ``-lambda mean Q1(s, pi(s)) + mse(pi(s), a)`` (subclasses replace it)."""
         pi = self.actor(batch.obs)
         q = self.critic.q1_only(batch.obs, pi)
         lmbda = self.config.alpha / q.abs().mean().detach()
-        bc_loss = (pi - batch.actions).pow(2).sum(-1).mean()
+        bc_loss = F.mse_loss(pi, batch.actions)
         actor_loss = -lmbda * q.mean() + bc_loss
         self.actor_opt.zero_grad(set_to_none=True)
         actor_loss.backward()
