@@ -25,6 +25,12 @@ Presets (``--preset``; explicit flags override them):
   share one GPU, so run it with CPU workers (``--device cpu --workers 16``); it resumes where it stopped,
   so it can be spread over several runs.
 
+* ``equal``: the comparison at **equal policy budgets** (RL fidelity issue): BC, TD3+BC, IQL, ASPC, TD3+BC-rc
+  and VACO x {one-step, K-step, implicit} on hopper and halfcheetah medium-expert, medium-replay and
+  medium, 3 seeds, 50k *policy* updates each. VACO's IQL value phase (``--vaco-value-steps``, default
+  the same 50k, the paper's 1:1 ratio) comes on top of its 50k bi-level updates and is said so in the
+  report; its learning curves are plotted against policy updates. 162 cells, about 60 core-hours.
+
 VACO's solver is an axis of its own: ``--solvers one_step,k_step,implicit`` expands an algorithm named
 ``vaco`` into one cell per solver. Each grid writes its own report section (``--section``) with a table
 and a learning-curve plot (mean evaluation score over seeds against updates, one panel per dataset).
@@ -64,8 +70,9 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "vaco-one_step": ("vaco", ["solver=one_step"]),
     "vaco-k_step": ("vaco", ["solver=k_step", "k=5", "mode=reverse"]),
     "vaco-implicit": ("vaco", ["solver=implicit"]),
-    # TD3+BC with ASPC's robust critic (3 hidden layers + LayerNorm): the fixed-alpha baseline of ASPC.
-    "td3bc-rc": ("td3bc", ["critic_hidden_layers=3", "critic_layer_norm=True"]),
+    # TD3+BC with ASPC's robust critic (3 hidden layers + LayerNorm, the authors' initialisation): ASPC
+    # with alpha frozen at 2.5.
+    "td3bc-rc": ("td3bc", ["critic_hidden_layers=3", "critic_layer_norm=True", "critic_init=aspc"]),
 }
 
 
@@ -106,6 +113,18 @@ PRESETS: dict[str, dict[str, object]] = {
         "checkpoint_every": 10_000,
         "section": "offline_rl_full",
     },
+    "equal": {
+        "algos": "bc,td3bc,iql,vaco,aspc,td3bc-rc",
+        "datasets": ",".join(f"suite/{env}/{kind}" for env in ("hopper", "halfcheetah")
+                             for kind in ("medium-expert", "medium-replay-v0", "medium-v0")),
+        "seeds": "0,1,2",
+        "steps": 50_000,
+        "vaco_value_steps": 50_000,
+        "eval_every": 5_000,
+        "eval_episodes": 10,
+        "checkpoint_every": 5_000,
+        "section": "offline_rl_equal",
+    },
 }
 
 
@@ -135,7 +154,10 @@ def learning_curves(results: list[dict], algos: list[str], datasets: list[str], 
                 if not metrics.exists():
                     continue
                 rows = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
-                pts = {row["step"]: row["eval_normalized_score"] for row in rows if "eval_normalized_score" in row}
+                # x = policy updates: a VACO cell's value-only phase is drawn before 0 and cut off.
+                off = int(r.get("value_steps", 0) or 0)
+                pts = {row["step"] - off: row["eval_normalized_score"] for row in rows
+                       if "eval_normalized_score" in row and row["step"] - off >= 0}
                 if pts:
                     curves.append(pts)
             if not curves:
@@ -144,7 +166,7 @@ def learning_curves(results: list[dict], algos: list[str], datasets: list[str], 
             mean = [float(np.mean([c[s] for c in curves])) for s in steps]
             ax.plot(steps, mean, marker="o", ms=3, label=f"{algo} ({len(curves)} seeds)")
         ax.set_title(ds.replace("suite/", ""), fontsize=10)
-        ax.set_xlabel("updates")
+        ax.set_xlabel("policy updates")
         ax.set_ylabel("normalised score")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
@@ -241,6 +263,16 @@ def hosts_line(results: list[dict], datasets: list[str]) -> str:
             + "; ".join(parts) + ".")
 
 
+def policy_budget(base_algo: str, args: argparse.Namespace) -> tuple[int, int]:
+    """``(total updates, value-only updates)`` of a cell: ``--steps`` policy updates for every algorithm;
+    a two-phase VACO cell adds ``--vaco-value-steps`` value-only updates in front when that is set, and
+    otherwise splits ``--steps`` by its ``value_fraction`` (the older presets)."""
+    extra = int(getattr(args, "vaco_value_steps", 0) or 0)
+    if base_algo == "vaco" and extra > 0:
+        return args.steps + extra, extra
+    return args.steps, 0
+
+
 def cell_name(algo: str, dataset: str, seed: int) -> str:
     return f"{algo}__{dataset.replace('/', '_')}__s{seed}"
 
@@ -255,6 +287,9 @@ def run_cell(algo: str, dataset: str, seed: int, args: argparse.Namespace) -> di
     log = out / "logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     base_algo, variant_sets = VARIANTS.get(algo, (algo, []))
+    steps, value_steps = policy_budget(base_algo, args)
+    if value_steps:
+        variant_sets = variant_sets + [f"value_fraction={value_steps / steps!r}"]
     cmd = [sys.executable, "-m", "rl_adapters.train", "--threads", "1", "--no-progress"]
     if (run_dir / "checkpoint.pt").exists() and (run_dir / "config.json").exists():
         cmd += ["--resume", str(run_dir)]
@@ -267,7 +302,7 @@ def run_cell(algo: str, dataset: str, seed: int, args: argparse.Namespace) -> di
             "--seed",
             str(seed),
             "--steps",
-            str(args.steps),
+            str(steps),
             "--device",
             args.device,
             "--out",
@@ -299,10 +334,17 @@ def run_cell(algo: str, dataset: str, seed: int, args: argparse.Namespace) -> di
     summary = json.loads((run_dir / "summary.json").read_text())
     summary["algo"] = algo  # the variant name, so that the table keeps variants apart
     summary["host"] = host_description()  # a grid may be spread over machines; updates/s is per host
-    if base_algo == "vaco" and "medium-expert" in dataset:
+    summary["value_steps"] = value_steps
+    summary["policy_updates"] = steps - value_steps
+    if base_algo == "vaco":
         from rl_adapters.analysis import analyze_weights
 
         summary["weight_return_pearson"] = analyze_weights(run_dir)["pearson_traj_weight_return"]
+        rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+        w = [(r["step"], r["w_raw_mean"], r["w_ess"]) for r in rows if "w_raw_mean" in r]
+        if w:
+            summary["weight_raw_mean_start_end"] = [w[0][1], w[-1][1]]
+            summary["weight_ess_end"] = w[-1][2]
     if base_algo == "aspc":
         rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
         summary["final_alpha"] = [r["alpha"] for r in rows if "alpha" in r][-1]
@@ -320,7 +362,7 @@ def run_cell(algo: str, dataset: str, seed: int, args: argparse.Namespace) -> di
 def table(results: list[dict], algos: list[str], datasets: list[str]) -> str:
     lines = [
         ("| dataset | algorithm | normalised score (mean ± std) | final return | seeds | updates/s | wall time (s) | "
-         "VACO weight/return Pearson, ASPC final alpha |"),
+         "VACO weight/return Pearson, ESS, raw weight mean start → end; ASPC final alpha |"),
         "|---|---|---|---|---|---|---|---|",
     ]
     for ds in datasets:
@@ -335,11 +377,16 @@ def table(results: list[dict], algos: list[str], datasets: list[str]) -> str:
             rets = np.array([r["final_return"] for r in rows], dtype=float)
             ups = np.mean([r["updates_per_s"] for r in rows])
             wall = np.mean([r["wall_time_s"] for r in rows])
-            extra = ""
-            for key, fmt in (("weight_return_pearson", "r = {:.2f} ± {:.2f}"), ("final_alpha", "alpha = {:.3f} ± {:.3f}")):
+            parts = []
+            for key, fmt in (("weight_return_pearson", "r = {:.2f} ± {:.2f}"), ("final_alpha", "alpha = {:.3f} ± {:.3f}"),
+                             ("weight_ess_end", "ESS {:.2f} ± {:.2f}")):
                 vals = [r[key] for r in rows if r.get(key) is not None]
                 if vals:
-                    extra = fmt.format(np.mean(vals), np.std(vals))
+                    parts.append(fmt.format(np.mean(vals), np.std(vals)))
+            w = [r["weight_raw_mean_start_end"] for r in rows if r.get("weight_raw_mean_start_end")]
+            if w:
+                parts.append(f"w {np.mean([x[0] for x in w]):.2f} → {np.mean([x[1] for x in w]):.2f}")
+            extra = "; ".join(parts)
             lines.append(
                 f"| {ds} | {algo} | {scores.mean():.1f} ± {scores.std():.1f} | {rets.mean():.0f} | "
                 f"{len(rows)} | {ups:.0f} | {wall:.0f} | {extra} |"
@@ -356,7 +403,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="VACO solvers: an algorithm named 'vaco' runs once per solver")
     p.add_argument("--datasets", default=DEFAULT_DATASETS)
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--steps", type=int, default=30_000)
+    p.add_argument("--steps", type=int, default=30_000, help="policy updates per cell")
+    p.add_argument("--vaco-value-steps", type=int, default=0,
+                   help="IQL value-only updates a VACO cell takes before its --steps bi-level updates "
+                        "(0: VACO splits --steps by its value_fraction, as the quick/mid/full presets do)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (each worker process uses it)")
     p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     p.add_argument("--eval-every", type=int, default=10_000)
@@ -377,6 +427,11 @@ def main(argv: list[str] | None = None) -> int:
         # Preset values become defaults, so any flag given explicitly still wins.
         p.set_defaults(**PRESETS[pre], out=f"results/offline_rl_{pre}")
     args = p.parse_args(argv)
+    for flag, val in (("--steps", args.steps), ("--workers", args.workers), ("--log-every", args.log_every)):
+        if val < 1:
+            p.error(f"{flag} must be >= 1, got {val}")
+    if args.vaco_value_steps < 0:
+        p.error(f"--vaco-value-steps must be >= 0, got {args.vaco_value_steps}")
     os.environ.setdefault("MINARI_DATASETS_PATH", str(ROOT.parent / "shared" / "datasets"))
     algos = expand_solvers(args.algos.split(","), args.solvers.split(","))
     datasets = args.datasets.split(",")
@@ -422,7 +477,10 @@ def main(argv: list[str] | None = None) -> int:
             f"thread each; git {git_revision()}. Grid wall time {wall:.0f}s"
             + (f" ({reused} of {len(results)} cells reused from an earlier invocation)" if reused else "")
             + ".\n\n"
-            f"{args.steps} updates, batch 256, final evaluation {args.eval_episodes} episodes per seed "
+            + (f"{args.steps} policy updates per cell; VACO cells train {args.vaco_value_steps} IQL value-only "
+               f"updates first (not counted as policy updates, drawn before 0 in the curves). "
+               if args.vaco_value_steps else f"{args.steps} updates, ")
+            + f"batch 256, final evaluation {args.eval_episodes} episodes per seed "
             f"(normalised score = 100 (R - ref_min) / (ref_max - ref_min) from the dataset metadata).\n"
             + (f"\n{args.note}\n" if args.note else "")
             + (f"\n{hosts_line(results, datasets)}\n" if hosts_line(results, datasets) else "")

@@ -42,11 +42,13 @@ def _hand_one_step_outer(algo, alpha, theta0, mu, nu, count, vb) -> torch.Tensor
     return _hand_k_step_outer(algo, alpha, theta0, mu, nu, count, vb, 1)
 
 
-def test_one_step_hypergradient_matches_finite_differences_and_step_lowers_outer_loss(tiny_dataset):
+@pytest.mark.parametrize("mechanism", [{}, {"weight_norm": "batch_mean", "weight_kl": 0.5}])
+def test_one_step_hypergradient_matches_finite_differences_and_step_lowers_outer_loss(tiny_dataset, mechanism):
     torch.manual_seed(0)
     data = load_dataset(tiny_dataset)
     algo = _vaco64(
         data,
+        **mechanism,
         hidden_dim=16,
         scorer_hidden_dim=8,
         total_steps=40,
@@ -122,7 +124,13 @@ def _hand_k_step_outer(algo, alpha, theta0, mu, nu, count, vb, k):
         th = new
     a1 = functional_call(algo.actor, th, (vb.noisy_obs,))
     loss = -algo.critic_target.min_q(vb.obs, a1).mean()
-    return loss / vb.q_scale if c.outer_q_norm else loss
+    loss = loss / vb.q_scale if c.outer_q_norm else loss
+    if c.weight_kl > 0:
+        net = {n.removeprefix("net."): t for n, t in alpha.items()}
+        raw = torch.sigmoid(functional_call(algo.scorer.net, net, (torch.cat([vb.obs, vb.actions, vb.q_in[:, None]], -1),)))
+        p = raw.squeeze(-1) / raw.sum()
+        loss = loss + c.weight_kl * (p * torch.log(p * p.numel())).sum()
+    return loss
 
 
 @pytest.mark.parametrize("mode", ["reverse", "forward"])
@@ -221,7 +229,28 @@ def test_act_needs_only_the_policy(tiny_dataset):
     np.testing.assert_array_equal(a, algo.act(obs))
 
 
+def test_weight_diagnostics_and_kl_guard_by_hand():
+    from rl_adapters.algorithms.vaco import effective_sample_fraction, weight_kl_to_uniform
+
+    equal = torch.full((8,), 0.3, dtype=DT)
+    assert float(weight_kl_to_uniform(equal)) == pytest.approx(0.0, abs=1e-15)
+    assert float(effective_sample_fraction(equal)) == pytest.approx(1.0)
+    spiky = torch.tensor([1.0] + [1e-12] * 7, dtype=DT)
+    assert float(weight_kl_to_uniform(spiky)) == pytest.approx(np.log(8), rel=1e-6)
+    assert float(effective_sample_fraction(spiky)) == pytest.approx(1 / 8, rel=1e-6)
+    w = torch.tensor([1.0, 2.0, 3.0, 2.0], dtype=DT)
+    p = [1 / 8, 2 / 8, 3 / 8, 2 / 8]
+    assert float(weight_kl_to_uniform(w)) == pytest.approx(sum(x * np.log(4 * x) for x in p), rel=1e-12)
+    assert float(effective_sample_fraction(w)) == pytest.approx(64 / (4 * 18), rel=1e-12)
+    # scale-free: only the spread is penalised
+    assert float(weight_kl_to_uniform(10 * w)) == pytest.approx(float(weight_kl_to_uniform(w)), rel=1e-12)
+
+
 def test_config_rejects_bad_options():
+    with pytest.raises(ValueError, match="weight_kl"):
+        make_config("vaco", weight_kl=-1.0)
+    with pytest.raises(ValueError, match="scorer_lr"):
+        make_config("vaco", scorer_lr=0.0)
     with pytest.raises(ValueError, match="solver"):
         make_config("vaco", solver="two_step")
     with pytest.raises(ValueError, match="schedule"):

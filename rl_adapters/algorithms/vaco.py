@@ -63,7 +63,9 @@ class VACOConfig(BaseConfig):
     Policy / meta-scorer: ``actor_lr`` (inner Adam), ``scorer_lr`` (outer Adam), ``adam_eps`` and
     ``weight_decay`` (both optimisers, Table 7 "Common"), ``scorer_hidden_dim``, ``weight_norm``
     (``"none"``: ``w = sigmoid``; ``"batch_mean"``: ``w = sigmoid / mean_batch(sigmoid)``),
-    ``outer_q_norm`` (divide ``J_pi`` by ``mean |Q'(s, a)|`` of the batch, detached), ``sigma_start``.
+    ``outer_q_norm`` (divide ``J_pi`` by ``mean |Q'(s, a)|`` of the batch, detached), ``sigma_start``,
+    ``weight_kl`` (coefficient of the sharpening guard ``KL(w / sum w || uniform)`` added to the outer
+    loss; see docs/vaco.md "Weight collapse").
     Schedule: ``schedule`` (``two_phase`` | ``joint``), ``value_fraction`` (share of the run spent on
     value learning in ``two_phase``).
     Solver: ``solver`` (``one_step`` | ``k_step`` | ``implicit``); ``k``, ``truncate`` (0: none) and
@@ -83,6 +85,7 @@ class VACOConfig(BaseConfig):
     weight_norm: str = "none"
     outer_q_norm: bool = True  # measured default, see docs/vaco.md "Option comparison"
     sigma_start: float = 1.0
+    weight_kl: float = 0.0
     schedule: str = "two_phase"
     value_fraction: float = 0.5
     solver: str = "one_step"
@@ -116,6 +119,11 @@ class VACOConfig(BaseConfig):
             )
         if self.sigma_start < 0:
             raise ValueError(f"VACO sigma_start must be >= 0, got {self.sigma_start}")
+        if not self.weight_kl >= 0:
+            raise ValueError(f"VACO weight_kl must be >= 0 (the sharpening guard's coefficient), got {self.weight_kl}")
+        for name in ("actor_lr", "scorer_lr", "critic_lr", "value_lr", "adam_eps"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"VACO {name} must be > 0, got {getattr(self, name)}")
 
 
 class MetaScorer(nn.Module):
@@ -158,6 +166,18 @@ class VACOBatch(NamedTuple):
     q_scale: torch.Tensor
 
 
+def weight_kl_to_uniform(w: torch.Tensor) -> torch.Tensor:
+    """``KL(p || uniform) = sum_b p_b log(B p_b)`` with ``p = w / sum w``: 0 for equal weights, ``log B`` when
+    one sample holds all the weight. Invariant to the weights' common scale, so it penalises only sharpening."""
+    p = w / w.sum()
+    return (p * torch.log(p * w.numel()).clamp_min(-1e4)).sum()
+
+
+def effective_sample_fraction(w: torch.Tensor) -> torch.Tensor:
+    """``(sum w)^2 / (B sum w^2)`` in ``(0, 1]``: 1 for equal weights, ``1/B`` when one sample holds them all."""
+    return w.sum().pow(2) / (w.numel() * w.pow(2).sum())
+
+
 def standardise(q: torch.Tensor) -> torch.Tensor:
     """``(q - mean(q)) / (std(q) + 1e-6)`` over the batch (population std)."""
     return (q - q.mean()) / (q.std(unbiased=False) + Q_STD_EPS)
@@ -195,6 +215,7 @@ class VACO(Algorithm):
         else:
             self.value_steps = 0
         self.bilevel_steps = max(1, self.total_steps - self.value_steps)
+        self._scorer_numel = sum(p.numel() for p in self.scorer.parameters())
         self._last_weights: torch.Tensor | None = None
         self._last_bc: torch.Tensor | None = None
 
@@ -255,7 +276,8 @@ class VACO(Algorithm):
         return (w * bc).mean()
 
     def outer_loss(self, inner: bilevel.InnerView, outer: nn.Module, batch: VACOBatch) -> torch.Tensor:
-        """``J_pi = -mean_b min_i Q'_i(s_b, pi_phi'(s_b + sigma eps_b))`` [``/ mean_b |Q'(s_b, a_b)|``].
+        """``J_pi = -mean_b min_i Q'_i(s_b, pi_phi'(s_b + sigma eps_b))`` [``/ mean_b |Q'(s_b, a_b)|``]
+        [``+ weight_kl * KL(w / sum w || uniform)``].
 
         The target critic is used: its parameters do not require grad (no graph is built to them), and it
         is the ``Q'`` of IQL's policy extraction.
@@ -264,6 +286,9 @@ class VACO(Algorithm):
         loss = -q.mean()
         if self.config.outer_q_norm:
             loss = loss / batch.q_scale
+        if self.config.weight_kl > 0:
+            # A direct dependence on alpha: every solver adds its gradient to the hypergradient.
+            loss = loss + self.config.weight_kl * weight_kl_to_uniform(outer.raw(batch.obs, batch.actions, batch.q_in))
         return loss
 
     # ------------------------------------------------------------------ pieces of an update
@@ -330,12 +355,19 @@ class VACO(Algorithm):
             with torch.no_grad():
                 w = self.scorer(vb.obs, vb.actions, vb.q_in)
                 bc = (self.actor(vb.obs) - vb.actions).pow(2).sum(-1)
+        with torch.no_grad():
+            raw = self.scorer.raw(vb.obs, vb.actions, vb.q_in) if self.config.weight_norm != "none" else w
         qs = torch.tensor(WEIGHT_QUANTILES, dtype=w.dtype, device=w.device)
         packed = torch.cat(
-            [torch.stack([w.mean(), w.std(unbiased=False), bc.mean()]), torch.quantile(w, qs)]
+            [torch.stack([w.mean(), w.std(unbiased=False), bc.mean(), raw.mean(), effective_sample_fraction(raw)]),
+             torch.quantile(w, qs)]
         ).tolist()
-        out = {"w_mean": packed[0], "w_std": packed[1], "bc_loss": packed[2]}
-        out |= {f"w_q{round(100 * q):02d}": v for q, v in zip(WEIGHT_QUANTILES, packed[3:])}
+        out = {"w_mean": packed[0], "w_std": packed[1], "bc_loss": packed[2], "w_raw_mean": packed[3],
+               "w_ess": packed[4]}
+        out |= {f"w_q{round(100 * q):02d}": v for q, v in zip(WEIGHT_QUANTILES, packed[5:])}
+        # Below ~1 the scorer's Adam divides by its eps rather than the gradient's RMS: it then moves in
+        # proportion to the raw hypergradient, so a solver with a larger hypergradient moves it faster.
+        out["hypergrad_rms_over_eps"] = info.hypergrad_norm / (self._scorer_numel**0.5 * self.config.adam_eps)
         out |= losses | info.as_dict()
         out |= {"sigma": sigma, "phase": 2.0}
         return out
