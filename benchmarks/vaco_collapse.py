@@ -34,6 +34,9 @@ MECHANISMS: dict[str, dict[str, Any]] = {
     "sigmoid": {"weight_norm": "none"},  # the paper's Eq. 5, the previous default
     "batch_mean": {"weight_norm": "batch_mean"},  # removes the common-scale direction
     "batch_mean+kl": {"weight_norm": "batch_mean", "weight_kl": 0.05},  # + a guard against sharpening
+    # + equal initial weights, so that any ranking is learned rather than inherited from a random scorer
+    "guarded-kl0.01": {"weight_norm": "batch_mean", "weight_kl": 0.01, "scorer_init": "zero"},
+    "guarded-kl0.001": {"weight_norm": "batch_mean", "weight_kl": 0.001, "scorer_init": "zero"},
 }
 SOLVERS = {"one_step": {"solver": "one_step"}, "k_step": {"solver": "k_step", "k": 5, "mode": "reverse"},
            "implicit": {"solver": "implicit"}}
@@ -90,6 +93,7 @@ def run_one(dataset: str, seed: int, mechanism: str, solver: str, args: argparse
     algo.step = algo.value_steps
     gen = data.make_generator(seed)
     gen.set_state(cached["generator"])
+    start = analyze_weights(algo=algo, data=data, plot=False)["pearson_traj_weight_return"]
     keys = ("w_mean", "w_raw_mean", "w_ess", "hypergrad_norm", "hypergrad_rms_over_eps", "bc_loss", "outer_loss")
     log: list[dict[str, float]] = []
     window: list[dict[str, float]] = []
@@ -106,7 +110,7 @@ def run_one(dataset: str, seed: int, mechanism: str, solver: str, args: argparse
     result = {
         "dataset": dataset, "seed": seed, "mechanism": mechanism, "solver": solver, "hparams": hp,
         "value_steps": args.value_steps, "bilevel_steps": args.bilevel_steps, "log": log,
-        "pearson_traj_weight_return": weights["pearson_traj_weight_return"],
+        "pearson_traj_weight_return": weights["pearson_traj_weight_return"], "pearson_at_start": start,
         "dataset_weight_mean": weights["weight"]["mean"],
         "return_thirds": {k: v["mean_weight"] for k, v in weights["return_thirds"].items()},
         "score": float(np.mean(ev.normalized)), "bilevel_wall_s": wall,
@@ -151,7 +155,7 @@ def _plot(results: list[dict[str, Any]], png: Path) -> None:
     datasets = sorted({r["dataset"] for r in results})
     fig, axes = plt.subplots(2, len(datasets), figsize=(5.5 * len(datasets), 6.5), squeeze=False)
     colors = {"one_step": "C0", "k_step": "C1", "implicit": "C2"}
-    styles = {m: s for m, s in zip(MECHANISMS, ("-", "--", ":"))}
+    styles = {m: s for m, s in zip(MECHANISMS, ("-", "--", ":", "-.", (0, (1, 3))))}
     for col, ds in enumerate(datasets):
         for mech in MECHANISMS:
             for solver in SOLVERS:
@@ -161,7 +165,7 @@ def _plot(results: list[dict[str, Any]], png: Path) -> None:
                 steps = [x["step"] for x in rs[0]["log"]]
                 for row, key in ((0, "w_raw_mean"), (1, "w_ess")):
                     vals = np.mean([[x[key] for x in r["log"]] for r in rs], axis=0)
-                    axes[row][col].plot(steps, vals, styles[mech], color=colors[solver],
+                    axes[row][col].plot(steps, vals, linestyle=styles[mech], color=colors[solver],
                                         label=f"{mech}, {solver}" if row == 0 else None)
         axes[0][col].set_title(_slug(ds))
         axes[0][col].set_ylabel("batch mean of sigmoid weight")

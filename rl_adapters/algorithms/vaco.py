@@ -48,6 +48,7 @@ __all__ = ["VACO", "WEIGHT_QUANTILES", "MetaScorer", "VACOBatch", "VACOConfig"]
 SOLVERS = ("one_step", "k_step", "implicit")
 SCHEDULES = ("two_phase", "joint")
 WEIGHT_NORMS = ("none", "batch_mean")
+SCORER_INITS = ("torch", "zero")
 # Quantiles of the per-batch weights reported in the metrics.
 WEIGHT_QUANTILES = (0.1, 0.5, 0.9)
 # Forward-mode K-step costs one unroll per meta-scorer scalar; above this it would never finish.
@@ -65,7 +66,8 @@ class VACOConfig(BaseConfig):
     (``"none"``: ``w = sigmoid``; ``"batch_mean"``: ``w = sigmoid / mean_batch(sigmoid)``),
     ``outer_q_norm`` (divide ``J_pi`` by ``mean |Q'(s, a)|`` of the batch, detached), ``sigma_start``,
     ``weight_kl`` (coefficient of the sharpening guard ``KL(w / sum w || uniform)`` added to the outer
-    loss; see docs/vaco.md "Weight collapse").
+    loss; see docs/vaco.md "Weight collapse"), ``scorer_init`` (``torch``: PyTorch's default; ``zero``: the
+    scorer's output layer starts at 0, so every initial weight is equal and any ranking is learned).
     Schedule: ``schedule`` (``two_phase`` | ``joint``), ``value_fraction`` (share of the run spent on
     value learning in ``two_phase``).
     Solver: ``solver`` (``one_step`` | ``k_step`` | ``implicit``); ``k``, ``truncate`` (0: none) and
@@ -86,6 +88,7 @@ class VACOConfig(BaseConfig):
     outer_q_norm: bool = True  # measured default, see docs/vaco.md "Option comparison"
     sigma_start: float = 1.0
     weight_kl: float = 0.0
+    scorer_init: str = "torch"
     schedule: str = "two_phase"
     value_fraction: float = 0.5
     solver: str = "one_step"
@@ -103,6 +106,7 @@ class VACOConfig(BaseConfig):
             ("solver", self.solver, SOLVERS),
             ("schedule", self.schedule, SCHEDULES),
             ("weight_norm", self.weight_norm, WEIGHT_NORMS),
+            ("scorer_init", self.scorer_init, SCORER_INITS),
             ("mode", self.mode, ("reverse", "forward")),
             ("linear_solver", self.linear_solver, ("cg", "neumann", "fixed_point")),
         ):
@@ -202,6 +206,14 @@ class VACO(Algorithm):
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.value = ValueNet(self.obs_dim, hidden=hidden)
         self.scorer = MetaScorer(self.obs_dim, self.act_dim, c.scorer_hidden_dim, c.weight_norm)
+        if c.scorer_init == "zero":
+            # A randomly initialised scorer already ranks trajectories (its output is a random function of
+            # the state, and medium and expert episodes visit different states): starting from equal weights
+            # makes any ranking one the hypergradient learned. The output layer's gradient is not zero
+            # (it is the hidden features), so learning starts at once.
+            with torch.no_grad():
+                self.scorer.net[-1].weight.zero_()
+                self.scorer.net[-1].bias.zero_()
         self.modules = {
             "actor": self.actor,
             "critic": self.critic,
