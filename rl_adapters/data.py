@@ -318,7 +318,8 @@ def _unknown_id_error(dataset_id: str, cause: Exception | None = None) -> Datase
     shown = ", ".join(local[:8]) + (f" and {len(local) - 8} more" if len(local) > 8 else "") if local else "none"
     return DatasetNotFoundError(
         f"--dataset {dataset_id}: not found under {where} (local datasets: {shown}); set "
-        f"MINARI_DATASETS_PATH to the absolute path of the folder holding it, or build one with "
+        f"MINARI_DATASETS_PATH to the absolute path of the folder holding it, download an official one "
+        f"with `minari download {dataset_id}`, or build a suite with "
         f"`bilevel-rl make-dataset --env Hopper-v5 --namespace suite/hopper`"
         + (f" ({type(cause).__name__})" if cause is not None and not isinstance(cause, FileNotFoundError) else "")
     )

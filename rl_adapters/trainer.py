@@ -25,6 +25,7 @@ import math
 import os
 import pickle
 import random
+import re
 import shutil
 import sys
 import time
@@ -136,7 +137,7 @@ def _check_out_dir(out: str) -> None:
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise UsageError(f"--out {out}: is an existing file, not a directory; pass a new directory (or a "
-                         f"previous run's), e.g. --out {path.with_name(path.name + '-run')}")
+                         f"previous run's), e.g. --out runs/{path.stem or 'run'}")
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
@@ -243,14 +244,14 @@ def read_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights only" not in str(e).lower():
-            raise CheckpointError(f"{path}: not a readable checkpoint (UnpicklingError: "
-                                  f"{_first_line(e)}); restore it or start the run again without --resume") from e
-        what = next((ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln), "a non-tensor object")
+        unsafe = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if unsafe is None:  # garbage bytes the unpickler choked on
+            raise CheckpointError(f"{path}: not a readable checkpoint (UnpicklingError); it is truncated or not "
+                                  f"a torch file: restore it or start the run again without --resume") from e
         raise CheckpointError(
-            f"{path}: refused: it holds a pickled Python object ({what}) and could run code when loaded; "
-            f"bilevel-rl checkpoints hold only tensors and plain values, so this file was not written by "
-            f"bilevel-rl train (use one that was, or start the run again without --resume)"
+            f"{path}: refused: it holds a pickled Python object (GLOBAL {unsafe.group(1)}) that could run code "
+            f"when loaded; bilevel-rl checkpoints hold only tensors and plain values, so this file was not "
+            f"written by bilevel-rl train (use one that was, or start the run again without --resume)"
         ) from e
     except Exception as e:  # truncated zip (RuntimeError), empty file (EOFError), random bytes, ...
         raise CheckpointError(
