@@ -148,8 +148,8 @@ def test_nan_in_data_is_one_line_and_leaves_nothing(make_tiny_dataset, minari_ro
 
 RESUME_ROWS = [
     ("steps-with-resume", ["--steps", "500"], None, 2,
-     r"--steps 500 with --resume .*started with steps=30 .*continues it unchanged; to train longer start a new "
-     r"run, e\.g\. --out .*-longer --steps 500"),
+     (r"--steps 500 with --resume .*started with steps=30 .*continues it unchanged; to train longer start a "
+      r"new run, e\.g\. --out .*-longer --steps 500")),
     ("hparam-with-resume", ["--actor-lr", "0.1"], None, 2, r"--actor-lr 0\.1 with --resume .*actor_lr=0\.0003"),
     ("truncated-checkpoint", [], _corrupt("truncated"), 1,
      r"checkpoint\.pt: not a readable checkpoint \(.*truncated or not a torch file.*without --resume"),
@@ -232,11 +232,11 @@ def test_a_real_process_prints_exactly_one_line(tiny_dataset, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "rl_adapters", "train", "--algo", "bc", "--dataset", tiny_dataset, "--steps", "-5",
          "--out", str(out)],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
     )
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.splitlines() == [
-        "bilevel-rl train: error: --steps -5: must be an integer >= 1 (the number of gradient updates); "
-        "e.g. --steps 100000"
+        ("bilevel-rl train: error: --steps -5: must be an integer >= 1 (the number of gradient updates); "
+         "e.g. --steps 100000")
     ]
     assert not out.exists()
