@@ -322,14 +322,39 @@ def loss_series(rows: list[dict[str, Any]]) -> dict[str, tuple[list[int], list[f
     return dict(sorted(series.items()))
 
 
-def _power_label(v: float, _pos: Any = None) -> str:
-    """``0``, ``10²``, ``-10⁻³``: one short label per decade tick of a symlog axis."""
+def _decade_label(v: float, linthresh: float = 1.0, stride: int = 1) -> str:
+    """``0``, ``10²``, ``-10⁻³`` for the decade ticks of a symlog axis; every ``stride``-th decade only
+    (counted from ``linthresh``), and nothing for a tick that is not a decade."""
     if v == 0:
         return "0"
     exp = round(math.log10(abs(v)))
     if not math.isclose(abs(v), 10.0**exp, rel_tol=1e-6):
-        return ""  # not a decade: leave it unlabelled rather than print 1.59708x10^-1
-    return f"{'-' if v < 0 else ''}$10^{{{exp}}}$"
+        return ""
+    if (exp - round(math.log10(linthresh))) % stride:
+        return ""
+    return f"${'-' if v < 0 else ''}10^{{{exp}}}$"
+
+
+def _symlog_decades(ax: Any, values: list[float]) -> None:
+    """Symlog y axis labelled at decades only, linear below the decade of the 5th percentile of |v|.
+
+    Losses of one run span decades and may be negative (TD3+BC's actor loss): a log scale on both
+    sides of 0.  matplotlib's default symlog labels put ``1.59708x10^-1``-style labels next to ``0``;
+    here the linear part is as tall as a decade and at most ~10 decades carry a label.
+    """
+    from matplotlib.ticker import FuncFormatter, NullLocator, SymmetricalLogLocator
+
+    magnitudes = sorted(abs(v) for v in values if v != 0 and math.isfinite(v))
+    if not magnitudes:
+        return
+    linthresh = 10.0 ** math.floor(math.log10(magnitudes[len(magnitudes) // 20]))
+    ax.set_yscale("symlog", linthresh=linthresh, linscale=1.0)
+    ax.yaxis.set_major_locator(SymmetricalLogLocator(base=10, linthresh=linthresh, subs=[1.0]))
+    ax.yaxis.set_minor_locator(NullLocator())
+    lo, hi = ax.get_ylim()
+    decades = sum(math.log10(max(abs(x), linthresh) / linthresh) + 1 for x in (lo, hi) if abs(x) > linthresh)
+    stride = max(1, math.ceil(decades / 10))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: _decade_label(v, linthresh, stride)))
 
 
 def _atomic_savefig(fig: Any, path: Path) -> None:
@@ -343,7 +368,6 @@ def _plot_curve(metrics_path: Path, png: Path, title: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, NullLocator, SymmetricalLogLocator
 
     rows = _read_metrics(metrics_path)
     evals = [r for r in rows if "eval_return" in r]
@@ -358,15 +382,7 @@ def _plot_curve(metrics_path: Path, png: Path, title: str) -> None:
     if series:
         for k, (steps, values) in series.items():
             axes[1].plot(steps, values, label=k, marker="." if len(steps) < 3 else None)
-        magnitudes = [abs(v) for _, values in series.values() for v in values if v != 0 and math.isfinite(v)]
-        if magnitudes:
-            # Losses of one run span decades and may be negative (TD3+BC's actor loss): symlog, linear
-            # only below the smallest decade any loss reaches, ticks at decades only.
-            linthresh = 10.0 ** math.floor(math.log10(min(magnitudes)))
-            axes[1].set_yscale("symlog", linthresh=linthresh, linscale=0.5)
-            axes[1].yaxis.set_major_locator(SymmetricalLogLocator(base=10, linthresh=linthresh, subs=[1.0]))
-            axes[1].yaxis.set_major_formatter(FuncFormatter(_power_label))
-            axes[1].yaxis.set_minor_locator(NullLocator())
+        _symlog_decades(axes[1], [v for _, values in series.values() for v in values])
         axes[1].legend(fontsize=7)
     axes[1].set_xlabel("step")
     axes[1].set_title("training losses")
