@@ -228,6 +228,9 @@ def _check_resume_flags(args: argparse.Namespace, explicit: set[str], cfg: Any) 
         if dest.startswith("hp_"):
             continue
         value, saved = getattr(args, dest), getattr(cfg, dest, None)
+        if dest == "threads" and saved is None:  # a run recorded before threads were saved: take the flag
+            cfg.threads = value
+            continue
         if dest == "out":
             value, saved = str(Path(value).resolve()), str(Path(cfg.out).resolve())
         if value != saved:

@@ -137,3 +137,34 @@ def test_default_is_one_thread(tiny_dataset, tmp_path, capsys):
                  "--eval-episodes", "0", "--hidden-dim", "16", "--no-progress", "--no-plot"]) == 0
     assert json.loads(capsys.readouterr().out)["threads"] == 1
     assert json.loads((out / "config.json").read_text())["threads"] == 1
+
+
+def test_checkpoint_from_before_this_format_still_resumes(tiny_dataset, tmp_path, capsys):
+    """Runs started by the previous trainer (numpy/Python RNG states pickled as numpy arrays and tuples,
+    no saved logging window, no threads in config.json) resume to the same result, still weights_only."""
+    import numpy as np
+
+    def args(out, *extra):
+        return ["train", "--algo", "td3bc", "--dataset", tiny_dataset, "--steps", "20", "--seed", "1",
+                "--device", "cpu", "--out", str(out), "--eval-episodes", "0", "--checkpoint-every", "10",
+                "--log-every", "5", "--hidden-dim", "16", "--batch-size", "16", "--no-progress", "--no-plot",
+                *extra]  # fmt: skip
+
+    assert main(args(tmp_path / "reference")) == 0
+    old = tmp_path / "old"
+    assert main(args(old, "--max-steps-this-session", "10")) == 0
+    state = torch.load(old / "checkpoint.pt", weights_only=True)
+    n, p = state["numpy_rng"], state["python_rng"]
+    state["numpy_rng"] = (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                          n["cached_gaussian"])
+    state["python_rng"] = (p["version"], tuple(p["internal"].tolist()), p["gauss_next"])
+    del state["log_window"]
+    torch.save(state, old / "checkpoint.pt")
+    cfg = json.loads((old / "config.json").read_text())
+    del cfg["threads"]
+    (old / "config.json").write_text(json.dumps(cfg))
+    # what benchmarks/offline_rl.py did: --threads 1 with --resume
+    assert main(["train", "--resume", str(old), "--threads", "1", "--no-progress"]) == 0
+    capsys.readouterr()
+    _assert_identical(_final_state(old)["algorithm"], _final_state(tmp_path / "reference")["algorithm"])
+    assert _rows(old) == _rows(tmp_path / "reference")
