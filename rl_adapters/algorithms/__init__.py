@@ -153,7 +153,7 @@ def make_config(name: str, **hparams: Any) -> Any:
     string options outside :func:`field_choices`.
     """
     if name not in ALGORITHMS:
-        raise UsageError(f"--algo {name!r}: unknown algorithm; available: {', '.join(sorted(ALGORITHMS))}")
+        raise UsageError(f"unknown algorithm {name!r} (--algo); available: {', '.join(sorted(ALGORITHMS))}")
     cfg_cls = ALGORITHMS[name].Config
     fields = {f.name: f for f in dataclasses.fields(cfg_cls)}
     unknown = sorted(set(hparams) - set(fields))
