@@ -516,16 +516,21 @@ def _loop(
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
-    algo = make_algorithm(
-        cfg.algo,
-        data.obs_dim,
-        data.act_dim,
-        data.stats,
-        device=device,
-        seed=cfg.seed,
-        total_steps=cfg.steps,
-        **cfg.hparams,
-    )
+    try:
+        algo = make_algorithm(
+            cfg.algo,
+            data.obs_dim,
+            data.act_dim,
+            data.stats,
+            device=device,
+            seed=cfg.seed,
+            total_steps=cfg.steps,
+            **cfg.hparams,
+        )
+    except UsageError:
+        raise
+    except ValueError as e:  # checks that need the data's dimensions, e.g. VACO's forward-mode size limit
+        raise UsageError(f"--algo {cfg.algo}: {e}") from e
     sampler = data.make_generator(cfg.seed)
     batch_size = algo.config.batch_size
     metrics_path, ckpt_path = out / "metrics.jsonl", out / CHECKPOINT

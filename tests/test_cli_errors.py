@@ -123,6 +123,17 @@ def test_cuda_without_gpu_is_a_usage_error(tiny_dataset, tmp_path, capsys, monke
     assert "use --device cpu" in err and not out.exists()
 
 
+def test_setting_checked_once_the_data_is_known_is_one_line_too(tiny_dataset, tmp_path, capsys):
+    """VACO's forward mode refuses a large scorer only once the input sizes are known (after loading)."""
+    out = tmp_path / "run"
+    args = ["train", "--algo", "vaco", "--dataset", tiny_dataset, "--solver", "k_step", "--mode", "forward",
+            "--out", str(out), *TINY]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--algo vaco: VACO k_step mode='forward' needs one unrolled pass" in err
+    assert not out.exists()
+
+
 def test_out_is_an_existing_file(tiny_dataset, tmp_path, capsys):
     out = tmp_path / "notes.txt"
     out.write_text("keep me")
