@@ -272,8 +272,9 @@ def read_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
 
 
 def _first_line(e: BaseException) -> str:
+    """The first sentence of an exception's message (library messages run to paragraphs)."""
     text = str(e).strip()
-    return text.splitlines()[0][:200] if text else ""
+    return text.splitlines()[0].split(". ")[0][:160] if text else ""
 
 
 def restore_checkpoint(state: dict[str, Any], algo: Algorithm, sampler: torch.Generator) -> None:
