@@ -314,9 +314,6 @@ def _error(args: argparse.Namespace, e: BaseException) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .data import DatasetError, DatasetNotFoundError
-    from .evaluation import MissingReferenceScoresError
-
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     if args.command != "train":
@@ -327,6 +324,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .make_dataset import run_from_args
 
         return run_from_args(args)
+    from .data import DatasetError, DatasetNotFoundError
+    from .evaluation import MissingReferenceScoresError
+
     try:
         return _train(args, argv)
     except (UsageError, DatasetNotFoundError, MissingReferenceScoresError) as e:

@@ -56,8 +56,8 @@ __all__ = [
 CHECKPOINT = "checkpoint.pt"
 #: torch CPU threads of a run unless set.  The networks are small (256x256 MLPs, batch 256): on an idle
 #: 2-core box two threads were 1.45x faster than one, but with both cores busy they were 12x slower
-#: (TD3+BC 6.7 vs 84.9 updates/s), see docs/rl.md "Threads".  One thread never oversubscribes and keeps
-#: CPU results bitwise reproducible; ask for more with ``threads`` / ``--threads N``.
+#: (TD3+BC 6.7 vs 84.9 updates/s), see docs/rl.md "Threads".  One thread never oversubscribes; ask for
+#: more with ``threads`` / ``--threads N`` (saved in config.json: bitwise resume needs the same count).
 DEFAULT_THREADS = 1
 #: Metrics that measure time, not training: the only fields in which a resumed run's
 #: ``metrics.jsonl`` may differ from an uninterrupted one.
