@@ -290,11 +290,13 @@ def run_cell(algo: str, dataset: str, seed: int, args: argparse.Namespace) -> di
     steps, value_steps = policy_budget(base_algo, args)
     if value_steps:
         variant_sets = variant_sets + [f"value_fraction={value_steps / steps!r}"]
-    cmd = [sys.executable, "-m", "rl_adapters.train", "--threads", "1", "--no-progress"]
+    cmd = [sys.executable, "-m", "rl_adapters.train", "--no-progress"]
     if (run_dir / "checkpoint.pt").exists() and (run_dir / "config.json").exists():
-        cmd += ["--resume", str(run_dir)]
+        cmd += ["--resume", str(run_dir)]  # with the threads its config.json recorded
     else:
         cmd += [
+            "--threads",
+            str(args.threads),
             "--algo",
             base_algo,
             "--dataset",
@@ -319,8 +321,8 @@ def run_cell(algo: str, dataset: str, seed: int, args: argparse.Namespace) -> di
         cmd += [f"--set={kv}" for kv in variant_sets + args.set]
     env = dict(
         os.environ,
-        OMP_NUM_THREADS="1",
-        MKL_NUM_THREADS="1",
+        OMP_NUM_THREADS=str(args.threads),
+        MKL_NUM_THREADS=str(args.threads),
         PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
     )
     t0 = time.perf_counter()
@@ -409,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
                         "(0: VACO splits --steps by its value_fraction, as the quick/mid/full presets do)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (each worker process uses it)")
     p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads per cell (default 1; keep workers x threads <= cores, see docs/rl.md)")
     p.add_argument("--eval-every", type=int, default=10_000)
     p.add_argument("--eval-episodes", type=int, default=10)
     p.add_argument("--checkpoint-every", type=int, default=5_000)

@@ -68,8 +68,9 @@ def load_run(
         total_steps=cfg.get("steps", 1),
         **cfg.get("hparams", {}),
     )
-    state = torch.load(ckpt_path, map_location=device, weights_only=False)
-    algo.load_state_dict(state["algorithm"])
+    from .trainer import read_checkpoint  # weights_only=True: a checkpoint cannot run code
+
+    algo.load_state_dict(read_checkpoint(ckpt_path, device)["algorithm"])
     data = train_data if dataset is None else load_dataset(dataset, device)
     return algo, data
 

@@ -4,6 +4,9 @@ Algorithm hyper-parameters are not hard-coded here: every field of every registe
 ``Config`` dataclass becomes a ``--field-name`` flag (bools get ``--x/--no-x``), and ``--set key=value``
 reaches any field too.  Registering a new algorithm in ``rl_adapters.algorithms.ALGORITHMS`` is all it
 takes to expose its options.
+
+Errors are one line on stderr naming the flag, the value and a fix (``--debug`` shows the traceback);
+exit codes: 2 usage error, 1 unreadable checkpoint or unusable dataset, 3 training diverged.
 """
 
 from __future__ import annotations
@@ -15,9 +18,35 @@ import json
 import sys
 import typing
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from .errors import CheckpointError, UsageError
+
 __all__ = ["build_parser", "main"]
+
+# Flags of `train` that may differ from a resumed run's config.json: they change how the run is
+# shown or scheduled, not what it computes.
+_RESUME_FREE = {"command", "resume", "progress", "max_steps_this_session", "debug"}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (argparse prints the whole usage block first)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _choices_help(name: str, algos: list[str]) -> str:
+    """``vaco: one_step|k_step|implicit; aspc, aspc-iql: ...`` for a string option with fixed values."""
+    from .algorithms import field_choices
+
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for algo in algos:
+        allowed = field_choices(algo).get(name)
+        if allowed:
+            groups.setdefault(tuple(allowed), []).append(algo)
+    return "; ".join(f"{', '.join(a)}: {'|'.join(c)}" for c, a in groups.items())
 
 
 def _algorithm_fields() -> dict[str, tuple[type, list[str]]]:
@@ -53,7 +82,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> set[str]:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--out", default=None, help="output dir (default runs/<algo>-<dataset>-s<seed>)")
     p.add_argument(
-        "--eval-every", type=int, default=10_000, help="evaluate every N steps (0: only at the end)"
+        "--eval-every",
+        type=int,
+        default=None,
+        help="evaluate every N steps (0: only at the end; default ceil(steps/10), i.e. 10 evaluations)",
     )
     p.add_argument(
         "--eval-episodes", type=int, default=10, help="episodes per evaluation (0: never evaluate)"
@@ -76,8 +108,13 @@ def _add_train_args(p: argparse.ArgumentParser) -> set[str]:
         "--plot", action=argparse.BooleanOptionalAction, default=True, help="write learning_curve.png"
     )
     p.add_argument(
-        "--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)"
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default 1: more threads speed small MLPs up at best 1.5x on an idle "
+        "machine but slow them down many times when the cores are busy; see docs/rl.md)",
     )
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     p.add_argument(
         "--resume",
         metavar="DIR",
@@ -106,6 +143,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> set[str]:
             continue  # reachable through --set
         flag = "--" + name.replace("_", "-")
         helptext = f"[{', '.join(algos)}]"
+        if tp is str and _choices_help(name, algos):
+            helptext = f"[{_choices_help(name, algos)}]"
         if tp is bool:
             group.add_argument(
                 flag,
@@ -115,13 +154,16 @@ def _add_train_args(p: argparse.ArgumentParser) -> set[str]:
                 help=helptext,
             )
         elif tp in (int, float, str):
-            group.add_argument(flag, dest=f"hp_{name}", type=tp, default=argparse.SUPPRESS, help=helptext)
+            group.add_argument(
+                flag, dest=f"hp_{name}", type=tp, default=argparse.SUPPRESS, metavar=name.upper(), help=helptext
+            )
         else:
             group.add_argument(
                 flag,
                 dest=f"hp_{name}",
                 type=_parse_literal,
                 default=argparse.SUPPRESS,
+                metavar=name.upper(),
                 help=helptext + " (Python literal)",
             )
         added.add(name)
@@ -129,7 +171,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> set[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bilevel-rl", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="bilevel-rl", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     tr = sub.add_parser("train", help="train an offline RL algorithm on a Minari dataset")
     _add_train_args(tr)
@@ -148,7 +190,7 @@ def _hparams_from_args(args: argparse.Namespace, algo: str) -> dict[str, Any]:
     hp = {k[3:]: v for k, v in vars(args).items() if k.startswith("hp_")}
     for item in args.overrides:
         if "=" not in item:
-            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+            raise UsageError(f"--set {item!r}: expects KEY=VALUE, e.g. --set expectile=0.9")
         k, v = item.split("=", 1)
         hp[k.strip().replace("-", "_")] = _parse_literal(v.strip())
     from .algorithms import ALGORITHMS
@@ -158,31 +200,83 @@ def _hparams_from_args(args: argparse.Namespace, algo: str) -> dict[str, Any]:
     if wrong:
         owners = _algorithm_fields()
         detail = "; ".join(f"{w} belongs to {owners[w][1] if w in owners else 'no algorithm'}" for w in wrong)
-        raise SystemExit(
+        raise UsageError(
             f"option(s) {wrong} do not apply to --algo {algo} ({detail}). Valid for {algo}: {sorted(fields)}"
         )
     return hp
 
 
-def _train(args: argparse.Namespace) -> int:
-    import torch
+def _explicit_train_flags(argv: Sequence[str]) -> set[str]:
+    """The ``train`` dests given on the command line (a default-free parse of the same argv)."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for action in sub.choices["train"]._actions:
+        if action.dest != "help":
+            action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(list(argv))))
 
+
+def _check_resume_flags(args: argparse.Namespace, explicit: set[str], cfg: Any) -> None:
+    """Refuse flags that would change a resumed run: it continues with the settings it started with."""
+    from .algorithms import make_config
+
+    saved_hp = dataclasses.asdict(make_config(cfg.algo, **cfg.hparams))
+    given_hp = _hparams_from_args(args, cfg.algo) if (args.overrides or any(
+        d.startswith("hp_") for d in explicit)) else {}
+    conflicts = []
+    for dest in sorted(explicit - _RESUME_FREE - {"overrides"}):
+        if dest.startswith("hp_"):
+            continue
+        value, saved = getattr(args, dest), getattr(cfg, dest, None)
+        if dest == "threads" and saved is None:  # a run recorded before threads were saved: take the flag
+            cfg.threads = value
+            continue
+        if dest == "out":
+            value, saved = str(Path(value).resolve()), str(Path(cfg.out).resolve())
+        if value != saved:
+            conflicts.append((f"--{dest.replace('_', '-')} {value}", f"{dest}={saved}"))
+    for k, v in sorted(given_hp.items()):
+        if v != saved_hp.get(k):
+            conflicts.append((f"--{k.replace('_', '-')} {v}", f"{k}={saved_hp.get(k)}"))
+    if not conflicts:
+        return
+    flag, saved = conflicts[0]
+    hint = (
+        f"to train longer start a new run, e.g. --out {args.resume}-longer {flag} (schedules such as "
+        f"IQL's cosine lr depend on --steps, so a run cannot be extended exactly)"
+        if flag.startswith("--steps ")
+        else f"drop it, or start a new run with it, e.g. --out {args.resume}-new {flag}"
+    )
+    raise UsageError(
+        f"{flag} with --resume {args.resume}: the run was started with {saved} (config.json) and --resume "
+        f"continues it unchanged; {hint}"
+    )
+
+
+def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from .trainer import NonFiniteLossError, TrainConfig, train
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.resume:
-        from pathlib import Path
-
-        cfg_path = Path(args.resume) / "config.json"
+        run = Path(args.resume)
+        cfg_path = run / "config.json"
+        if not run.is_dir():
+            raise UsageError(f"--resume {args.resume}: no such directory; pass a run directory written by "
+                             f"bilevel-rl train (it holds config.json and checkpoint.pt)")
         if not cfg_path.exists():
-            raise SystemExit(f"--resume {args.resume}: {cfg_path} not found (not a bilevel-rl run directory)")
-        cfg = TrainConfig.from_dict(json.loads(cfg_path.read_text()))
+            raise UsageError(f"--resume {args.resume}: {cfg_path} not found (not a bilevel-rl run directory); "
+                             f"pass the --out directory of an earlier run")
+        try:
+            cfg = TrainConfig.from_dict(json.loads(cfg_path.read_text()))
+        except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{cfg_path}: not a readable run configuration ({type(e).__name__}: {e}); "
+                                  f"start the run again without --resume") from e
         cfg.out = args.resume
+        _check_resume_flags(args, _explicit_train_flags(argv), cfg)
         cfg.progress = args.progress
     else:
         if not args.algo or not args.dataset:
-            raise SystemExit("bilevel-rl train: --algo and --dataset are required (or --resume DIR)")
+            raise UsageError("--algo and --dataset are required (or --resume DIR); e.g. --algo iql "
+                             "--dataset suite/hopper/medium-v0")
         out = args.out or f"runs/{args.algo}-{args.dataset.replace('/', '_')}-s{args.seed}"
         cfg = TrainConfig(
             algo=args.algo,
@@ -201,26 +295,50 @@ def _train(args: argparse.Namespace) -> int:
             plot=args.plot,
             hparams=_hparams_from_args(args, args.algo),
         )
+        if args.threads is not None:
+            cfg.threads = args.threads
     try:
         summary = train(cfg, resume=bool(args.resume), max_steps_this_session=args.max_steps_this_session)
     except NonFiniteLossError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if args.debug:
+            raise
+        _error(args, e)
         return 3
     print(json.dumps(summary))
     return 0
 
 
+def _error(args: argparse.Namespace, e: BaseException) -> None:
+    text = " ".join(str(e).split("\n")).strip() or type(e).__name__
+    print(f"bilevel-rl {args.command}: error: {text}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    if args.command == "train":
-        return _train(args)
-    if args.command == "analyze-weights":
-        from .analysis import run_from_args as analyze
+    if args.command != "train":
+        if args.command == "analyze-weights":
+            from .analysis import run_from_args as analyze
 
-        return analyze(args)
-    from .make_dataset import run_from_args
+            return analyze(args)
+        from .make_dataset import run_from_args
 
-    return run_from_args(args)
+        return run_from_args(args)
+    from .data import DatasetError, DatasetNotFoundError
+    from .evaluation import MissingReferenceScoresError
+
+    try:
+        return _train(args, argv)
+    except (UsageError, DatasetNotFoundError, MissingReferenceScoresError) as e:
+        if args.debug:
+            raise
+        _error(args, e)
+        return 2
+    except (CheckpointError, DatasetError) as e:
+        if args.debug:
+            raise
+        _error(args, e)
+        return 1
 
 
 if __name__ == "__main__":

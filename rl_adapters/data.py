@@ -32,8 +32,10 @@ import torch
 __all__ = [
     "Batch",
     "DatasetError",
+    "DatasetNotFoundError",
     "DatasetStats",
     "OfflineData",
+    "check_dataset_available",
     "concatenate",
     "load_dataset",
     "resolve_dataset_ids",
@@ -44,6 +46,10 @@ STD_EPS = 1e-3
 
 class DatasetError(ValueError):
     """A dataset could not be loaded or is unusable; the message names the dataset and field."""
+
+
+class DatasetNotFoundError(DatasetError):
+    """No dataset with that id under the Minari root (a usage error: the id or the root is wrong)."""
 
 
 class Batch(NamedTuple):
@@ -300,21 +306,40 @@ def _exists_locally(dataset_id: str) -> bool:
         return False
 
 
-def _unknown_id_error(dataset_id: str, cause: Exception) -> DatasetError:
+def _unknown_id_error(dataset_id: str, cause: Exception | None = None) -> DatasetNotFoundError:
     import minari
 
-    root = os.environ.get("MINARI_DATASETS_PATH", "~/.minari/datasets (default; set MINARI_DATASETS_PATH)")
+    root = os.environ.get("MINARI_DATASETS_PATH")
+    where = f"MINARI_DATASETS_PATH={root}" if root else "~/.minari/datasets (MINARI_DATASETS_PATH is not set)"
     try:
         local = sorted(minari.list_local_datasets().keys())
     except (OSError, ValueError, KeyError):  # a broken root must not hide the original error
         local = []
-    listing = "\n  ".join(local) if local else "(none)"
-    return DatasetError(
-        f"dataset {dataset_id!r} not found under {root} ({cause}).\nLocal datasets:\n  {listing}\n"
-        f"Fix: set MINARI_DATASETS_PATH to the folder holding it (e.g. the shared suite), download an official "
-        f"one with `minari download {dataset_id}`, or generate a suite with "
-        f"`bilevel-rl make-dataset --env Hopper-v5 --namespace suite/hopper`."
+    shown = ", ".join(local[:8]) + (f" and {len(local) - 8} more" if len(local) > 8 else "") if local else "none"
+    return DatasetNotFoundError(
+        f"--dataset {dataset_id}: not found under {where} (local datasets: {shown}); set "
+        f"MINARI_DATASETS_PATH to the absolute path of the folder holding it, download an official one "
+        f"with `minari download {dataset_id}`, or build a suite with "
+        f"`bilevel-rl make-dataset --env Hopper-v5 --namespace suite/hopper`"
+        + (f" ({type(cause).__name__})" if cause is not None and not isinstance(cause, FileNotFoundError) else "")
     )
+
+
+def check_dataset_available(spec: str) -> None:
+    """Raise :class:`DatasetNotFoundError` (one line) unless every id of ``spec`` exists locally.
+
+    The same test ``minari.load_dataset`` makes, without opening anything: cheap enough to run before a
+    run creates its output directory.
+    """
+    from minari.storage.datasets_root_dir import get_dataset_path
+
+    for dataset_id in resolve_dataset_ids(spec):
+        try:
+            found = (get_dataset_path(dataset_id) / "data").exists()
+        except (OSError, ValueError):
+            found = False
+        if not found:
+            raise _unknown_id_error(dataset_id)
 
 
 # ---------------------------------------------------------------------- loading

@@ -248,8 +248,8 @@ def test_resume_is_bitwise_identical(tiny_dataset, tmp_path, name):
     assert part["status"] == "interrupted"
     resumed = train(cfg(tmp_path / "part"), resume=True)
     assert resumed["status"] == "finished" and resumed["final_return"] == full["final_return"]
-    a = torch.load(Path(tmp_path / "full" / "checkpoint.pt"), weights_only=False)["algorithm"]
-    b = torch.load(Path(tmp_path / "part" / "checkpoint.pt"), weights_only=False)["algorithm"]
+    a = torch.load(Path(tmp_path / "full" / "checkpoint.pt"), weights_only=True)["algorithm"]
+    b = torch.load(Path(tmp_path / "part" / "checkpoint.pt"), weights_only=True)["algorithm"]
     for mod in a["modules"]:
         for k, t in a["modules"][mod].items():
             assert torch.equal(t, b["modules"][mod][k]), (mod, k)

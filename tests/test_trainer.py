@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 import torch
 
 from rl_adapters.cli import main
+from rl_adapters.errors import CheckpointError
 from rl_adapters.trainer import NonFiniteLossError, TrainConfig, train
 
 REPO = Path(__file__).resolve().parent.parent
@@ -40,7 +42,7 @@ def _cfg(dataset, out, algo="td3bc", steps=60, **kw):
 
 
 def _ckpt(out):
-    return torch.load(Path(out) / "checkpoint.pt", weights_only=False)
+    return torch.load(Path(out) / "checkpoint.pt", weights_only=True)
 
 
 def _assert_same_state(a, b):
@@ -189,11 +191,11 @@ def test_outputs_summary_metrics_plot_tensorboard(tiny_dataset, tmp_path, capsys
     )
 
 
-def test_cli_rejects_option_of_another_algorithm(tiny_dataset, tmp_path):
-    with pytest.raises(SystemExit, match=r"\['expectile'\] do not apply to --algo bc.*iql"):
-        main(
-            ["train", "--algo", "bc", "--dataset", tiny_dataset, "--expectile", "0.9", "--out", str(tmp_path)]
-        )
+def test_cli_rejects_option_of_another_algorithm(tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["train", "--algo", "bc", "--dataset", tiny_dataset, "--expectile", "0.9", "--out", str(out)])
+    assert code == 2 and not out.exists()
+    assert re.search(r"\['expectile'\] do not apply to --algo bc.*iql", capsys.readouterr().err)
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_dataset, tmp_path, monkeypatch):
@@ -223,7 +225,7 @@ def test_checkpoint_write_is_atomic(tiny_dataset, tmp_path):
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tiny_dataset, tmp_path):
-    with pytest.raises(FileNotFoundError, match="no checkpoint.pt there"):
+    with pytest.raises(CheckpointError, match="no checkpoint.pt there"):
         train(_cfg(tiny_dataset, tmp_path / "empty"), resume=True)
 
 

@@ -414,8 +414,8 @@ def test_resume_is_bitwise_identical(tiny_dataset, tmp_path, hp):
     assert part["status"] == "interrupted"
     resumed = train(_cfg(tiny_dataset, tmp_path / "part", **hp), resume=True)
     assert resumed["status"] == "finished" and full["status"] == "finished"
-    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)["algorithm"]
-    b = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=False)["algorithm"]
+    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)["algorithm"]
+    b = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=True)["algorithm"]
     for name in a["modules"]:
         for k, t in a["modules"][name].items():
             assert torch.equal(t, b["modules"][name][k]), (name, k)

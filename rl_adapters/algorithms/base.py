@@ -42,6 +42,10 @@ class Algorithm(abc.ABC):
 
     name: ClassVar[str] = "base"
     Config: ClassVar[type] = BaseConfig
+    #: Plain attributes (floats, dicts of floats, tensors) carried from one update to the next that are
+    #: not modules, optimizers or schedulers, e.g. diagnostics an update reports again when it skips a
+    #: step.  :meth:`state_dict` saves them, so a resumed run reports what an uninterrupted one does.
+    checkpoint_attrs: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -116,6 +120,7 @@ class Algorithm(abc.ABC):
             "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
             "generator": self.generator.get_state(),
             "extra": self.extra_state(),
+            "attrs": {a: copy.deepcopy(getattr(self, a)) for a in self.checkpoint_attrs if hasattr(self, a)},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -135,6 +140,12 @@ class Algorithm(abc.ABC):
             state["generator"].cpu() if hasattr(state["generator"], "cpu") else state["generator"]
         )
         self.load_extra_state(state.get("extra", {}))
+        attrs = state.get("attrs", {})
+        for a in self.checkpoint_attrs:
+            if a in attrs:
+                setattr(self, a, attrs[a])
+            elif hasattr(self, a):
+                delattr(self, a)  # not set yet when the checkpoint was written
 
     def extra_state(self) -> dict[str, Any]:
         """Anything else that must survive a checkpoint (e.g. running averages); override."""

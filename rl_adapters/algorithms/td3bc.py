@@ -48,6 +48,8 @@ class TD3BC(Algorithm):
     name = "td3bc"
     Config = TD3BCConfig
     config: TD3BCConfig
+    # Steps without an actor update report the last actor update's losses.
+    checkpoint_attrs = ("_last_actor",)
 
     def build(self) -> None:
         c = self.config
