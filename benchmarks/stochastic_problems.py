@@ -55,6 +55,7 @@ class Instance:
     value: Callable[[torch.Tensor], float]  # exact h(lambda) (outer loss at theta*(lambda))
     n_inner: int
     n_outer: int
+    grad_h: Callable[[torch.Tensor], torch.Tensor] | None = None  # exact grad h(lambda)
     data: dict[str, dict[str, torch.Tensor]] | None = None  # quadratic: per-sample factors of each level
 
 
@@ -134,7 +135,7 @@ def make_quadratic(n: int = 1024, d_in: int = 100, d_out: int = 10, mu: float = 
                                _quadratic_loss(inner), _quadratic_loss(outer))
 
     return Instance("quadratic", make_problem, lambda x: float(grad_h(x.detach()).pow(2).sum()),
-                    lambda x: value(x.detach()), n, n, {"inner": inner, "outer": outer})
+                    lambda x: value(x.detach()), n, n, grad_h, {"inner": inner, "outer": outer})
 
 
 def make_breast_cancer(lam0: float = 0.0, seed: int = 0, train_fraction: float = 0.5) -> Instance:
@@ -160,31 +161,38 @@ def make_breast_cancer(lam0: float = 0.0, seed: int = 0, train_fraction: float =
     def outer_loss(inner, outer, idx):
         return nn.functional.softplus(-y_va[idx] * (x_va[idx] @ inner.w)).mean()
 
-    def full_inner(w: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-        return nn.functional.softplus(-y_tr * (x_tr @ w)).mean() + 0.5 * (lam.exp() * w[:-1] ** 2).sum()
-
     def full_outer(w: torch.Tensor) -> torch.Tensor:
         return nn.functional.softplus(-y_va * (x_va @ w)).mean()
 
-    def theta_star(lam: torch.Tensor) -> torch.Tensor:
+    def penalty(lam: torch.Tensor) -> torch.Tensor:
+        return torch.cat([lam.exp(), torch.zeros(1, dtype=DT)])  # the intercept is not penalised
+
+    def theta_star(lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Newton's method on the full training loss (strongly convex, 31 dims; converges in ~10 steps);
+        returns theta* and the Hessian there."""
         w = torch.zeros(d, dtype=DT)
-        for _ in range(50):  # Newton on a strongly convex 31-dim problem: quadratic convergence
-            grad = torch.func.grad(full_inner)(w, lam)
-            if float(grad.norm()) < 1e-14:
+        reg = penalty(lam)
+        for _ in range(100):
+            s = torch.sigmoid(-y_tr * (x_tr @ w))  # d softplus(-m) / dm = -s
+            grad = -x_tr.T @ (y_tr * s) / n_tr + reg * w
+            hess = (x_tr.T * (s * (1 - s))) @ x_tr / n_tr + torch.diag(reg)
+            step = torch.linalg.solve(hess, grad)
+            w = w - step
+            if float(step.abs().max()) < 1e-13:
                 break
-            w = w - torch.linalg.solve(torch.func.hessian(full_inner)(w, lam), grad)
-        return w
+        s = torch.sigmoid(-y_tr * (x_tr @ w))
+        return w, (x_tr.T * (s * (1 - s))) @ x_tr / n_tr + torch.diag(reg)
 
     def grad_h(lam: torch.Tensor) -> torch.Tensor:
-        w = theta_star(lam)
-        hess = torch.func.hessian(full_inner)(w, lam)
-        v = torch.linalg.solve(hess, torch.func.grad(full_outer)(w))
-        cross = torch.func.jacrev(torch.func.grad(full_inner, argnums=0), argnums=1)(w, lam)  # d2f/dw dlam
-        return -cross.T @ v
+        # IFT: grad h = -(d2 f / dlam dw) H^{-1} grad_w g, with d2 f / dlam_j dw_j = exp(lam_j) w_j.
+        w, hess = theta_star(lam)
+        s = torch.sigmoid(-y_va * (x_va @ w))
+        v = torch.linalg.solve(hess, -x_va.T @ (y_va * s) / len(y_va))
+        return -(lam.exp() * w[:-1] * v[:-1])
 
     def make_problem() -> bilevel.Problem:
         return bilevel.Problem(Vector("w", torch.zeros(d, dtype=DT)), Vector("lam", torch.full((d - 1,), lam0, dtype=DT)),
                                inner_loss, outer_loss)
 
     return Instance("breast_cancer", make_problem, lambda lam: float(grad_h(lam.detach()).pow(2).sum()),
-                    lambda lam: float(full_outer(theta_star(lam.detach()))), n_tr, len(va))
+                    lambda lam: float(full_outer(theta_star(lam.detach())[0])), n_tr, len(va), grad_h)
