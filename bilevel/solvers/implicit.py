@@ -51,8 +51,11 @@ class ImplicitSolver(Solver):
     ICLR 2022, "Amortized implicit differentiation"): with minibatches and a few inner and linear-solver
     iterations per call (e.g. ``inner_steps=10, iterations=10``), theta and v both track their targets
     across outer steps instead of being re-solved from scratch each call, and the per-call Hessian
-    noise averages out over calls rather than being inverted afresh. The stored ``v`` is updated only by
-    ``step`` (``hypergradient`` mutates nothing) and is part of :meth:`state_dict`.
+    noise averages out over calls rather than being inverted afresh. Unlike AmIGO, which draws a fresh
+    minibatch for every linear-solver iteration, the iterations of one call share the last inner
+    batch's Hessian; with few iterations per call and warm starts the difference averages out. The
+    stored ``v`` is updated only by ``step`` (``hypergradient`` mutates nothing) and is part of
+    :meth:`state_dict`.
 
     Args:
         problem, inner_optimizer, outer_optimizer: see :meth:`Solver.__init__`.
