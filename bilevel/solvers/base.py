@@ -294,14 +294,18 @@ class Solver(abc.ABC):
     def hypergradient(self, inner_batch: Any, outer_batch: Any = None) -> list[torch.Tensor]:
         """``d outer_loss / d lambda`` under this solver's approximation, one tensor per outer parameter
         in ``outer.parameters()`` order (trainable ones). Mutates nothing: inner parameters, buffers,
-        optimiser states and outer ``.grad`` s are left as they were."""
+        optimiser states, solver state (warm starts, SOBA's v, F2SA's y) and outer ``.grad`` s are left as
+        they were."""
         res = self._run(inner_batch, outer_batch, copy_buffers=True)
         by_id = {id(p): g for p, g in zip(self._outer_params, res.hypergrad)}
         return [by_id[id(p)] for p in self.problem.outer.parameters() if p.requires_grad]
 
     def step(self, inner_batch: Any, outer_batch: Any = None) -> StepInfo:
-        """Advance both levels: theta to the solver's inner iterate, lambda by one outer-optimiser step
-        on the hypergradient. Returns a :class:`StepInfo`."""
+        """Advance both levels: theta to the solver's inner iterate, the solver's own state (if any), and
+        lambda by one outer-optimiser step on the hypergradient. Returns a :class:`StepInfo`.
+
+        ``outer_batch=None`` evaluates the outer loss on the (last) inner batch; see each solver's
+        docstring for what ``inner_batch`` may be (one batch, or a list of K)."""
         res = self._run(inner_batch, outer_batch, copy_buffers=False)
         write_params(self.problem.inner, self._inner_names, res.theta)
         self.inner_state = _detach_tree(res.state)

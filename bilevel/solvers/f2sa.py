@@ -82,6 +82,10 @@ class F2SASolver(Solver):
       gradients), so scale the outer lr down as mu grows (e.g. ``torch.optim.lr_scheduler.LambdaLR``
       with ``lambda t: 1 / solver.penalty_at(t)``) or keep it small.
 
+    Measured (``benchmarks/stochastic.py``): on the benchopt quadratic with minibatches of 64, inner lr
+    0.1, K = 10, the default schedule and outer SGD lr 0.01 reduce ||grad h||^2 about 3e3x in 2000 calls
+    (SOBA: about 5e4x, at a tenth of the time per call).
+
     Args:
         problem, inner_optimizer, outer_optimizer: see :meth:`Solver.__init__`.
         inner_steps: K >= 1 steps on z and y per call.

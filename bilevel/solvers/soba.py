@@ -70,6 +70,10 @@ class SOBASolver(Solver):
       track it). Decreasing steps (a torchopt schedule for the inner lr, a ``torch.optim.lr_scheduler``
       outer) remove the O(step) noise floor.
 
+    Measured (``benchmarks/stochastic.py``, docs/benchmarks.md): on the benchopt quadratic (L_f = 1,
+    minibatches of 64) rho = v_lr = 0.1 and outer SGD lr 0.01 reduce ||grad h||^2 about 5e4x in 2000
+    calls, with no tuning beyond these rules.
+
     Args:
         problem, inner_optimizer, outer_optimizer: see :meth:`Solver.__init__`.
         v_lr: rho_v > 0, or ``None`` for the 1 / L_hat rule above.
