@@ -209,7 +209,7 @@ def markdown(res: dict[str, Any]) -> str:
              f"Command: `{meta['command']}` (git {meta['git']}, {meta['seconds']:.0f} s in all).  ",
              f"Machine: {meta['machine']}; the dev box is a shared 2-core CPU machine with no GPU.", "",
              ("Problems: the benchopt bilevel **quadratic** (`benchmarks/stochastic_problems.py`: n = 1024 samples "
-             "per level, d_in = 100, d_out = 10, [mu, L] = [0.1, 1], L_cross = 0.1, x0 = -2 * 1, rank-one "
+             "per level (the dataset's default; benchopt's published quadratics config draws 32768 inner samples), d_in = 100, d_out = 10, [mu, L] = [0.1, 1], L_cross = 0.1, x0 = -2 * 1, rank-one "
              "sample Hessians, so a 64-sample Hessian is singular) and **breast_cancer**: per-feature L2 "
              "strengths (30) for logistic regression on `sklearn.datasets.load_breast_cancer`, half train / half "
              "validation, an *offline stand-in* for benchopt's ijcnn1 problem (no download). The oracles, "

@@ -63,7 +63,8 @@ class F2SASolver(Solver):
         \\qquad \\mu_t = \\min(\\mu_0 + t\\,\\delta_\\mu, \\mu_{\\max})
 
     and one outer-optimiser step on D_lambda (the returned hypergradient). U, U' are the inner
-    optimiser with separate states; y starts at the inner parameters on the first call.
+    optimiser with separate states; y starts at the inner parameters on the first call. (y's step takes
+    grad g at y, as in the paper's algorithm; benchopt's F2SA code evaluates it at z.)
 
     What it estimates: with y = y*_mu (the minimiser of f + g / mu) and z = z* (of f), E[D_lambda] is
     the gradient of the penalised value function L_mu (module docstring), which differs from the true
