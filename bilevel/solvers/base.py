@@ -47,6 +47,8 @@ class _Result:
     outer_loss: torch.Tensor
     extras: dict[str, float] = field(default_factory=dict)
     summary: tuple[list[float], float, float] = ([], 0.0, 0.0)
+    # Solver-specific state to keep when ``step`` (not ``hypergradient``) ran: see ``Solver._commit``.
+    carry: Any = None
 
 
 def _detach_tree(tree: Any) -> Any:
@@ -77,6 +79,21 @@ class Solver(abc.ABC):
         inner_optimizer: torchopt.base.GradientTransformation,
         outer_optimizer: torch.optim.Optimizer,
     ) -> None:
+        """Arguments every solver takes first.
+
+        Args:
+            problem: the :class:`bilevel.Problem` (inner / outer modules and losses).
+            inner_optimizer: a torchopt ``GradientTransformation`` (``torchopt.sgd(lr=0.1)``,
+                ``torchopt.adam(1e-3)``, ...); applied functionally so that the inner update can be
+                differentiated. Its state lives in ``solver.inner_state``.
+            outer_optimizer: a ``torch.optim.Optimizer`` over ``problem.outer.parameters()``; ``step``
+                writes the hypergradient into ``.grad`` and calls its ``step()``.
+
+        Raises:
+            TypeError: ``problem`` is not a Problem, ``inner_optimizer`` is a ``torch.optim.Optimizer``
+                (or not a GradientTransformation), ``outer_optimizer`` is not a ``torch.optim.Optimizer``.
+            ValueError: ``outer_optimizer`` holds none of the outer module's parameters.
+        """
         if not isinstance(problem, Problem):
             raise TypeError(f"problem must be a bilevel.Problem, got {type(problem).__name__}")
         if isinstance(inner_optimizer, torch.optim.Optimizer) or not is_gradient_transformation(inner_optimizer):
@@ -112,6 +129,56 @@ class Solver(abc.ABC):
     def reset_inner_state(self) -> None:
         """Re-initialise the inner optimiser state (e.g. after the user re-initialised the model)."""
         self.inner_state = self.inner_optimizer.init(self.theta())
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the solver owns, as tensors (cloned) and numbers: the inner optimiser's state leaves and
+        the solver's own state (the warm-start solution of :class:`ImplicitSolver`, SOBA's ``v``, F2SA's
+        second inner copy and penalty). The modules and the outer optimiser are the user's: save
+        ``problem.inner`` / ``problem.outer`` / ``outer_optimizer`` state dicts alongside."""
+        leaves = torchopt.pytree.tree_leaves(self.inner_state)
+        return {"inner_state": [t.detach().clone() if isinstance(t, torch.Tensor) else t for t in leaves],
+                **self._extra_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output (tensors are moved to the inner parameters' device)."""
+        treedef = torchopt.pytree.tree_structure(self.inner_state)
+        like = self.theta()[0]
+        leaves = [t.detach().to(like.device).clone() if isinstance(t, torch.Tensor) else t
+                  for t in state["inner_state"]]
+        if len(leaves) != treedef.num_leaves:
+            raise ValueError(f"state_dict holds {len(leaves)} inner optimiser leaves, this solver's inner optimiser "
+                             f"has {treedef.num_leaves}: it was saved from a different model or optimiser")
+        self.inner_state = torchopt.pytree.tree_unflatten(treedef, leaves)
+        self._load_extra_state(state)
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def _commit(self, carry: Any) -> None:
+        """Keep the solver-specific state a ``step`` produced (``hypergradient`` never calls this)."""
+
+    def _vector(self, values: Any, what: str) -> tuple[torch.Tensor, ...] | None:
+        """``values`` (one tensor per inner parameter, or None) checked against theta's shapes and moved
+        to its device: for loading solver state that lives in theta's space."""
+        if values is None:
+            return None
+        theta = self.theta()
+        if len(values) != len(theta) or any(tuple(v.shape) != tuple(t.shape) for v, t in zip(values, theta)):
+            raise ValueError(f"state_dict['{what}'] has shapes {[tuple(v.shape) for v in values]}, the inner "
+                             f"parameters have {[tuple(t.shape) for t in theta]}")
+        return tuple(v.detach().to(device=t.device, dtype=t.dtype).clone() for v, t in zip(values, theta))
+
+    def _plain_update(self, theta: Params, grads: Sequence[torch.Tensor], state: Any) -> tuple[Params, Any]:
+        """One inner-optimiser step from given gradients, with no graph: ``theta' = U(theta, grads, state)``."""
+        with torch.no_grad():
+            plain = tuple(t.detach() for t in theta)
+            updates, state = self.inner_optimizer.update(tuple(g.detach() for g in grads), state, params=plain,
+                                                         inplace=False)
+            theta = tuple(torchopt.apply_updates(plain, updates, inplace=False))
+        return theta, _detach_tree(state)
 
     # ----------------------------------------------------------------- pieces
     def _buffers(self, copy: bool) -> dict[str, torch.Tensor]:
@@ -227,17 +294,22 @@ class Solver(abc.ABC):
     def hypergradient(self, inner_batch: Any, outer_batch: Any = None) -> list[torch.Tensor]:
         """``d outer_loss / d lambda`` under this solver's approximation, one tensor per outer parameter
         in ``outer.parameters()`` order (trainable ones). Mutates nothing: inner parameters, buffers,
-        optimiser states and outer ``.grad`` s are left as they were."""
+        optimiser states, solver state (warm starts, SOBA's v, F2SA's y) and outer ``.grad`` s are left as
+        they were."""
         res = self._run(inner_batch, outer_batch, copy_buffers=True)
         by_id = {id(p): g for p, g in zip(self._outer_params, res.hypergrad)}
         return [by_id[id(p)] for p in self.problem.outer.parameters() if p.requires_grad]
 
     def step(self, inner_batch: Any, outer_batch: Any = None) -> StepInfo:
-        """Advance both levels: theta to the solver's inner iterate, lambda by one outer-optimiser step
-        on the hypergradient. Returns a :class:`StepInfo`."""
+        """Advance both levels: theta to the solver's inner iterate, the solver's own state (if any), and
+        lambda by one outer-optimiser step on the hypergradient. Returns a :class:`StepInfo`.
+
+        ``outer_batch=None`` evaluates the outer loss on the (last) inner batch; see each solver's
+        docstring for what ``inner_batch`` may be (one batch, or a list of K)."""
         res = self._run(inner_batch, outer_batch, copy_buffers=False)
         write_params(self.problem.inner, self._inner_names, res.theta)
         self.inner_state = _detach_tree(res.state)
+        self._commit(res.carry)
         for p, g in zip(self._outer_params, res.hypergrad):
             p.grad = g.clone()
         self.outer_optimizer.step()

@@ -28,23 +28,64 @@ from .base import Solver, _Result, _zeros_for_none, resolve_outer_batch
 
 
 class ImplicitSolver(Solver):
-    """Implicit hypergradient after ``inner_steps`` ordinary inner steps.
+    """Implicit-function-theorem hypergradient after ``inner_steps`` ordinary inner steps.
+
+    Per call, with ``B_k`` the inner batches and ``B'`` the outer batch:
+
+    .. math::
+
+        \\theta_{k+1} = U(\\theta_k, \\nabla_\\theta f(\\theta_k, \\lambda; B_k)) \\;(k < K), \\qquad
+        (\\nabla^2_{\\theta} f(\\theta_K, \\lambda; B_{K-1}) + \\delta I)\\, v = \\nabla_\\theta g(\\theta_K, \\lambda; B'),
+
+    .. math::
+
+        \\frac{dG}{d\\lambda} \\approx \\partial_\\lambda g(\\theta_K, \\lambda; B')
+            - \\partial^2_{\\lambda\\theta} f(\\theta_K, \\lambda; B_{K-1})\\, v
+
+    with the linear system solved matrix-free by ``iterations`` Hessian-vector products. Exact when
+    theta_K is a stationary point of f, the system is solved exactly and delta = 0; the error is
+    O(||grad_theta f(theta_K)|| + residual) otherwise. ``step`` keeps theta_K and moves lambda.
+
+    **Warm start (AmIGO-style stochastic option).** ``warm_start=True`` with ``"cg"`` or
+    ``"fixed_point"`` starts the linear solver from the ``v`` of the previous ``step`` (Arbel & Mairal,
+    ICLR 2022, "Amortized implicit differentiation"): with minibatches and a few inner and linear-solver
+    iterations per call (e.g. ``inner_steps=10, iterations=10``), theta and v both track their targets
+    across outer steps instead of being re-solved from scratch each call, and the per-call Hessian
+    noise averages out over calls rather than being inverted afresh. Unlike AmIGO, which draws a fresh
+    minibatch for every linear-solver iteration, the iterations of one call share the last inner
+    batch's Hessian; with few iterations per call and warm starts the difference averages out. The
+    stored ``v`` is updated only by ``step`` (``hypergradient`` mutates nothing) and is part of
+    :meth:`state_dict`.
 
     Args:
+        problem, inner_optimizer, outer_optimizer: see :meth:`Solver.__init__`.
         inner_steps: K >= 0 plain (non-differentiated) inner steps before the hypergradient.
-        linear_solver: ``"cg"``, ``"neumann"`` or ``"fixed_point"``.
+        linear_solver: ``"cg"``, ``"neumann"`` or ``"fixed_point"`` (Richardson iteration).
         iterations: Hessian-vector products spent on the linear solve.
-        damping: delta added to the Hessian's diagonal (regularises indefinite / singular Hessians).
+        damping: delta >= 0 added to the Hessian's diagonal (regularises indefinite / singular Hessians,
+            e.g. a minibatch Hessian of rank below dim(theta)).
         step_size: Neumann / fixed-point step; ``None`` estimates ``1 / lambda_max`` by
             ``power_iterations`` power iterations each call (must be < 2 / lambda_max to converge).
-        warm_start: start fixed-point iteration from the previous call's solution.
+        power_iterations: products spent on that estimate.
+        warm_start: start CG / fixed-point iteration from the previous ``step``'s solution (not for
+            ``"neumann"``, a series that always starts from b).
         tol: relative-residual tolerance at which CG stops early.
-        negative_curvature: CG on a Hessian that is not positive definite along a search direction:
-            ``"stop"`` freezes the iterate there (safe; the residual in ``StepInfo.extras`` shows how far
-            it got), ``"continue"`` runs textbook CG through it (what torchopt and Betty do).
         residual: for Neumann / fixed point, measure ``||Hv - b|| / ||b||`` (one extra Hessian-vector
             product) and report it in ``StepInfo.extras["residual"]``; CG reports its recursive
             residual at no cost either way.
+        negative_curvature: CG on a Hessian that is not positive definite along a search direction:
+            ``"stop"`` freezes the iterate there (safe; the residual in ``StepInfo.extras`` shows how far
+            it got), ``"continue"`` runs textbook CG through it (what torchopt and Betty do).
+
+    Batches: ``inner_batch`` is one batch reused K times or a ``list`` of K batches (one batch, for the
+    Hessian, when K = 0); the Hessian and mixed derivative use the last one. ``outer_batch=None``
+    reuses the last inner batch for g.
+
+    Example::
+
+        s = bilevel.ImplicitSolver(problem, torchopt.sgd(lr=0.1), torch.optim.SGD(hyper.parameters(), 0.01),
+                                   inner_steps=10, linear_solver="cg", iterations=10, warm_start=True)
+        info = s.step(inner_batches, outer_batch)   # info.extras["residual"]: the linear solve's
     """
 
     def __init__(
@@ -75,6 +116,9 @@ class ImplicitSolver(Solver):
             raise ValueError(f"ImplicitSolver damping must be >= 0, got {damping}")
         if step_size is not None and step_size <= 0:
             raise ValueError(f"ImplicitSolver step_size must be > 0 or None (estimate it), got {step_size}")
+        if warm_start and linear_solver == "neumann":
+            raise ValueError("ImplicitSolver warm_start=True needs linear_solver='cg' or 'fixed_point': a Neumann "
+                             "series always starts from b and cannot reuse the previous solution")
         if negative_curvature not in ("stop", "continue"):
             raise ValueError(f"ImplicitSolver negative_curvature must be 'stop' or 'continue', "
                              f"got {negative_curvature!r}")
@@ -136,9 +180,10 @@ class ImplicitSolver(Solver):
         dg_lam = list(dg[len(theta_star):])
 
         extras: dict[str, float] = {}
+        init = self._previous_solution if self.warm_start else None
         if self.linear_solver == "cg":
             sol = linear.conjugate_gradient(hvp, dg_theta, self.iterations, self.tol,
-                                            stop_on_negative_curvature=self.negative_curvature == "stop")
+                                            stop_on_negative_curvature=self.negative_curvature == "stop", init=init)
         else:
             alpha = self.step_size
             if alpha is None:
@@ -148,11 +193,8 @@ class ImplicitSolver(Solver):
             if self.linear_solver == "neumann":
                 sol = linear.neumann(hvp, dg_theta, self.iterations, alpha, self.residual)
             else:
-                init = self._previous_solution if self.warm_start else None
                 sol = linear.fixed_point(hvp, dg_theta, self.iterations, alpha, init, self.residual)
         v = tuple(x.detach() for x in sol.solution)
-        if self.warm_start:
-            self._previous_solution = v
         extras.update(residual=sol.residual, iterations=float(sol.iterations))
         if sol.step_size is not None:
             extras["step_size"] = sol.step_size
@@ -167,4 +209,16 @@ class ImplicitSolver(Solver):
             (torch.zeros_like(p) if d is None else d) - (torch.zeros_like(p) if m is None else m)
             for p, d, m in zip(lam, dg_lam, mixed)
         ]
-        return _Result(hypergrad, tuple(t.detach() for t in theta), state, losses + [f.detach()], g.detach(), extras)
+        return _Result(hypergrad, tuple(t.detach() for t in theta), state, losses + [f.detach()], g.detach(), extras,
+                       carry=v if self.warm_start else None)
+
+    def _commit(self, carry: Any) -> None:
+        if carry is not None:
+            self._previous_solution = carry
+
+    def _extra_state(self) -> dict[str, Any]:
+        prev = self._previous_solution
+        return {"linear_solution": None if prev is None else [t.clone() for t in prev]}
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        self._previous_solution = self._vector(state.get("linear_solution"), "linear_solution")

@@ -61,14 +61,38 @@ class _Closure(nn.Module):
 class KStepSolver(Solver):
     """Hypergradient of the K-step unrolled inner optimisation.
 
-    Args:
-        steps: K, inner steps per ``step`` call (>= 1).
-        truncate: differentiate only the last ``truncate`` steps (``None``: all K).
-        mode: ``"reverse"`` or ``"forward"`` (see the module docstring).
-        checkpoint: reverse mode only; store the unroll every ``checkpoint`` steps and recompute the
-            segments in the backward pass (``None``: store everything).
+    Per call, with ``B_k`` the inner batches and ``B'`` the outer batch:
 
-    ``inner_batch`` is one batch reused K times or a ``list`` of K batches.
+    .. math::
+
+        \\theta_{k+1} = U(\\theta_k, \\nabla_\\theta f(\\theta_k, \\lambda; B_k), s_k) \\;(k < K), \\qquad
+        \\frac{dG}{d\\lambda} = \\partial_\\lambda g(\\theta_K, \\lambda; B') +
+            \\Big(\\frac{d \\theta_K}{d \\lambda}\\Big)^{\\!\\top} \\nabla_\\theta g(\\theta_K, \\lambda; B')
+
+    the exact derivative of the unrolled map, optimiser state ``s_k`` included, with theta_0 and s_0
+    constants. With ``truncate=T`` only the last T steps are differentiated (theta_{K-T}, s_{K-T}
+    constants): less memory and variance, more bias. As K grows (and the inner problem is strongly
+    convex) the unrolled derivative converges to the implicit one.
+
+    Args:
+        problem, inner_optimizer, outer_optimizer: see :meth:`Solver.__init__`.
+        steps: K >= 1, inner steps per call.
+        truncate: differentiate only the last ``truncate`` steps, an int in [1, K] (``None``: all K).
+        mode: ``"reverse"`` (backpropagate through the stored unroll: memory O(K |theta|), time ~3K
+            inner gradients, independent of the number of outer parameters) or ``"forward"``
+            (forward-mode AD: memory independent of K, time ~3K inner gradients per scalar outer
+            parameter; a warning is raised above 64 outer scalars).
+        checkpoint: reverse mode only; store the unroll every ``checkpoint`` steps and recompute each
+            segment in the backward pass (same RNG, same buffers: the result is identical), trading
+            one extra forward unroll for O(K / checkpoint) stored iterates. ``None``: store everything.
+
+    Batches: ``inner_batch`` is one batch reused K times or a ``list`` of exactly K batches (a single
+    batch that is itself a list must be passed as a tuple); ``outer_batch=None`` evaluates g on the last
+    inner batch. ``step`` keeps theta_K and takes one outer-optimiser step.
+
+    Raises:
+        ValueError: bad ``steps`` / ``truncate`` / ``mode`` / ``checkpoint``, or a batch list of the wrong
+            length; RuntimeError (forward mode) when a loss updates tensors in place.
     """
 
     def __init__(
