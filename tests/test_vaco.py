@@ -42,7 +42,10 @@ def _hand_one_step_outer(algo, alpha, theta0, mu, nu, count, vb) -> torch.Tensor
     return _hand_k_step_outer(algo, alpha, theta0, mu, nu, count, vb, 1)
 
 
-@pytest.mark.parametrize("mechanism", [{}, {"weight_norm": "batch_mean", "weight_kl": 0.5}])
+# A randomly initialised scorer keeps the hypergradient well above rounding level (with the default zero
+# output layer only that layer's gradient is non-zero at the start).
+@pytest.mark.parametrize("mechanism", [{"weight_norm": "none", "weight_kl": 0.0, "scorer_init": "torch"},
+                                       {"weight_norm": "batch_mean", "weight_kl": 0.5, "scorer_init": "torch"}])
 def test_one_step_hypergradient_matches_finite_differences_and_step_lowers_outer_loss(tiny_dataset, mechanism):
     torch.manual_seed(0)
     data = load_dataset(tiny_dataset)
@@ -140,7 +143,8 @@ def test_k_step_hypergradient_matches_finite_differences(tiny_dataset, mode):
     torch.manual_seed(0)
     data = load_dataset(tiny_dataset)
     algo = _vaco64(data, hidden_dim=16, scorer_hidden_dim=4 if mode == "forward" else 8, total_steps=40,
-                   value_fraction=0.5, batch_size=64, actor_lr=1e-2, solver="k_step", k=3, mode=mode)
+                   value_fraction=0.5, batch_size=64, actor_lr=1e-2, solver="k_step", k=3, mode=mode,
+                   scorer_init="torch")  # default batch-mean weights + KL guard; random output layer
     g = data.make_generator(0)
     for _ in range(24):
         algo.update(_to64(data.sample(64, g)))
@@ -227,6 +231,24 @@ def test_act_needs_only_the_policy(tiny_dataset):
         for p in algo.scorer.parameters():
             p.add_(1.0)
     np.testing.assert_array_equal(a, algo.act(obs))
+
+
+def test_default_scorer_starts_with_equal_weights_and_learns_a_ranking(tiny_dataset):
+    data = load_dataset(tiny_dataset)
+    algo = make_algorithm("vaco", data.obs_dim, data.act_dim, data.stats, seed=0, total_steps=60,
+                          hidden_dim=16, scorer_hidden_dim=16, value_fraction=0.5, scorer_lr=1e-3)
+    b = data.sample(64, data.make_generator(0))
+    with torch.no_grad():
+        w0, _ = algo.score(b.obs, b.actions)
+    assert torch.all(w0 == 0.5)
+    g = data.make_generator(1)
+    infos = [algo.update(data.sample(64, g)) for _ in range(60)]
+    with torch.no_grad():
+        w1, _ = algo.score(b.obs, b.actions)
+    assert float(w1.std()) > 0
+    last = infos[-1]
+    assert last["w_mean"] == pytest.approx(1.0, rel=1e-5)  # batch-mean normalised
+    assert 0 < last["w_ess"] <= 1 and 0 < last["w_raw_mean"] < 1 and last["hypergrad_rms_over_eps"] > 0
 
 
 def test_weight_diagnostics_and_kl_guard_by_hand():

@@ -84,11 +84,14 @@ class VACOConfig(BaseConfig):
     adam_eps: float = 1e-5
     weight_decay: float = 1e-6
     scorer_hidden_dim: int = 256
-    weight_norm: str = "none"
+    # The guarded weights (docs/vaco.md "Weight collapse"): batch-mean normalisation removes the common-scale
+    # direction along which sigmoid weights collapse, the KL term bounds sharpening, equal initial weights make
+    # any ranking a learned one.
+    weight_norm: str = "batch_mean"
     outer_q_norm: bool = True  # measured default, see docs/vaco.md "Option comparison"
     sigma_start: float = 1.0
-    weight_kl: float = 0.0
-    scorer_init: str = "torch"
+    weight_kl: float = 0.001
+    scorer_init: str = "zero"
     schedule: str = "two_phase"
     value_fraction: float = 0.5
     solver: str = "one_step"
