@@ -56,7 +56,8 @@ class Batch(NamedTuple):
     """A minibatch of device tensors; ``obs``/``next_obs`` are already normalised.
 
     Shapes: obs, next_obs ``(B, obs_dim)``; actions ``(B, act_dim)``; rewards, dones, returns ``(B,)``;
-    episode_ids ``(B,)`` int64.  Rewards are the dataset's raw rewards (algorithms scale them).
+    episode_ids ``(B,)`` int64; indices ``(B,)`` int64, the rows of the dataset the batch was drawn from
+    (ARQ looks up per-state candidates with them).  Rewards are the dataset's raw rewards (algorithms scale them).
     """
 
     obs: torch.Tensor
@@ -66,6 +67,7 @@ class Batch(NamedTuple):
     dones: torch.Tensor
     episode_ids: torch.Tensor | None = None
     returns: torch.Tensor | None = None
+    indices: torch.Tensor | None = None
 
 
 @dataclass
@@ -221,6 +223,7 @@ class OfflineData:
             dones=self.dones[idx],
             episode_ids=self.episode_ids[idx],
             returns=self.returns[idx],
+            indices=idx,
         )
 
     def to(self, device: str | torch.device) -> OfflineData:

@@ -123,7 +123,12 @@ class TrainConfig:
                              f"--dataset suite/hopper/medium-v0")
         resolve_device(self.device)
         _check_out_dir(self.out)
-        make_config(self.algo, **self.hparams)
+        algo_cfg = make_config(self.algo, **self.hparams)
+        if hasattr(algo_cfg, "check_steps") and isinstance(self.steps, int):
+            try:  # options whose validity depends on --steps (ARQ's behaviour-model phase)
+                algo_cfg.check_steps(self.steps)
+            except ValueError as e:
+                raise UsageError(f"--algo {self.algo}: {e}") from e
         if check_dataset:
             check_dataset_available(self.dataset)
 
@@ -561,6 +566,8 @@ def _loop(
             out / "config.json",
             dataclasses.asdict(cfg) | {"resolved_device": str(device), "dataset_size": len(data)},
         )
+    if hasattr(algo, "attach_data"):  # algorithms that precompute over the whole dataset (ARQ's candidates)
+        algo.attach_data(data, out, progress=cfg.progress)
 
     writer = None
     if cfg.tensorboard:

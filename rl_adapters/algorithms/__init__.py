@@ -16,6 +16,8 @@ import torch
 
 from ..data import DatasetStats
 from ..errors import UsageError
+from .arq import ARQ
+from .arq import POLICIES as _ARQ_POLICIES
 from .aspc import ASPC, ASPCIQL
 from .aspc import OUTER_TERMS as _ASPC_OUTER_TERMS
 from .aspc import SOLVERS as _ASPC_SOLVERS
@@ -28,7 +30,7 @@ from .vaco import SOLVERS as _VACO_SOLVERS
 from .vaco import VACO, WEIGHT_NORMS
 
 ALGORITHMS: dict[str, type[Algorithm]] = {"bc": BC, "td3bc": TD3BC, "iql": IQL, "vaco": VACO, "aspc": ASPC,
-                                          "aspc-iql": ASPCIQL}
+                                          "aspc-iql": ASPCIQL, "arq": ARQ}
 
 
 _ASPC_CHOICES = {"solver": _ASPC_SOLVERS, "outer_terms": tuple(_ASPC_OUTER_TERMS)}
@@ -44,6 +46,8 @@ CHOICES: dict[str, dict[str, tuple[str, ...]]] = {
     },
     "aspc": _ASPC_CHOICES,
     "aspc-iql": _ASPC_CHOICES,
+    "arq": {"policy": _ARQ_POLICIES, "ode_method": ("euler", "heun", "rk4"), "trace": ("exact", "hutchinson"),
+            "sampler_grid": ("quadratic", "uniform")},
 }
 
 # Ranges fixed by what a field means, whichever algorithm has it: (low, high, low_open, high_open).
@@ -195,6 +199,7 @@ def make_algorithm(
 
 __all__ = [
     "ALGORITHMS",
+    "ARQ",
     "ASPC",
     "ASPCIQL",
     "BC",

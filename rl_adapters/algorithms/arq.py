@@ -1,0 +1,372 @@
+"""ARQ: action-restricted Q-learning with an explicit score-based behaviour model (paper 003, SPEC section 3).
+
+One run has three phases (``--steps`` counts all of them):
+
+1. **Behaviour model** (updates ``1 .. bm_steps``): denoising score matching of ``s_psi(a | s)`` on the
+   batch's ``(s, a)`` (:class:`~rl_adapters.behavior_model.BehaviorModel`: VP-SDE, residual MLP 3 x 256,
+   swish, Adam 1e-4, EMA 0.999; batch ``batch_size`` = 512).
+2. **Candidates** (once, inside update ``bm_steps + 1``): for every dataset state ``s`` (observations plus
+   each episode's final next-observation) ``N = n_candidates`` actions from the EMA model by
+   predictor-corrector sampling, each with ``log beta_psi(a | s)`` from the probability-flow ODE; a
+   candidate is *valid* if ``log beta_psi >= log_density_threshold`` (the paper's ``beta < e^-5`` dropped).
+   A state with no valid candidate keeps its most likely one, so every state has at least one.
+   Stored on the device and in ``<run dir>/arq_candidates.pt``, keyed by the behaviour model's weights,
+   the states and the settings, so a resumed run loads instead of recomputing.
+3. **Q and policy** (updates ``bm_steps + 1 .. steps``), each update on a batch ``(s, a, r, s')``:
+
+   * advantage, with the target twin critic ``Q' = min(Q'_1, Q'_2)`` before this update's critic step,
+     ``A(s, a) = Q'(s, a) - mean_{a' in C(s)} Q'(s, a')`` over the valid candidates ``C(s)``;
+   * critic: ``sum_i mean (Q_i(s, a) - y)^2``, ``y = c r + gamma (1 - done) Kth-max_{a' in C(s')} Q'(s', a')``
+     with ``c`` IQL's reward scale and ``K = k`` (9); if ``C(s')`` holds ``n < K`` actions the ``n``-th
+     (the smallest) is used: the most pessimistic value the in-support set offers, rather than a value
+     invented outside it;
+   * target: Polyak ``Q' <- 0.995 Q' + 0.005 Q``;
+   * policy (``policy="explicit"``): AWR, ``min_phi -mean w log pi_phi(a | s)``,
+     ``w = min(exp(alpha A), max_weight)`` (alpha 1, 100 as IQL), ``pi_phi = N(c + h tanh(f_phi(s)), diag e^{2 log sigma})``
+     with a state-independent ``log sigma`` (clipped to [-5, 2]); evaluation acts with the mean.
+     ``policy="implicit"`` trains no actor: acting samples ``N`` candidates for the state and picks one
+     with probability ``softmax(alpha A)`` (paper Eq. 6); the draw comes from a saved generator.
+
+The paper trains Q to convergence and then the policy; here both step in every update (as IQL does), so a
+run of a given length gives the policy as many updates as the critic.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..behavior_model import GRIDS, ODE_METHODS, TRACES, BehaviorModel, generate_candidates
+from ..data import Batch
+from ..networks import TwinCritic, mlp, soft_update
+from .base import Algorithm, BaseConfig
+
+__all__ = ["ARQ", "POLICIES", "ARQConfig", "GaussianActor", "awr_weights", "kth_max"]
+
+POLICIES = ("explicit", "implicit")
+CANDIDATE_FILE = "arq_candidates.pt"
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+
+@dataclasses.dataclass
+class ARQConfig(BaseConfig):
+    """ARQ hyper-parameters (paper Appendix A.2, locomotion column of Tables A.1-A.3).
+
+    Sampler/ODE defaults are the paper's step counts (500 predictor steps + 1 corrector step, SNR 0.16; the
+    ODE solved accurately, RK4 with 100 steps standing in for scipy's RK45, exact trace) on a time grid
+    dense near t = 0 (``sampler_grid="uniform"`` is the paper's); on a CPU use
+    ``--sampler-steps 20 --corrector-steps 0 --ode-steps 4 --ode-method euler --trace hutchinson`` (the
+    "CPU settings"; docs/algorithms.md measures what they change).
+    """
+
+    batch_size: int = 512
+    critic_lr: float = 3e-4
+    actor_lr: float = 3e-4
+    k: int = 9
+    alpha: float = 1.0
+    max_weight: float = 100.0
+    normalize_reward: bool = True
+    policy: str = "explicit"
+    bm_steps: int = 50_000
+    bm_lr: float = 1e-4
+    bm_hidden_dim: int = 256
+    bm_blocks: int = 3
+    bm_ema: float = 0.999
+    n_candidates: int = 30
+    log_density_threshold: float = -5.0
+    sampler_steps: int = 500
+    corrector_steps: int = 1
+    snr: float = 0.16
+    sampler_grid: str = "quadratic"
+    ode_steps: int = 100
+    ode_method: str = "rk4"
+    trace: str = "exact"
+    candidate_chunk: int = 1024
+
+    def __post_init__(self) -> None:
+        # Every check here runs in make_config, so a bad value fails before any data loads.
+        def bad(field: str, what: str, example: Any) -> ValueError:
+            flag = "--" + field.replace("_", "-")
+            return ValueError(f"{field} ({flag}) = {getattr(self, field)!r}: must be {what}; e.g. {flag} {example}")
+
+        for field, allowed in (("policy", POLICIES), ("ode_method", ODE_METHODS), ("trace", TRACES),
+                               ("sampler_grid", GRIDS)):
+            if getattr(self, field) not in allowed:
+                raise bad(field, f"one of {', '.join(allowed)}", allowed[0])
+        for field, low, example in (
+            ("bm_steps", 1, 50_000), ("bm_hidden_dim", 1, 256), ("bm_blocks", 1, 3), ("n_candidates", 1, 30),
+            ("sampler_steps", 1, 500), ("corrector_steps", 0, 1), ("ode_steps", 1, 100), ("candidate_chunk", 1, 1024),
+        ):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise bad(field, f"an integer >= {low}", example)
+        if not 1 <= self.k <= self.n_candidates:
+            raise bad("k", f"an integer in [1, n_candidates = {self.n_candidates}] (the K of the K-th max)", 9)
+        if not 0.0 <= self.bm_ema < 1.0:
+            raise bad("bm_ema", "in [0, 1) (the EMA decay of the behaviour model)", 0.999)
+        for field in ("bm_lr", "critic_lr", "actor_lr", "snr", "max_weight"):
+            if not getattr(self, field) > 0:
+                raise bad(field, "> 0", {"snr": 0.16, "max_weight": 100.0, "bm_lr": 1e-4}.get(field, 3e-4))
+
+    def check_steps(self, steps: int) -> None:
+        """Refuse a run too short to reach the Q-learning phase (called with ``--steps`` before data loads)."""
+        if self.bm_steps >= steps:
+            raise ValueError(
+                f"bm_steps (--bm-steps) = {self.bm_steps} >= --steps {steps}: the behaviour-model phase would take "
+                f"the whole run; --steps counts behaviour-model and Q/policy updates together, e.g. --steps "
+                f"{self.bm_steps + 100_000} for 100000 Q/policy updates"
+            )
+
+
+def kth_max(q: torch.Tensor, valid: torch.Tensor, k: int) -> torch.Tensor:
+    """Per row, the ``min(k, n_valid)``-th largest of ``q`` among the ``valid`` entries (``(B, N) -> (B,)``).
+
+    Rows need at least one valid entry (ARQ guarantees it).
+    """
+    masked = q.masked_fill(~valid, float("-inf"))
+    top = masked.topk(min(k, q.shape[1]), dim=1).values
+    idx = (valid.sum(1).clamp(max=k) - 1).clamp(min=0)
+    return top.gather(1, idx.unsqueeze(1)).squeeze(1)
+
+
+def awr_weights(q: torch.Tensor, q_candidates: torch.Tensor, valid: torch.Tensor, alpha: float,
+                max_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(w, A)`` with ``A = q - mean_{valid} q_candidates`` and ``w = min(exp(alpha A), max_weight)``."""
+    v = valid.to(q_candidates.dtype)
+    baseline = (q_candidates * v).sum(1) / v.sum(1).clamp(min=1.0)
+    adv = q - baseline
+    return torch.exp(alpha * adv).clamp(max=max_weight), adv
+
+
+class GaussianActor(nn.Module):
+    """``pi(a | s) = N(c + h tanh(f(s)), diag(exp(2 log_sigma)))`` with a state-independent ``log_sigma``
+    (IQL's locomotion policy); ``forward`` returns the mean."""
+
+    def __init__(self, obs_dim: int, act_dim: int, action_low: Any, action_high: Any, hidden: tuple[int, ...]) -> None:
+        super().__init__()
+        self.net = mlp(obs_dim, act_dim, hidden)
+        self.log_std = nn.Parameter(torch.zeros(act_dim))
+        low = torch.as_tensor(action_low, dtype=torch.float32)
+        high = torch.as_tensor(action_high, dtype=torch.float32)
+        self.register_buffer("action_center", (high + low) / 2)
+        self.register_buffer("action_scale", (high - low) / 2)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.action_center + self.action_scale * torch.tanh(self.net(obs))
+
+    def log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        log_std = self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+        z = (actions - self(obs)) / log_std.exp()
+        return (-0.5 * z.pow(2) - log_std - 0.5 * torch.log(torch.tensor(2 * torch.pi))).sum(-1)
+
+
+class ARQ(Algorithm):
+    """ARQ; see the module docstring. Needs :meth:`attach_data` (the trainer calls it) before Q-learning."""
+
+    name = "arq"
+    Config = ARQConfig
+    config: ARQConfig
+
+    # ------------------------------------------------------------------ construction
+    def build(self) -> None:
+        c = self.config
+        self.config.check_steps(self.total_steps)
+        hidden = (c.hidden_dim, c.hidden_dim)
+        low, high = self.stats.action_low, self.stats.action_high
+        self.behavior = BehaviorModel(self.obs_dim, self.act_dim, low, high, c.bm_hidden_dim, c.bm_blocks)
+        self.critic = TwinCritic(self.obs_dim, self.act_dim, hidden=hidden)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.actor = GaussianActor(self.obs_dim, self.act_dim, low, high, hidden)
+        self.modules = {"behavior": self.behavior, "critic": self.critic, "critic_target": self.critic_target,
+                        "actor": self.actor}
+        self.reward_scale = self.stats.reward_scale if c.normalize_reward else 1.0
+        self._data: Any = None
+        self._out: Path | None = None
+        self._progress = False
+        self.candidates: torch.Tensor | None = None  # (S, N, d) raw actions
+        self.candidate_logp: torch.Tensor | None = None  # (S, N)
+        self.candidate_valid: torch.Tensor | None = None  # (S, N) bool, >= 1 True per row
+        self.next_state: torch.Tensor | None = None  # transition index -> state index of s'
+
+    def build_optimizers(self) -> None:
+        c = self.config
+        self.bm_opt = torch.optim.Adam(self.behavior.net.parameters(), lr=c.bm_lr)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=c.critic_lr)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=c.actor_lr)
+        self.optimizers = {"behavior": self.bm_opt, "critic": self.critic_opt, "actor": self.actor_opt}
+        # Acting with the implicit policy draws from its own generator, so evaluation never moves training's.
+        self.act_generator = torch.Generator(device=self.device)
+        self.act_generator.manual_seed(self.seed + 2)
+
+    # ------------------------------------------------------------------ data and candidates
+    def attach_data(self, data: Any, out_dir: str | Path | None = None, progress: bool = False) -> None:
+        """Give ARQ the dataset whose states get candidates and the run directory that caches them.
+
+        ``data`` is an :class:`~rl_adapters.data.OfflineData` whose batches carry ``indices``.  States:
+        every observation, then the next-observations that are not the following row's observation (each
+        episode's last), so ``s'`` of transition ``i`` is state ``i + 1`` or one of those extra states.
+        """
+        self._data, self._out, self._progress = data, (Path(out_dir) if out_dir is not None else None), progress
+        obs, nxt, ep = data.observations, data.next_observations, data.episode_ids
+        n = obs.shape[0]
+        follows = torch.zeros(n, dtype=torch.bool, device=obs.device)
+        if n > 1:
+            follows[:-1] = (ep[1:] == ep[:-1]) & (nxt[:-1] == obs[1:]).all(-1)
+        extra = (~follows).nonzero().squeeze(1)
+        next_state = torch.arange(1, n + 1, device=obs.device)
+        next_state[extra] = n + torch.arange(extra.numel(), device=obs.device)
+        self.next_state = next_state
+        self._state_obs = self.normalize(torch.cat([obs, nxt[extra]]))
+
+    def _cache_key(self) -> dict[str, Any]:
+        c = self.config
+        h = hashlib.sha256()
+        for t in list(self.behavior.ema.state_dict().values()) + [self._state_obs]:
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        return {"digest": h.hexdigest(), "seed": self.seed, "n_candidates": c.n_candidates,
+                "sampler_steps": c.sampler_steps, "corrector_steps": c.corrector_steps, "snr": c.snr,
+                "sampler_grid": c.sampler_grid,
+                "ode_steps": c.ode_steps, "ode_method": c.ode_method, "trace": c.trace,
+                "candidate_chunk": c.candidate_chunk, "device": self.device.type}
+
+    def ensure_candidates(self) -> None:
+        """Load the candidates from the run directory if they match this model and data, else generate them."""
+        if self.candidates is not None:
+            return
+        if self._data is None:
+            raise RuntimeError("ARQ needs attach_data(data, out_dir) before its Q-learning phase "
+                               "(bilevel-rl train does this); call it with the training data")
+        c = self.config
+        key = self._cache_key()
+        path = self._out / CANDIDATE_FILE if self._out is not None else None
+        if path is not None and path.exists():
+            saved = torch.load(path, map_location=self.device, weights_only=True)
+            if saved.get("key") == key:
+                self._set_candidates(saved["actions"], saved["logp"])
+                return
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(self.seed + 3)
+        start = time.perf_counter()
+        actions, logp = generate_candidates(
+            self.behavior, self._state_obs, c.n_candidates, c.sampler_steps, c.corrector_steps, c.snr, c.ode_steps,
+            c.ode_method, c.trace, gen, c.candidate_chunk, self._progress, c.sampler_grid,
+        )
+        seconds = time.perf_counter() - start
+        self._set_candidates(actions, logp)
+        if path is not None:
+            tmp = path.with_name(path.name + ".tmp")
+            torch.save({"key": key, "actions": actions.cpu(), "logp": logp.cpu()}, tmp)
+            tmp.replace(path)
+            valid = self.candidate_valid.float()
+            info = {"seconds": seconds, "states": int(actions.shape[0]), "n_candidates": c.n_candidates,
+                    "valid_fraction": valid.mean().item(), "logp_mean": logp.mean().item(),
+                    "logp_median": logp.median().item(), "threads": torch.get_num_threads()} | key
+            (self._out / "arq_candidates.json").write_text(json.dumps(info, indent=2))
+            if self._progress:
+                print(f"ARQ: {actions.shape[0]} states x {c.n_candidates} candidates in {seconds:.0f} s, "
+                      f"{100 * info['valid_fraction']:.1f}% valid", file=sys.stderr)
+
+    def _set_candidates(self, actions: torch.Tensor, logp: torch.Tensor) -> None:
+        self.candidates = actions.to(self.device)
+        self.candidate_logp = logp.to(self.device)
+        valid = self.candidate_logp >= self.config.log_density_threshold
+        # A state whose every sample falls below the threshold keeps its most likely one.
+        best = self.candidate_logp.argmax(1)
+        valid[torch.arange(valid.shape[0], device=self.device), best] = True
+        self.candidate_valid = valid
+
+    def candidate_q(self, critic: TwinCritic, states: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
+        """``min_i Q_i(s, a')`` for every candidate ``a'`` of each state: ``(B, N)``."""
+        cand = self.candidates[states]
+        B, N, d = cand.shape
+        q = critic.min_q(obs.unsqueeze(1).expand(B, N, obs.shape[-1]).reshape(B * N, -1), cand.reshape(B * N, d))
+        return q.reshape(B, N)
+
+    # ------------------------------------------------------------------ update
+    def in_behavior_phase(self) -> bool:
+        return self.step < self.config.bm_steps
+
+    def update(self, batch: Batch) -> dict[str, float]:
+        if self.in_behavior_phase():
+            self.step += 1
+            return self.behavior_update(batch)
+        self.ensure_candidates()
+        if batch.indices is None:
+            raise ValueError("ARQ needs the batch's dataset indices (Batch.indices, set by OfflineData.sample)")
+        self.step += 1
+        c = self.config
+        states = batch.indices
+        with torch.no_grad():
+            q_data = self.critic_target.min_q(batch.obs, batch.actions)
+            q_cand = self.candidate_q(self.critic_target, states, batch.obs)
+            weight, adv = awr_weights(q_data, q_cand, self.candidate_valid[states], c.alpha, c.max_weight)
+        info = self.critic_update(batch)
+        if c.policy == "explicit":
+            info |= self.actor_update(batch, weight)
+        return info | {"adv": adv.mean().item(), "awr_weight": weight.mean().item(), "phase": 2.0}
+
+    def behavior_update(self, batch: Batch) -> dict[str, float]:
+        """One denoising-score-matching step and the EMA update."""
+        loss = self.behavior.loss(batch.obs, batch.actions, self.generator)
+        self.bm_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.bm_opt.step()
+        self.behavior.update_ema(self.config.bm_ema)
+        return {"bm_loss": loss.item(), "phase": 1.0}
+
+    def critic_update(self, batch: Batch) -> dict[str, float]:
+        """One step toward ``c r + gamma (1 - done) Kth-max_{C(s')} Q'``, then the Polyak update."""
+        c = self.config
+        nxt = self.next_state[batch.indices]
+        with torch.no_grad():
+            valid = self.candidate_valid[nxt]
+            v_next = kth_max(self.candidate_q(self.critic_target, nxt, batch.next_obs), valid, c.k)
+            y = batch.rewards * self.reward_scale + c.discount * (1.0 - batch.dones) * v_next
+        q1, q2 = self.critic(batch.obs, batch.actions)
+        loss = F.mse_loss(q1, y) + F.mse_loss(q2, y)
+        self.critic_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.critic_opt.step()
+        soft_update(self.critic_target, self.critic, c.tau)
+        return {"critic_loss": loss.item(), "q1": q1.mean().item(), "n_valid_next": valid.float().sum(1).mean().item()}
+
+    def actor_update(self, batch: Batch, weight: torch.Tensor) -> dict[str, float]:
+        """One AWR step ``-mean w log pi(a | s)``."""
+        logp = self.actor.log_prob(batch.obs, batch.actions)
+        loss = -(weight * logp).mean()
+        self.actor_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.actor_opt.step()
+        return {"actor_loss": loss.item(), "log_std": self.actor.log_std.mean().item()}
+
+    # ------------------------------------------------------------------ acting
+    @torch.no_grad()
+    def policy(self, obs: torch.Tensor) -> torch.Tensor:
+        """Explicit: the Gaussian's mean. Implicit: one of ``N`` fresh behaviour samples, drawn by ``softmax(alpha A)``."""
+        if self.config.policy == "explicit":
+            return self.actor(obs)
+        c = self.config
+        B = obs.shape[0]
+        s = obs.repeat_interleave(c.n_candidates, dim=0)
+        cand = self.behavior.sample(s, c.sampler_steps, c.corrector_steps, c.snr, self.act_generator, c.sampler_grid)
+        q = self.critic_target.min_q(s, cand).reshape(B, c.n_candidates)
+        logits = c.alpha * (q - q.mean(1, keepdim=True))
+        pick = torch.multinomial(torch.softmax(logits, 1), 1, generator=self.act_generator).squeeze(1)
+        return cand.reshape(B, c.n_candidates, -1)[torch.arange(B, device=obs.device), pick]
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"act_generator": self.act_generator.get_state()}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        if "act_generator" in state:
+            self.act_generator.set_state(state["act_generator"].cpu())
