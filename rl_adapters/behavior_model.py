@@ -54,6 +54,7 @@ __all__ = [
     "VPSDE",
     "BehaviorModel",
     "ScoreNet",
+    "generate_candidates",
     "ode_log_likelihood",
     "pc_sample",
     "time_grid",
