@@ -65,7 +65,7 @@ class ARQConfig(BaseConfig):
     Sampler/ODE defaults are the paper's step counts (500 predictor steps + 1 corrector step, SNR 0.16; the
     ODE solved accurately, RK4 with 100 steps standing in for scipy's RK45, exact trace) on a time grid
     dense near t = 0 (``sampler_grid="uniform"`` is the paper's); on a CPU use
-    ``--sampler-steps 20 --corrector-steps 0 --ode-steps 4 --ode-method euler --trace hutchinson`` (the
+    ``--sampler-steps 20 --corrector-steps 0 --ode-steps 2 --ode-method heun --trace hutchinson`` (the
     "CPU settings"; docs/algorithms.md measures what they change).
     """
 
@@ -252,7 +252,7 @@ class ARQ(Algorithm):
         if path is not None and path.exists():
             saved = torch.load(path, map_location=self.device, weights_only=True)
             if saved.get("key") == key:
-                self._set_candidates(saved["actions"], saved["logp"])
+                self.set_candidates(saved["actions"], saved["logp"])
                 return
         gen = torch.Generator(device=self.device)
         gen.manual_seed(self.seed + 3)
@@ -262,7 +262,7 @@ class ARQ(Algorithm):
             c.ode_method, c.trace, gen, c.candidate_chunk, self._progress, c.sampler_grid,
         )
         seconds = time.perf_counter() - start
-        self._set_candidates(actions, logp)
+        self.set_candidates(actions, logp)
         if path is not None:
             tmp = path.with_name(path.name + ".tmp")
             torch.save({"key": key, "actions": actions.cpu(), "logp": logp.cpu()}, tmp)
@@ -276,7 +276,8 @@ class ARQ(Algorithm):
                 print(f"ARQ: {actions.shape[0]} states x {c.n_candidates} candidates in {seconds:.0f} s, "
                       f"{100 * info['valid_fraction']:.1f}% valid", file=sys.stderr)
 
-    def _set_candidates(self, actions: torch.Tensor, logp: torch.Tensor) -> None:
+    def set_candidates(self, actions: torch.Tensor, logp: torch.Tensor) -> None:
+        """Use ``actions`` ``(S, N, d)`` with log-likelihoods ``logp`` ``(S, N)`` as the states' candidates."""
         self.candidates = actions.to(self.device)
         self.candidate_logp = logp.to(self.device)
         valid = self.candidate_logp >= self.config.log_density_threshold
@@ -305,11 +306,8 @@ class ARQ(Algorithm):
             raise ValueError("ARQ needs the batch's dataset indices (Batch.indices, set by OfflineData.sample)")
         self.step += 1
         c = self.config
-        states = batch.indices
-        with torch.no_grad():
-            q_data = self.critic_target.min_q(batch.obs, batch.actions)
-            q_cand = self.candidate_q(self.critic_target, states, batch.obs)
-            weight, adv = awr_weights(q_data, q_cand, self.candidate_valid[states], c.alpha, c.max_weight)
+        # The advantage uses the target critic before this update's critic step, as IQL's does.
+        weight, adv = self.advantage_weights(batch)
         info = self.critic_update(batch)
         if c.policy == "explicit":
             info |= self.actor_update(batch, weight)
@@ -324,21 +322,33 @@ class ARQ(Algorithm):
         self.behavior.update_ema(self.config.bm_ema)
         return {"bm_loss": loss.item(), "phase": 1.0}
 
-    def critic_update(self, batch: Batch) -> dict[str, float]:
-        """One step toward ``c r + gamma (1 - done) Kth-max_{C(s')} Q'``, then the Polyak update."""
+    @torch.no_grad()
+    def advantage_weights(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(w, A)``: ``A = Q'(s, a) - mean_{C(s)} Q'(s, a')``, ``w = min(exp(alpha A), max_weight)``."""
+        c = self.config
+        q_data = self.critic_target.min_q(batch.obs, batch.actions)
+        q_cand = self.candidate_q(self.critic_target, batch.indices, batch.obs)
+        return awr_weights(q_data, q_cand, self.candidate_valid[batch.indices], c.alpha, c.max_weight)
+
+    @torch.no_grad()
+    def td_target(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(y, n_valid)``: ``y = c r + gamma (1 - done) Kth-max_{a' in C(s')} Q'(s', a')`` and ``|C(s')|``."""
         c = self.config
         nxt = self.next_state[batch.indices]
-        with torch.no_grad():
-            valid = self.candidate_valid[nxt]
-            v_next = kth_max(self.candidate_q(self.critic_target, nxt, batch.next_obs), valid, c.k)
-            y = batch.rewards * self.reward_scale + c.discount * (1.0 - batch.dones) * v_next
+        valid = self.candidate_valid[nxt]
+        v_next = kth_max(self.candidate_q(self.critic_target, nxt, batch.next_obs), valid, c.k)
+        return batch.rewards * self.reward_scale + c.discount * (1.0 - batch.dones) * v_next, valid.sum(1)
+
+    def critic_update(self, batch: Batch) -> dict[str, float]:
+        """One step toward :meth:`td_target`, then the Polyak update."""
+        y, n_valid = self.td_target(batch)
         q1, q2 = self.critic(batch.obs, batch.actions)
         loss = F.mse_loss(q1, y) + F.mse_loss(q2, y)
         self.critic_opt.zero_grad(set_to_none=True)
         loss.backward()
         self.critic_opt.step()
-        soft_update(self.critic_target, self.critic, c.tau)
-        return {"critic_loss": loss.item(), "q1": q1.mean().item(), "n_valid_next": valid.float().sum(1).mean().item()}
+        soft_update(self.critic_target, self.critic, self.config.tau)
+        return {"critic_loss": loss.item(), "q1": q1.mean().item(), "n_valid_next": n_valid.float().mean().item()}
 
     def actor_update(self, batch: Batch, weight: torch.Tensor) -> dict[str, float]:
         """One AWR step ``-mean w log pi(a | s)``."""
