@@ -73,13 +73,17 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     # TD3+BC with ASPC's robust critic (3 hidden layers + LayerNorm, the authors' initialisation): ASPC
     # with alpha frozen at 2.5.
     "td3bc-rc": ("td3bc", ["critic_hidden_layers=3", "critic_layer_norm=True", "critic_init=aspc"]),
+    # ARQ with the CPU candidate settings (docs/algorithms.md "ARQ"); its behaviour-model phase
+    # (--arq-bm-steps) comes on top of --steps, like VACO's value phase.
+    "arq": ("arq", ["sampler_steps=20", "corrector_steps=0", "ode_steps=2", "ode_method=heun", "trace=hutchinson"]),
 }
 
 
 # Mean milliseconds per update at one thread (2-core Xeon box, two-phase VACO averaged over its
 # phases): only used to start the longest cells first.
 COST_MS = {"vaco-k_step": 29.0, "vaco-implicit": 23.0, "vaco-one_step": 11.0, "iql": 10.8, "aspc": 9.5,
-           "td3bc-rc": 9.5, "td3bc": 9.0, "bc": 3.6}
+           "td3bc-rc": 9.5, "td3bc": 9.0, "bc": 3.6,
+           "arq": 100.0}  # ARQ: ~11x TD3+BC per Q/policy update, plus ~20+ min of candidates per dataset
 
 PRESETS: dict[str, dict[str, object]] = {
     "quick": {
@@ -266,7 +270,11 @@ def hosts_line(results: list[dict], datasets: list[str]) -> str:
 def policy_budget(base_algo: str, args: argparse.Namespace) -> tuple[int, int]:
     """``(total updates, value-only updates)`` of a cell: ``--steps`` policy updates for every algorithm;
     a two-phase VACO cell adds ``--vaco-value-steps`` value-only updates in front when that is set, and
-    otherwise splits ``--steps`` by its ``value_fraction`` (the older presets)."""
+    otherwise splits ``--steps`` by its ``value_fraction`` (the older presets); an ARQ cell adds
+    ``--arq-bm-steps`` behaviour-model updates in front."""
+    if base_algo == "arq":
+        bm = int(getattr(args, "arq_bm_steps", 0) or 0)
+        return args.steps + bm, bm
     extra = int(getattr(args, "vaco_value_steps", 0) or 0)
     if base_algo == "vaco" and extra > 0:
         return args.steps + extra, extra
@@ -288,8 +296,10 @@ def run_cell(algo: str, dataset: str, seed: int, args: argparse.Namespace) -> di
     log.parent.mkdir(parents=True, exist_ok=True)
     base_algo, variant_sets = VARIANTS.get(algo, (algo, []))
     steps, value_steps = policy_budget(base_algo, args)
-    if value_steps:
+    if value_steps and base_algo == "vaco":
         variant_sets = variant_sets + [f"value_fraction={value_steps / steps!r}"]
+    if base_algo == "arq":
+        variant_sets = variant_sets + [f"bm_steps={value_steps}"]
     cmd = [sys.executable, "-m", "rl_adapters.train", "--no-progress"]
     if (run_dir / "checkpoint.pt").exists() and (run_dir / "config.json").exists():
         cmd += ["--resume", str(run_dir)]  # with the threads its config.json recorded
@@ -409,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vaco-value-steps", type=int, default=0,
                    help="IQL value-only updates a VACO cell takes before its --steps bi-level updates "
                         "(0: VACO splits --steps by its value_fraction, as the quick/mid/full presets do)")
+    p.add_argument("--arq-bm-steps", type=int, default=50_000,
+                   help="behaviour-model updates an ARQ cell takes before its --steps Q/policy updates")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (each worker process uses it)")
     p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     p.add_argument("--threads", type=int, default=1,
