@@ -239,6 +239,22 @@ def test_awr_weights_by_hand(arq_on_tiny):
     assert w.tolist() == pytest.approx([100.0, math.exp(-10.0)])
 
 
+def test_implicit_policy_picks_by_softmax_of_the_advantage(arq_on_tiny, monkeypatch):
+    """alpha -> infinity: the candidate with the largest Q'; alpha = 0: a uniform draw over the candidates."""
+    algo, data = arq_on_tiny
+    fixed = torch.tensor([[-0.9], [-0.3], [0.2], [0.8], [0.5], [0.0]])  # N = 6 per state
+    monkeypatch.setattr(algo.behavior, "sample", lambda s, *a, **kw: fixed.repeat(s.shape[0] // 6, 1))
+    obs = data.normalize(data.observations[:4])
+    algo.config.policy = "implicit"
+    algo.config.alpha = 1e6
+    q = torch.stack([algo.critic_target.min_q(o.expand(6, -1), fixed) for o in obs])
+    assert torch.equal(algo.policy(obs), fixed[q.argmax(1)])
+    algo.config.alpha = 0.0
+    picks = torch.cat([algo.policy(obs) for _ in range(150)]).squeeze(1)
+    counts = torch.stack([(picks == v).sum() for v in fixed.squeeze(1)])
+    assert counts.sum() == 600 and counts.min() > 60  # each of 6 expected 100 times
+
+
 def _arq_cfg(dataset, out, steps=40, **hp):
     hparams = {"hidden_dim": 16, "batch_size": 32, "bm_steps": 15, "bm_hidden_dim": 16, "bm_blocks": 1,
                "n_candidates": 5, "k": 2, "sampler_steps": 4, "corrector_steps": 1, "ode_steps": 2,

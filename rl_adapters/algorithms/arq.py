@@ -37,6 +37,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -167,7 +168,7 @@ class GaussianActor(nn.Module):
     def log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         log_std = self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
         z = (actions - self(obs)) / log_std.exp()
-        return (-0.5 * z.pow(2) - log_std - 0.5 * torch.log(torch.tensor(2 * torch.pi))).sum(-1)
+        return (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
 
 
 class ARQ(Algorithm):
