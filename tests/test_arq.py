@@ -336,3 +336,13 @@ def test_behavior_phase_longer_than_run_is_refused(tmp_path):
                       hparams={"bm_steps": 1000})
     with pytest.raises(UsageError, match="--bm-steps"):
         cfg.validate()  # before the (missing) dataset is looked up
+
+
+def test_cli_refuses_behavior_phase_as_long_as_the_run(tiny_dataset, tmp_path, capsys):
+    from rl_adapters.cli import main
+
+    code = main(["train", "--algo", "arq", "--dataset", tiny_dataset, "--steps", "10", "--bm-steps", "10",
+                 "--out", str(tmp_path / "r"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--bm-steps" in err and "--steps 100010" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
