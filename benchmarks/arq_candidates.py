@@ -7,7 +7,8 @@
    to every state of the dataset; the CPU likelihood's error against the reference ODE on the same
    candidates; how many candidates each drops (``log beta < -5``) and how often the two disagree; and
    how the candidates sit around the dataset action (mean distance, per-state spread).
-2. ``--update-timing``: milliseconds per ARQ update (candidates in place) and per TD3+BC update, batch
+2. ``--ablation``: the sampler and likelihood choices one at a time (which part of the error is whose).
+3. ``--update-timing``: milliseconds per ARQ update (candidates in place) and per TD3+BC update, batch
    512 and 256 as each algorithm uses, one thread.
 
 The behaviour model comes from a finished ``bilevel-rl train --algo arq`` run (``--run DIR``), whose
@@ -100,6 +101,45 @@ def settings_effect(model, data, states: int, n: int, seed: int) -> dict:
     return out
 
 
+def ablation(model, data, states: int, n: int, seed: int) -> dict:
+    """Which part of the CPU settings costs what: sampler variants (spread, distance to the data action,
+    reference log-likelihood) and likelihood variants on one fixed set of candidates (error vs RK4 x 100)."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(data), generator=g)[:states]
+    obs = data.normalize(data.observations[idx]).repeat_interleave(n, 0)
+    act = data.actions[idx].repeat_interleave(n, 0)
+    out: dict = {"sampler": {}, "loglik": {}}
+
+    def ref_ll(a):
+        return model.log_likelihood(obs, a, PAPER["ode_steps"], PAPER["ode_method"], PAPER["trace"])
+
+    for steps, corr, grid in ((20, 0, "quadratic"), (20, 1, "quadratic"), (50, 0, "quadratic"), (100, 1, "quadratic"),
+                              (500, 1, "quadratic"), (500, 1, "uniform"), (50, 1, "uniform")):
+        t0 = time.perf_counter()
+        a = model.sample(obs, steps, corr, 0.16, torch.Generator().manual_seed(seed + 1), grid)
+        dt = time.perf_counter() - t0
+        ll = ref_ll(a)
+        row = {"s_per_state": dt / states, "spread_per_state": a.reshape(states, n, -1).std(1).mean().item(),
+               "dist_to_data_action": (a - act).norm(dim=-1).mean().item(), "ref_loglik_mean": ll.mean().item(),
+               "ref_dropped": (ll < THRESHOLD).float().mean().item()}
+        out["sampler"][f"{steps}+{corr} {grid}"] = row
+        print("sampler", steps, corr, grid, json.dumps(row), flush=True)
+    a = model.sample(obs, CPU["sampler_steps"], CPU["corrector_steps"], 0.16, torch.Generator().manual_seed(seed + 1))
+    ref = ref_ll(a)
+    for steps, method, trace in ((2, "heun", "hutchinson"), (2, "heun", "exact"), (4, "euler", "hutchinson"),
+                                 (4, "heun", "hutchinson"), (8, "heun", "hutchinson"), (2, "rk4", "exact"),
+                                 (50, "rk4", "exact")):
+        t0 = time.perf_counter()
+        ll = model.log_likelihood(obs, a, steps, method, trace, torch.Generator().manual_seed(seed + 2))
+        dt = time.perf_counter() - t0
+        err = ll - ref
+        row = {"s_per_state": dt / states, "bias": err.mean().item(), "mae": err.abs().mean().item(),
+               "flag_disagreement": ((ll < THRESHOLD) != (ref < THRESHOLD)).float().mean().item()}
+        out["loglik"][f"{method} x{steps} {trace}"] = row
+        print("loglik", method, steps, trace, json.dumps(row), flush=True)
+    return out
+
+
 def update_timing(data, updates: int = 40) -> dict:
     out = {}
     for algo, hp in (("arq", {"bm_steps": 1}), ("td3bc", {})):
@@ -132,6 +172,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--settings", action="store_true")
     p.add_argument("--update-timing", action="store_true")
+    p.add_argument("--ablation", action="store_true", help="sampler and likelihood variants one at a time")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -141,6 +182,8 @@ def main() -> None:
         if args.run is None:
             p.error("--settings needs --run DIR (a finished ARQ run whose checkpoint holds the behaviour model)")
         result["settings"] = settings_effect(load_behavior(args.run, data), data, args.states, args.n, args.seed)
+    if args.ablation:
+        result["ablation"] = ablation(load_behavior(args.run, data), data, args.states, args.n, args.seed)
     if args.update_timing:
         result["update_timing"] = update_timing(data)
     if args.json:
