@@ -19,7 +19,6 @@ constants), which bounds memory and variance at the price of bias.
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Literal
 
 import torch
@@ -29,9 +28,8 @@ from torch import nn
 
 from ..problem import Problem
 from .base import Solver, _detach_tree, _Result, resolve_outer_batch
+from .options import MODES, check_forward_size
 
-# Above this many outer scalars forward mode is almost surely slower than reverse mode.
-_FORWARD_MODE_WARN = 64
 # Directions pushed through one vmapped jvp unroll; bounds forward mode's memory at this many copies.
 _FORWARD_CHUNK = 32
 
@@ -106,25 +104,28 @@ class KStepSolver(Solver):
         checkpoint: int | None = None,
     ) -> None:
         super().__init__(problem, inner_optimizer, outer_optimizer)
+        self.check_options(steps=steps, truncate=truncate, mode=mode, checkpoint=checkpoint)
+        self.steps = steps
+        self.truncate = steps if truncate is None else truncate
+        self.mode = mode
+        self.checkpoint = checkpoint
+        check_forward_size(mode, sum(p.numel() for p in self._outer_params))
+
+    @staticmethod
+    def check_options(steps: int = 5, truncate: int | None = None, mode: str = "reverse",
+                      checkpoint: int | None = None) -> None:
+        """Raise ``ValueError`` for options no problem can use (the constructor's and
+        :func:`bilevel.make_solver`'s one check)."""
         if not isinstance(steps, int) or steps < 1:
             raise ValueError(f"KStepSolver steps must be an int >= 1, got {steps!r}")
         if truncate is not None and (not isinstance(truncate, int) or not 1 <= truncate <= steps):
             raise ValueError(f"KStepSolver truncate must be None or an int in [1, steps={steps}], got {truncate!r}")
-        if mode not in ("reverse", "forward"):
+        if mode not in MODES:
             raise ValueError(f"KStepSolver mode must be 'reverse' or 'forward', got {mode!r}")
         if checkpoint is not None and (not isinstance(checkpoint, int) or checkpoint < 1):
             raise ValueError(f"KStepSolver checkpoint must be None or a segment length >= 1, got {checkpoint!r}")
         if checkpoint is not None and mode != "reverse":
             raise ValueError("KStepSolver checkpoint applies to mode='reverse' only (forward mode stores no unroll)")
-        self.steps = steps
-        self.truncate = steps if truncate is None else truncate
-        self.mode = mode
-        self.checkpoint = checkpoint
-        n_outer = sum(p.numel() for p in self._outer_params)
-        if mode == "forward" and n_outer > _FORWARD_MODE_WARN:
-            warnings.warn(
-                f"KStepSolver(mode='forward') costs one unroll per outer scalar and the outer module has "
-                f"{n_outer}; mode='reverse' is likely much faster here", stacklevel=2)
 
     def _solve(self, inner_batch: Any, outer_batch: Any, buffers: dict[str, torch.Tensor]) -> _Result:
         batches = self._as_batches(inner_batch, self.steps, "KStepSolver")

@@ -38,8 +38,8 @@ live network from the closure (the critic) or a pre-step constant carried in the
 (``b_i``, ``m_{t-1}``, IQL's advantage).  On an outer-update actor step the solver's ``step`` takes the
 differentiable Adam step, differentiates the outer loss through it (one-step, or the equivalent
 ``KStepSolver(steps=1)`` in forward or reverse mode) and keeps phi'; on the other actor steps the same
-solver's ``inner_step(differentiable=False)`` takes the identical Adam step without building a graph.
-Both kinds of step read and write ``solver.inner_state``, so the actor has exactly one set of Adam moments.
+solver's ``inner_update`` takes the identical Adam step without building a graph. Both advance the
+solver's optimiser state, so the actor has exactly one set of Adam moments.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ import torchopt
 from torch import nn
 
 import bilevel
-from bilevel.functional import InnerView, trainable_named_parameters, write_params
+from bilevel.functional import InnerView
 
 from ..data import Batch
 from .iql import IQL, IQLConfig
@@ -212,6 +212,7 @@ class AdaptiveScaleConfig:
             raise ValueError(f"outer_terms must be one of {sorted(OUTER_TERMS)}, got {self.outer_terms!r}")
         if self.solver not in SOLVERS:
             raise ValueError(f"solver must be one of {list(SOLVERS)}, got {self.solver!r}")
+        bilevel.check_solver(self.solver, **({} if self.solver == "one_step" else {"steps": 1}))
         if not isinstance(self.update_interval, int) or self.update_interval < 1:
             raise ValueError(f"update_interval must be an int >= 1, got {self.update_interval!r}")
         if not 0.0 < self.outer_lr_final_fraction <= 1.0:
@@ -313,12 +314,9 @@ class AdaptiveScale(abc.ABC):
         self.problem = bilevel.Problem(inner=self.actor, outer=self.scale, inner_loss=self.inner_loss,
                                        outer_loss=self._outer_loss)
         inner_opt = torchopt.adam(lr=self.inner_lr(), eps_root=ADAM_EPS_ROOT)
-        if c.solver == "one_step":
-            self.solver: bilevel.Solver = bilevel.OneStepSolver(self.problem, inner_opt, self.rho_opt)
-        else:
-            mode = "forward" if c.solver == "k_step_forward" else "reverse"
-            self.solver = bilevel.KStepSolver(self.problem, inner_opt, self.rho_opt, steps=1, mode=mode)
-        self._actor_names = [n for n, _ in trainable_named_parameters(self.actor)]
+        # K = 1: every solver differentiates the same single Adam step.
+        options = {} if c.solver == "one_step" else {"steps": 1}
+        self.solver = bilevel.make_solver(c.solver, self.problem, inner_opt, self.rho_opt, **options)
         self.actor_updates = 0
         self.outer_updates = 0
         self.ema_q: torch.Tensor | None = None
@@ -330,17 +328,18 @@ class AdaptiveScale(abc.ABC):
 
     # ------------------------------------------------------------------ losses
     def outer_objective(self, actor: InnerView | nn.Module, batch: ScaleBatch,
-                        stop_grad: StopGrad | None = None) -> OuterTerms:
-        """:func:`outer_terms` for the policy ``actor`` (a view at phi', or the live actor)."""
+                        stop_grad: StopGrad | None = None, scale: ConstraintScale | None = None) -> OuterTerms:
+        """:func:`outer_terms` for the policy ``actor`` (a view at phi', or the live actor) and the scale
+        module the solver passes (default: ``self.scale``)."""
         pi = actor(batch.obs)
         q = self.outer_q(batch.obs, pi)
-        return outer_terms(pi, q, batch, self.q_weight(self.scale().detach()), self.config.ema_decay,
+        scale = self.scale if scale is None else scale
+        return outer_terms(pi, q, batch, self.q_weight(scale().detach()), self.config.ema_decay,
                            self.use_eq2, self.use_eq3, stop_grad)
 
     def _outer_loss(self, actor: InnerView, scale: ConstraintScale, batch: ScaleBatch) -> torch.Tensor:
-        # ``scale`` reaches this loss only through phi' (eq1 uses sg(scale)); reading self.scale is the
-        # same module, which KStepSolver(mode="forward") rebinds globally during its jvp.
-        return self.outer_objective(actor, batch).total
+        # ``scale`` reaches this loss only through phi' (eq1 uses sg(scale)).
+        return self.outer_objective(actor, batch, scale=scale).total
 
     # ------------------------------------------------------------------ steps
     def outer_batch(self, obs: torch.Tensor, actions: torch.Tensor, adv: torch.Tensor | None = None) -> ScaleBatch:
@@ -358,11 +357,7 @@ class AdaptiveScale(abc.ABC):
 
     def plain_actor_step(self, batch: ScaleBatch) -> float:
         """The inner Adam step without a hypergradient (same optimiser state as the solver's steps)."""
-        theta, state, loss = self.solver.inner_step(self.solver.theta(), self.solver.inner_state, batch,
-                                                    dict(self.actor.named_buffers()), differentiable=False)
-        write_params(self.actor, self._actor_names, theta)
-        self.solver.inner_state = state
-        return float(loss)
+        return float(self.solver.inner_update(batch))
 
     def adaptive_actor_step(self, obs: torch.Tensor, actions: torch.Tensor,
                             adv: torch.Tensor | None = None) -> dict[str, float]:
@@ -389,9 +384,7 @@ class AdaptiveScale(abc.ABC):
 
     # ------------------------------------------------------------------ checkpoint / plots
     def extra_state(self) -> dict[str, Any]:
-        leaves = torchopt.pytree.tree_leaves(self.solver.inner_state)
-        return {
-            "inner_state": [t.detach().clone() if isinstance(t, torch.Tensor) else t for t in leaves],
+        return self.solver.state_dict() | {
             "ema_q": None if self.ema_q is None else self.ema_q.clone(),
             "actor_updates": self.actor_updates,
             "outer_updates": self.outer_updates,
@@ -399,12 +392,7 @@ class AdaptiveScale(abc.ABC):
         }
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        treedef = torchopt.pytree.tree_structure(self.solver.inner_state)
-        leaves = [t.to(self.device).clone() if isinstance(t, torch.Tensor) else t for t in state["inner_state"]]
-        if len(leaves) != treedef.num_leaves:
-            raise ValueError(f"checkpoint holds {len(leaves)} inner optimiser tensors, this actor needs "
-                             f"{treedef.num_leaves} (different network sizes?)")
-        self.solver.inner_state = torchopt.pytree.tree_unflatten(treedef, leaves)
+        self.solver.load_state_dict(state)
         self.ema_q = None if state["ema_q"] is None else state["ema_q"].to(self.device)
         self.actor_updates = int(state["actor_updates"])
         self.outer_updates = int(state["outer_updates"])
@@ -488,10 +476,7 @@ class ASPCIQL(AdaptiveScale, IQL):
         self.build_scale()
 
     def build_optimizers(self) -> None:
-        c = self.config
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=c.critic_lr)
-        self.value_opt = torch.optim.Adam(self.value.parameters(), lr=c.value_lr)
-        self.optimizers = {"critic": self.critic_opt, "value": self.value_opt}
+        self.optimizers = self.values.build_optimizers()
         self.schedulers = {}
         self.build_bilevel()
 

@@ -28,7 +28,6 @@ The meta-scorer exists only for training: :meth:`policy` (and therefore ``act``)
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from typing import Any, NamedTuple
 
@@ -39,9 +38,9 @@ from torch import nn
 import bilevel
 
 from ..data import Batch
-from ..networks import DeterministicActor, TwinCritic, ValueNet, mlp
+from ..networks import DeterministicActor, mlp
 from .base import Algorithm, BaseConfig
-from .iql import IQL
+from .iql_value import IQLValue
 
 __all__ = ["VACO", "WEIGHT_QUANTILES", "MetaScorer", "VACOBatch", "VACOConfig"]
 
@@ -51,8 +50,6 @@ WEIGHT_NORMS = ("none", "batch_mean")
 SCORER_INITS = ("torch", "zero")
 # Quantiles of the per-batch weights reported in the metrics.
 WEIGHT_QUANTILES = (0.1, 0.5, 0.9)
-# Forward-mode K-step costs one unroll per meta-scorer scalar; above this it would never finish.
-FORWARD_MODE_MAX_PARAMS = 4096
 Q_STD_EPS = 1e-6
 
 
@@ -110,8 +107,8 @@ class VACOConfig(BaseConfig):
             ("schedule", self.schedule, SCHEDULES),
             ("weight_norm", self.weight_norm, WEIGHT_NORMS),
             ("scorer_init", self.scorer_init, SCORER_INITS),
-            ("mode", self.mode, ("reverse", "forward")),
-            ("linear_solver", self.linear_solver, ("cg", "neumann", "fixed_point")),
+            ("mode", self.mode, bilevel.MODES),
+            ("linear_solver", self.linear_solver, bilevel.LINEAR_SOLVERS),
         ):
             if value not in allowed:
                 raise ValueError(f"VACO {name} must be one of {allowed}, got {value!r}")
@@ -124,6 +121,9 @@ class VACOConfig(BaseConfig):
             raise ValueError(
                 f"VACO needs k >= 1 and 0 <= truncate <= k, got k={self.k}, truncate={self.truncate}"
             )
+        # Every solver's options, whichever is chosen: a bad --mode fails even with --solver one_step.
+        for name in SOLVERS:
+            bilevel.check_solver(name, **self.solver_options(name))
         if self.sigma_start < 0:
             raise ValueError(f"VACO sigma_start must be >= 0, got {self.sigma_start}")
         if not self.weight_kl >= 0:
@@ -131,6 +131,16 @@ class VACOConfig(BaseConfig):
         for name in ("actor_lr", "scorer_lr", "critic_lr", "value_lr", "adam_eps"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"VACO {name} must be > 0, got {getattr(self, name)}")
+
+    def solver_options(self, name: str | None = None) -> dict[str, Any]:
+        """The :func:`bilevel.make_solver` options of solver ``name`` (default: the chosen one) from this config."""
+        name = self.solver if name is None else name
+        if name == "k_step":
+            return {"steps": self.k, "truncate": self.truncate or None, "mode": self.mode}
+        if name == "implicit":
+            return {"inner_steps": self.implicit_steps, "linear_solver": self.linear_solver,
+                    "iterations": self.iterations, "damping": self.damping}
+        return {}
 
 
 class MetaScorer(nn.Module):
@@ -201,13 +211,13 @@ class VACO(Algorithm):
     def build(self) -> None:
         c = self.config
         hidden = (c.hidden_dim, c.hidden_dim)
-        # Same construction order as IQL, so that with one seed both start from identical value networks.
+        # IQL builds its actor before its value networks too, so with one seed both start from identical ones.
         self.actor = DeterministicActor(
             self.obs_dim, self.act_dim, self.stats.action_low, self.stats.action_high, hidden=hidden
         )
-        self.critic = TwinCritic(self.obs_dim, self.act_dim, hidden=hidden)
-        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.value = ValueNet(self.obs_dim, hidden=hidden)
+        self.reward_scale = self.stats.reward_scale if c.normalize_reward else 1.0
+        self.values = IQLValue(self.obs_dim, self.act_dim, hidden, c, self.reward_scale)
+        self.critic, self.critic_target, self.value = self.values.critic, self.values.critic_target, self.values.value
         self.scorer = MetaScorer(self.obs_dim, self.act_dim, c.scorer_hidden_dim, c.weight_norm)
         if c.scorer_init == "zero":
             # A randomly initialised scorer already ranks trajectories (its output is a random function of
@@ -217,14 +227,7 @@ class VACO(Algorithm):
             with torch.no_grad():
                 self.scorer.net[-1].weight.zero_()
                 self.scorer.net[-1].bias.zero_()
-        self.modules = {
-            "actor": self.actor,
-            "critic": self.critic,
-            "critic_target": self.critic_target,
-            "value": self.value,
-            "scorer": self.scorer,
-        }
-        self.reward_scale = self.stats.reward_scale if c.normalize_reward else 1.0
+        self.modules = {"actor": self.actor, **self.values.modules(), "scorer": self.scorer}
         if c.schedule == "two_phase":
             self.value_steps = round(c.value_fraction * self.total_steps)
         else:
@@ -242,43 +245,21 @@ class VACO(Algorithm):
         PyTorch 1.12) does; ``torchopt.adamw`` would be the decoupled variant the paper does not name.
         """
         c = self.config
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=c.critic_lr)
-        self.value_opt = torch.optim.Adam(self.value.parameters(), lr=c.value_lr)
         self.scorer_opt = torch.optim.Adam(
             self.scorer.parameters(), lr=c.scorer_lr, eps=c.adam_eps, weight_decay=c.weight_decay
         )
-        self.optimizers = {"critic": self.critic_opt, "value": self.value_opt, "scorer": self.scorer_opt}
+        self.optimizers = {**self.values.build_optimizers(), "scorer": self.scorer_opt}
         self.schedulers = {}
         inner_opt = torchopt.adam(lr=c.actor_lr, eps=c.adam_eps, weight_decay=c.weight_decay)
         self.problem = bilevel.Problem(
             inner=self.actor, outer=self.scorer, inner_loss=self.inner_loss, outer_loss=self.outer_loss
         )
-        self.solver = self._make_solver(inner_opt)
-
-    def _make_solver(self, inner_opt: torchopt.base.GradientTransformation) -> bilevel.Solver:
-        c = self.config
-        if c.solver == "one_step":
-            return bilevel.OneStepSolver(self.problem, inner_opt, self.scorer_opt)
-        if c.solver == "k_step":
-            n = sum(p.numel() for p in self.scorer.parameters())
-            if c.mode == "forward" and n > FORWARD_MODE_MAX_PARAMS:
-                raise ValueError(
-                    f"VACO k_step mode='forward' needs one unrolled pass per meta-scorer parameter and the scorer "
-                    f"has {n}; use mode='reverse', or shrink the scorer (scorer_hidden_dim) below "
-                    f"{FORWARD_MODE_MAX_PARAMS} parameters"
-                )
-            return bilevel.KStepSolver(
-                self.problem, inner_opt, self.scorer_opt, steps=c.k, truncate=c.truncate or None, mode=c.mode
-            )  # type: ignore[arg-type]
-        return bilevel.ImplicitSolver(
-            self.problem,
-            inner_opt,
-            self.scorer_opt,
-            inner_steps=c.implicit_steps,
-            linear_solver=c.linear_solver,  # type: ignore[arg-type]
-            iterations=c.iterations,
-            damping=c.damping,
-        )
+        try:
+            self.solver = bilevel.make_solver(c.solver, self.problem, inner_opt, self.scorer_opt,
+                                              **c.solver_options())
+        except ValueError as e:  # only the forward-mode size rule can fail here: the config checked the rest
+            raise ValueError(f"VACO {e} (the outer module is the meta-scorer: --scorer-hidden-dim sets its "
+                             f"size)") from e
 
     # ------------------------------------------------------------------ the two losses
     def inner_loss(self, inner: bilevel.InnerView, outer: nn.Module, batch: VACOBatch) -> torch.Tensor:
@@ -308,14 +289,9 @@ class VACO(Algorithm):
 
     # ------------------------------------------------------------------ pieces of an update
     def value_update(self, batch: Batch) -> dict[str, float]:
-        """One IQL value step (expectile V, TD Q, Polyak target): :meth:`IQL.value_critic_update` itself.
-
-        VACO holds the attributes that method reads (``critic``, ``critic_target``, ``value``, their
-        optimisers, ``reward_scale``, the IQL fields of the config), so calling it keeps the value learning
-        identical to IQL's by construction rather than by copy; the advantage it also returns is IQL's actor
-        input and is not needed here.
-        """
-        info, _ = IQL.value_critic_update(self, batch)  # type: ignore[arg-type]
+        """One IQL value step (expectile V, TD Q, Polyak target): the :class:`IQLValue` IQL itself uses. The
+        advantage it also returns is IQL's actor input and is not needed here."""
+        info, _ = self.values.update(batch)
         return info
 
     def sigma_at(self, step: int) -> float:
@@ -364,7 +340,7 @@ class VACO(Algorithm):
         self._last_weights = self._last_bc = None
         info = self.solver.step(vb)
         w, bc = self._last_weights, self._last_bc
-        if w is None or bc is None or torch._C._functorch.is_functorch_wrapped_tensor(w):
+        if w is None or bc is None or bilevel.escaped_transform(w):
             # Forward-mode K-step evaluated the losses under torch.func.jvp; recompute outside it
             # (with the pre-step alpha the inner loss used: scorer params are restored after jvp).
             with torch.no_grad():
@@ -411,12 +387,8 @@ class VACO(Algorithm):
         return self.scorer.raw(obs, actions, (q - mean) / (std + Q_STD_EPS)), q
 
     def extra_state(self) -> dict[str, Any]:
-        """The inner (policy) optimiser state lives in the solver, not in ``self.optimizers``: save its leaves."""
-        leaves, _ = torchopt.pytree.tree_flatten(self.solver.inner_state)
-        return {
-            "inner_state": [t.detach().clone() if isinstance(t, torch.Tensor) else t for t in leaves],
-            "solver": self.config.solver,
-        }
+        """The inner (policy) optimiser state lives in the solver, not in ``self.optimizers``."""
+        return self.solver.state_dict() | {"solver": self.config.solver}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         if "inner_state" not in state:
@@ -429,12 +401,4 @@ class VACO(Algorithm):
                 f"checkpoint was trained with solver {state['solver']!r}, this VACO uses "
                 f"{self.config.solver!r}"
             )
-        leaves, treedef = torchopt.pytree.tree_flatten(self.solver.inner_state)
-        saved = state["inner_state"]
-        if len(saved) != len(leaves):
-            raise ValueError(f"VACO checkpoint inner_state has {len(saved)} tensors, expected {len(leaves)}")
-        restored = [
-            s.to(device=old.device, dtype=old.dtype) if isinstance(old, torch.Tensor) else s
-            for s, old in zip(saved, leaves)
-        ]
-        self.solver.inner_state = torchopt.pytree.tree_unflatten(treedef, restored)
+        self.solver.load_state_dict(state)
