@@ -123,7 +123,7 @@ def timing(a: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(a.threads)
     from rl_adapters.algorithms import make_algorithm
     from rl_adapters.data import load_dataset
-    from rl_adapters.trainer import resolve_device
+    from rl_adapters.training import resolve_device
 
     device = resolve_device(a.device)
     data = load_dataset(a.dataset, device)

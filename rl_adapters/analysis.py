@@ -68,7 +68,7 @@ def load_run(
         total_steps=cfg.get("steps", 1),
         **cfg.get("hparams", {}),
     )
-    from .trainer import read_checkpoint  # weights_only=True: a checkpoint cannot run code
+    from .training import read_checkpoint  # weights_only=True: a checkpoint cannot run code
 
     algo.load_state_dict(read_checkpoint(ckpt_path, device)["algorithm"])
     data = train_data if dataset is None else load_dataset(dataset, device)

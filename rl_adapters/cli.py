@@ -254,7 +254,7 @@ def _check_resume_flags(args: argparse.Namespace, explicit: set[str], cfg: Any) 
 
 
 def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from .trainer import NonFiniteLossError, TrainConfig, train
+    from .training import NonFiniteLossError, TrainConfig, train
 
     if args.resume:
         run = Path(args.resume)

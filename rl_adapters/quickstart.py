@@ -18,7 +18,7 @@ import numpy as np
 
 from .analysis import analyze_weights
 from .make_dataset import make_tiny_dataset
-from .trainer import TrainConfig, train
+from .training import TrainConfig, train
 
 DATASET_ID = "quickstart/pendulum/mixed-v0"
 

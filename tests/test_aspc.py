@@ -16,7 +16,7 @@ from rl_adapters.algorithms import make_algorithm
 from rl_adapters.algorithms.aspc import ADAM_EPS_ROOT, OUTER_TERMS, ScaleBatch, StopGrad, outer_terms
 from rl_adapters.cli import main
 from rl_adapters.data import load_dataset
-from rl_adapters.trainer import TrainConfig, train
+from rl_adapters.training import TrainConfig, train
 
 
 def _aspc(data, name="aspc", steps=200, **hp):

@@ -16,7 +16,7 @@ import torch
 
 from rl_adapters.cli import main
 from rl_adapters.errors import CheckpointError
-from rl_adapters.trainer import NonFiniteLossError, TrainConfig, train
+from rl_adapters.training import NonFiniteLossError, TrainConfig, train
 
 REPO = Path(__file__).resolve().parent.parent
 

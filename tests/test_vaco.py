@@ -18,7 +18,7 @@ from rl_adapters.algorithms.vaco import VACO
 from rl_adapters.analysis import analyze_weights, pearson
 from rl_adapters.cli import main
 from rl_adapters.data import Batch, load_dataset
-from rl_adapters.trainer import TrainConfig, train
+from rl_adapters.training import TrainConfig, train
 
 DT = torch.float64
 
