@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train an offline RL algorithm on a Minari dataset")
     _add_train_args(tr)
     md = sub.add_parser("make-dataset", help="generate random/medium/medium-replay/expert Minari datasets")
-    from .make_dataset import add_arguments
+    from .datasets.cli import add_arguments
 
     add_arguments(md)
     aw = sub.add_parser("analyze-weights", help="score a dataset with a trained VACO meta-scorer (plots + JSON)")
@@ -321,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .analysis import run_from_args as analyze
 
             return analyze(args)
-        from .make_dataset import run_from_args
+        from .datasets.cli import run_from_args
 
         return run_from_args(args)
     from .data import DatasetError, DatasetNotFoundError

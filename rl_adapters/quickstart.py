@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .analysis import analyze_weights
-from .make_dataset import make_tiny_dataset
+from .datasets import make_tiny_dataset
 from .training import TrainConfig, train
 
 DATASET_ID = "quickstart/pendulum/mixed-v0"
