@@ -1,6 +1,6 @@
 """Grid runner for offline RL: algorithms x datasets x seeds, one worker process per cell.
 
-Each cell is ``python -m rl_adapters.train`` in its own process with one torch thread, so N workers
+Each cell is ``python -m rl_adapters train`` in its own process with one torch thread, so N workers
 use N cores (and share the GPU with ``--device cuda``).  A finished cell leaves
 ``<out>/<cell>.json`` and is skipped on the next invocation; an interrupted cell with a checkpoint
 is resumed (``--resume``), so re-running the same command completes an interrupted grid.
@@ -290,7 +290,7 @@ def run_cell(algo: str, dataset: str, seed: int, args: argparse.Namespace) -> di
     steps, value_steps = policy_budget(base_algo, args)
     if value_steps:
         variant_sets = variant_sets + [f"value_fraction={value_steps / steps!r}"]
-    cmd = [sys.executable, "-m", "rl_adapters.train", "--no-progress"]
+    cmd = [sys.executable, "-m", "rl_adapters", "train", "--no-progress"]
     if (run_dir / "checkpoint.pt").exists() and (run_dir / "config.json").exists():
         cmd += ["--resume", str(run_dir)]  # with the threads its config.json recorded
     else:
@@ -339,7 +339,7 @@ def run_cell(algo: str, dataset: str, seed: int, args: argparse.Namespace) -> di
     summary["value_steps"] = value_steps
     summary["policy_updates"] = steps - value_steps
     if base_algo == "vaco":
-        from rl_adapters.analysis import analyze_weights
+        from rl_adapters.vaco_analysis import analyze_weights
 
         summary["weight_return_pearson"] = analyze_weights(run_dir)["pearson_traj_weight_return"]
         rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]

@@ -8,7 +8,7 @@ docs/benchmarks.md from *all* JSON found there, so they can run in any order, on
     hopper-medium-replay, hopper-medium-expert (medium + expert concatenated) and halfcheetah-medium,
     through ``benchmarks/offline_rl.py``'s resumable cell runner (one process per cell, one torch
     thread each); for VACO on medium-expert it adds the Pearson coefficient of trajectory mean weight
-    vs trajectory return (``rl_adapters.analysis.analyze_weights``). Full grid, 45 cells of 10k updates
+    vs trajectory return (``rl_adapters.vaco_analysis.analyze_weights``). Full grid, 45 cells of 10k updates
     (estimated 6-8 minutes on 16 cores + 1 H100; re-running the same command resumes unfinished cells),
     then the per-update timing on the GPU, alone::
 

@@ -74,9 +74,9 @@ def run_one(dataset: str, seed: int, mechanism: str, solver: str, args: argparse
 
     torch.set_num_threads(1)
     from rl_adapters.algorithms import make_algorithm
-    from rl_adapters.analysis import analyze_weights
     from rl_adapters.data import load_dataset
     from rl_adapters.evaluation import evaluate
+    from rl_adapters.vaco_analysis import analyze_weights
 
     out = Path(args.out)
     res_path = out / f"{_slug(dataset)}__{mechanism}__{solver}__s{seed}.json"

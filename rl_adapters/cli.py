@@ -180,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(md)
     aw = sub.add_parser("analyze-weights", help="score a dataset with a trained VACO meta-scorer (plots + JSON)")
-    from .analysis import add_arguments as add_analysis_arguments
+    from .vaco_analysis import add_arguments as add_analysis_arguments
 
     add_analysis_arguments(aw)
     return parser
@@ -318,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command != "train":
         if args.command == "analyze-weights":
-            from .analysis import run_from_args as analyze
+            from .vaco_analysis import run_from_args as analyze
 
             return analyze(args)
         from .datasets.cli import run_from_args

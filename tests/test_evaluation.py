@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from rl_adapters.data import load_dataset
-from rl_adapters.evaluation import MissingReferenceScoresError, evaluate, normalized_score
 from rl_adapters.datasets import pendulum_pd_policy, rollout_episodes, write_dataset
+from rl_adapters.evaluation import MissingReferenceScoresError, evaluate, normalized_score
 
 
 def _pd(obs):

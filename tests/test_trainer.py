@@ -109,7 +109,7 @@ def test_killed_subprocess_resumes_to_same_parameters(tiny_dataset, tmp_path):
     )
     out = tmp_path / "killed"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "rl_adapters.train", *args, "--out", str(out)],
+        [sys.executable, "-m", "rl_adapters", "train", *args, "--out", str(out)],
         env=env,
         cwd=REPO,
         stdout=subprocess.DEVNULL,

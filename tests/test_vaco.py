@@ -15,10 +15,10 @@ from torch.func import functional_call
 
 from rl_adapters.algorithms import make_algorithm, make_config
 from rl_adapters.algorithms.vaco import VACO
-from rl_adapters.analysis import analyze_weights, pearson
 from rl_adapters.cli import main
 from rl_adapters.data import Batch, load_dataset
 from rl_adapters.training import TrainConfig, train
+from rl_adapters.vaco_analysis import analyze_weights, pearson
 
 DT = torch.float64
 
