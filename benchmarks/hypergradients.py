@@ -20,8 +20,8 @@ Sections (all in one run, written to ``docs/benchmarks.md`` section ``hypergradi
 
 Usage::
 
-    python benchmarks/hypergradients.py --quick                       # CPU, a few minutes
-    python benchmarks/hypergradients.py --device cuda --dtype float32   # full preset (~minutes on a GPU)
+    python -m benchmarks.hypergradients --quick                       # CPU, a few minutes
+    python -m benchmarks.hypergradients --device cuda --dtype float32   # full preset (~minutes on a GPU)
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import argparse
 import datetime as dt
 import json
 import math
-import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -41,12 +40,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import hg_peers as peers
-from _report import command_line, git_revision, machine_description, write_section
-from hg_peers import FunctionalProblem, Hyper
+import benchmarks.hg_peers as peers
+from benchmarks._report import command_line, git_revision, machine_description, write_section
+from benchmarks.hg_peers import FunctionalProblem, Hyper
 
 ROOT = Path(__file__).resolve().parent.parent
 IMG = ROOT / "docs" / "img"
@@ -648,7 +644,7 @@ def write_report(res: dict[str, Any]) -> None:
     IMG.mkdir(parents=True, exist_ok=True)
     plot_accuracy(res["accuracy"], IMG / f"hypergradients_{tag}_accuracy.png")
     plot_speed(res["speed"], IMG / f"hypergradients_{tag}_speed.png")
-    from hg_reading import reading
+    from benchmarks.hg_reading import reading
 
     res["reading"] = reading(res)
     data = ROOT / "docs" / "data" / f"hypergradients-{tag}.json"

@@ -37,11 +37,11 @@ and a learning-curve plot (mean evaluation score over seeds against updates, one
 
 Baselines as measured for docs/benchmarks.md (18 cells, 16 cores)::
 
-    MINARI_DATASETS_PATH=../shared/datasets python benchmarks/offline_rl.py --device cpu --workers 18 --report
+    MINARI_DATASETS_PATH=../shared/datasets python -m benchmarks.offline_rl --device cpu --workers 18 --report
 
 Quick preset on a small CPU box::
 
-    MINARI_DATASETS_PATH=../shared/datasets python benchmarks/offline_rl.py --preset quick --workers 2 --report
+    MINARI_DATASETS_PATH=../shared/datasets python -m benchmarks.offline_rl --preset quick --workers 2 --report
 """
 
 from __future__ import annotations
@@ -60,8 +60,6 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
-sys.path.insert(0, str(ROOT))
 
 DEFAULT_DATASETS = "suite/hopper/medium-v0,suite/halfcheetah/medium-replay-v0"
 
@@ -457,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         import shutil
 
-        from _report import REPORT, command_line, git_revision, machine_description, write_section
+        from benchmarks._report import REPORT, command_line, git_revision, machine_description, write_section
 
         img = REPORT.parent / "img" / f"{args.section}_curves.png"
         reused = sum(bool(r.get("skipped")) for r in results)

@@ -220,8 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     body = _summary(results)
     print(body)
     if args.report:
-        sys.path.insert(0, str(ROOT / "benchmarks"))
-        from _report import REPORT, command_line, git_revision, machine_description, write_section
+        from benchmarks._report import REPORT, command_line, git_revision, machine_description, write_section
 
         png = REPORT.parent / "img" / "vaco_collapse.png"
         _plot(results, png)
