@@ -18,9 +18,8 @@ import dataclasses
 import torch
 
 from ..data import Batch
-from ..networks import DeterministicActor
 from .base import Algorithm, BaseConfig
-from .iql_value import IQLValue, expectile_loss
+from .iql_value import build_iql_networks, expectile_loss
 
 __all__ = ["IQL", "IQLConfig", "expectile_loss"]
 
@@ -42,14 +41,7 @@ class IQL(Algorithm):
     config: IQLConfig
 
     def build(self) -> None:
-        c = self.config
-        hidden = (c.hidden_dim, c.hidden_dim)
-        self.actor = DeterministicActor(
-            self.obs_dim, self.act_dim, self.stats.action_low, self.stats.action_high, hidden=hidden
-        )
-        self.reward_scale = self.stats.reward_scale if c.normalize_reward else 1.0
-        self.values = IQLValue(self.obs_dim, self.act_dim, hidden, c, self.reward_scale)
-        self.critic, self.critic_target, self.value = self.values.critic, self.values.critic_target, self.values.value
+        build_iql_networks(self)
         self.modules = {"actor": self.actor, **self.values.modules()}
 
     def build_optimizers(self) -> None:

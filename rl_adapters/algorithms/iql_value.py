@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from ..data import Batch
-from ..networks import TwinCritic, ValueNet, soft_update
+from ..networks import DeterministicActor, TwinCritic, ValueNet, soft_update
 
-__all__ = ["IQLValue", "ValueConfig", "expectile_loss"]
+__all__ = ["IQLValue", "ValueConfig", "build_iql_networks", "expectile_loss"]
 
 
 class ValueConfig(Protocol):
@@ -88,3 +88,19 @@ class IQLValue:
         soft_update(self.critic_target, self.critic, c.tau)
         info = {"value_loss": value_loss.item(), "critic_loss": critic_loss.item(), "adv": adv.mean().item()}
         return info, adv.detach()
+
+
+def build_iql_networks(algo: Any) -> None:
+    """Build IQL's networks on ``algo`` in IQL's order: the deterministic actor, then :class:`IQLValue`.
+
+    Sets ``actor``, ``reward_scale``, ``values`` and, as shortcuts, ``critic`` / ``critic_target`` / ``value``.
+    ``algo`` is an :class:`~rl_adapters.algorithms.base.Algorithm` whose config has IQL's fields; every host
+    that builds through here (IQL, ASPC-IQL, VACO) draws identical initial weights from one seed.
+    """
+    c = algo.config
+    hidden = (c.hidden_dim, c.hidden_dim)
+    algo.actor = DeterministicActor(algo.obs_dim, algo.act_dim, algo.stats.action_low, algo.stats.action_high,
+                                    hidden=hidden)
+    algo.reward_scale = algo.stats.reward_scale if c.normalize_reward else 1.0
+    algo.values = IQLValue(algo.obs_dim, algo.act_dim, hidden, c, algo.reward_scale)
+    algo.critic, algo.critic_target, algo.value = algo.values.critic, algo.values.critic_target, algo.values.value

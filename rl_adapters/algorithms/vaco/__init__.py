@@ -37,9 +37,8 @@ from torch import nn
 import bilevel
 
 from ...data import Batch
-from ...networks import DeterministicActor
 from ..base import Algorithm
-from ..iql_value import IQLValue
+from ..iql_value import build_iql_networks
 from .config import (
     Q_STD_EPS,
     SCHEDULES,
@@ -77,14 +76,7 @@ class VACO(Algorithm):
     # ------------------------------------------------------------------ construction
     def build(self) -> None:
         c = self.config
-        hidden = (c.hidden_dim, c.hidden_dim)
-        # IQL builds its actor before its value networks too, so with one seed both start from identical ones.
-        self.actor = DeterministicActor(
-            self.obs_dim, self.act_dim, self.stats.action_low, self.stats.action_high, hidden=hidden
-        )
-        self.reward_scale = self.stats.reward_scale if c.normalize_reward else 1.0
-        self.values = IQLValue(self.obs_dim, self.act_dim, hidden, c, self.reward_scale)
-        self.critic, self.critic_target, self.value = self.values.critic, self.values.critic_target, self.values.value
+        build_iql_networks(self)  # IQL's actor and value networks, in IQL's order: the same initial weights
         self.scorer = MetaScorer(self.obs_dim, self.act_dim, c.scorer_hidden_dim, c.weight_norm)
         if c.scorer_init == "zero":
             # A randomly initialised scorer already ranks trajectories (its output is a random function of
