@@ -14,7 +14,10 @@ constants), which bounds memory and variance at the price of bias.
   inner steps, independent of the number of outer parameters.
 * ``mode="forward"`` pushes a tangent d theta_k / d lambda_i through the unroll with forward-mode
   AD (``torch.func.jvp`` over ``torch.func.grad``): memory independent of K, time ~3K inner steps
-  *per scalar outer parameter*. Pick it for a handful of hyperparameters and long unrolls.
+  *per scalar outer parameter*. Pick it for a handful of hyperparameters and long unrolls
+  (:mod:`.forward_mode`).
+* ``checkpoint=s`` (reverse mode) stores every s-th iterate and recomputes segments in the backward
+  pass (:mod:`.checkpointing`).
 """
 
 from __future__ import annotations
@@ -29,9 +32,6 @@ from .base import Solver, _detach_tree, _Result, resolve_outer_batch
 from .checkpointing import checkpointed_segment
 from .forward_mode import Unroll, forward_hypergradient
 from .options import MODES, check_forward_size
-
-# Directions pushed through one vmapped jvp unroll; bounds forward mode's memory at this many copies.
-_FORWARD_CHUNK = 32
 
 
 class KStepSolver(Solver):
