@@ -46,7 +46,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig, resolve_device
 from .metrics import MetricsWindow, truncate_metrics
-from .plots import plot_learning_curve
+from .plots import write_run_figures
 
 __all__ = ["NonFiniteLossError", "train"]
 
@@ -161,6 +161,17 @@ def _run(
         raise
 
 
+def _build_algorithm(cfg: TrainConfig, data: OfflineData, device: torch.device) -> Algorithm:
+    """``cfg.algo`` for ``data``'s sizes; a setting refused only now that they are known is a usage error."""
+    try:
+        return make_algorithm(cfg.algo, data.obs_dim, data.act_dim, data.stats, device=device, seed=cfg.seed,
+                              total_steps=cfg.steps, **cfg.hparams)
+    except UsageError:
+        raise
+    except ValueError as e:  # checks that need the data's dimensions, e.g. VACO's forward-mode size limit
+        raise UsageError(f"--algo {cfg.algo}: {e}") from e
+
+
 def _loop(
     cfg: TrainConfig,
     device: torch.device,
@@ -173,21 +184,7 @@ def _loop(
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
-    try:
-        algo = make_algorithm(
-            cfg.algo,
-            data.obs_dim,
-            data.act_dim,
-            data.stats,
-            device=device,
-            seed=cfg.seed,
-            total_steps=cfg.steps,
-            **cfg.hparams,
-        )
-    except UsageError:
-        raise
-    except ValueError as e:  # checks that need the data's dimensions, e.g. VACO's forward-mode size limit
-        raise UsageError(f"--algo {cfg.algo}: {e}") from e
+    algo = _build_algorithm(cfg, data, device)
     sampler = data.make_generator(cfg.seed)
     batch_size = algo.config.batch_size
     metrics_path, ckpt_path = out / "metrics.jsonl", out / CHECKPOINT
@@ -336,9 +333,5 @@ def _loop(
     if status == "finished":
         atomic_write_json(out / "summary.json", summary)
         if cfg.plot:
-            plot_learning_curve(
-                metrics_path, out / "learning_curve.png", f"{cfg.algo} on {cfg.dataset}, seed {cfg.seed}"
-            )
-            if hasattr(algo, "plot_metrics"):  # algorithm-specific figures, e.g. ASPC's alpha_curve.png
-                algo.plot_metrics(metrics_path, out)
+            write_run_figures(algo, metrics_path, out, f"{cfg.algo} on {cfg.dataset}, seed {cfg.seed}")
     return summary

@@ -9,7 +9,7 @@ from typing import Any
 
 from .metrics import loss_series, read_metrics
 
-__all__ = ["decade_label", "plot_learning_curve", "symlog_decades"]
+__all__ = ["decade_label", "plot_learning_curve", "symlog_decades", "write_run_figures"]
 
 
 def decade_label(v: float, linthresh: float = 1.0, stride: int = 1) -> str:
@@ -80,3 +80,11 @@ def plot_learning_curve(metrics_path: Path, png: Path, title: str) -> None:
     fig.tight_layout()
     atomic_savefig(fig, png)
     plt.close(fig)
+
+
+def write_run_figures(algo: Any, metrics_path: Path, out: Path, title: str) -> None:
+    """``learning_curve.png`` and the algorithm's own figures (``algo.plot_metrics``, e.g. ASPC's
+    ``alpha_curve.png``) into ``out``."""
+    plot_learning_curve(metrics_path, out / "learning_curve.png", title)
+    if hasattr(algo, "plot_metrics"):
+        algo.plot_metrics(metrics_path, out)
