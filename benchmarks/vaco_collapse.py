@@ -78,9 +78,9 @@ def run_one(dataset: str, seed: int, mechanism: str, solver: str, args: argparse
 
     torch.set_num_threads(1)
     from rl_adapters.algorithms import make_algorithm
-    from rl_adapters.analysis import analyze_weights
     from rl_adapters.data import load_dataset
     from rl_adapters.evaluation import evaluate
+    from rl_adapters.vaco_analysis import analyze_weights
 
     out = Path(args.out)
     res_path = out / f"{_slug(dataset)}__{mechanism}__{solver}__s{seed}.json"
@@ -226,8 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     body = _summary(results)
     print(body)
     if args.report:
-        sys.path.insert(0, str(ROOT / "benchmarks"))
-        from _report import REPORT, command_line, git_revision, machine_description, write_section
+        from benchmarks._report import REPORT, command_line, git_revision, machine_description, write_section
 
         png = REPORT.parent / "img" / "vaco_collapse.png"
         _plot(results, png)
