@@ -39,7 +39,12 @@ def machine_description(device: str = "cpu") -> str:
 
 
 def command_line() -> str:
-    return "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
+    """The command that is running, as ``python -m benchmarks.<script> ARGS``."""
+    import __main__
+
+    spec = getattr(__main__, "__spec__", None)
+    script = f"-m {spec.name}" if spec is not None and spec.name else os.path.relpath(sys.argv[0])
+    return "python " + " ".join([script] + sys.argv[1:])
 
 
 def git_revision() -> str:

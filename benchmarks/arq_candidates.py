@@ -14,22 +14,20 @@
 The behaviour model comes from a finished ``bilevel-rl train --algo arq`` run (``--run DIR``), whose
 checkpoint holds it. Example (the numbers in docs/algorithms.md)::
 
-    MINARI_DATASETS_PATH=../shared/datasets python benchmarks/arq_candidates.py --run runs/arq-smoke \\
-        --states 100 --settings --update-timing
+    MINARI_DATASETS_PATH=../shared/datasets python -m benchmarks.arq_candidates --run runs/arq-smoke \\
+        --states 60 --settings --update-timing
+    MINARI_DATASETS_PATH=../shared/datasets python -m benchmarks.arq_candidates --run runs/arq-smoke \\
+        --states 30 --ablation
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from rl_adapters.algorithms import make_algorithm
 from rl_adapters.behavior_model import BehaviorModel

@@ -19,12 +19,12 @@ Grid and timing results are stored in ``<out>/grid.json`` and ``<out>/timing.jso
 Full run (1 GPU, 16 cores; 18 cells of 20000 updates, sized for about 6-7 minutes; re-running the same
 command resumes an interrupted grid from the cells' checkpoints)::
 
-    MINARI_DATASETS_PATH=../shared/datasets python benchmarks/aspc_bench.py --device cuda --workers 18 \\
+    MINARI_DATASETS_PATH=../shared/datasets python -m benchmarks.aspc_bench --device cuda --workers 18 \\
         --steps 20000 --checkpoint-every 2000 --timing-repeats 3 --out results/aspc --report
 
 CPU smoke run::
 
-    python benchmarks/aspc_bench.py --steps 1000 --seeds 0 --workers 2 --eval-episodes 2 \\
+    python -m benchmarks.aspc_bench --steps 1000 --seeds 0 --workers 2 --eval-episodes 2 \\
         --timing-updates 400 --timing-repeats 3 --out results/aspc_smoke --report
 """
 
@@ -45,10 +45,8 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
-sys.path.insert(0, str(ROOT))
 
-from offline_rl import cell_name, run_cell  # the shared grid runner
+from benchmarks.offline_rl import cell_name, run_cell  # the shared grid runner
 
 DATASETS = "suite/hopper/medium-v0,suite/hopper/medium-replay-v0,suite/halfcheetah/medium-expert"
 #: grid cell names (``td3bc-rc`` is a variant of ``offline_rl.VARIANTS``) -> table labels
@@ -248,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     print(body)
     print(f"[aspc_bench] total {time.perf_counter() - t0:.0f}s")
     if args.report:
-        from _report import git_revision, machine_description, write_section
+        from benchmarks._report import git_revision, machine_description, write_section
 
         fig = ""
         if results:

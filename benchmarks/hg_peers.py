@@ -96,7 +96,7 @@ def ours(fp: FunctionalProblem, kind: str, k: int, iterations: int = 10, **kw: A
     if kind == "one_step":
         s = bilevel.OneStepSolver(problem, inner_opt, outer_opt)
     elif kind in ("reverse", "forward"):
-        s = bilevel.KStepSolver(problem, inner_opt, outer_opt, steps=k, mode=kind)
+        s = bilevel.KStepSolver(problem, inner_opt, outer_opt, steps=k, mode=kind, **kw)
     elif kind in ("cg", "neumann", "fixed_point"):
         s = bilevel.ImplicitSolver(problem, inner_opt, outer_opt, inner_steps=k, linear_solver=kind,
                                    iterations=iterations, **kw)
@@ -252,66 +252,6 @@ def betty_hypergrad(fp: FunctionalProblem, k: int, kind: str, iterations: int = 
             engine.global_step += 1
             engine.train_step()
         return list(outer.optimizer.recorded)
-
-    return run
-
-
-# ---------------------------------------------------------------------------------------- checkpointing
-def _sgd_steps(fp: FunctionalProblem, count: int, params: tuple[torch.Tensor, ...], lam: torch.Tensor,
-               create_graph: bool) -> tuple[torch.Tensor, ...]:
-    for _ in range(count):
-        grads = torch.autograd.grad(fp.f(params, lam), params, create_graph=create_graph)
-        params = tuple(p - fp.lr * g for p, g in zip(params, grads))
-        if not create_graph:
-            params = tuple(p.detach().requires_grad_() for p in params)
-    return params
-
-
-class _CheckpointedSteps(torch.autograd.Function):
-    """``count`` SGD steps whose graph is not stored: forward runs them without ``create_graph``
-    and keeps only the inputs; backward re-runs them with ``create_graph=True`` and backpropagates
-    through that one segment. This is what a ``checkpoint=`` option of ``KStepSolver`` would do
-    (same ``autograd.grad(create_graph=True)`` step as the solver, unlike torch.utils.checkpoint,
-    whose non-reentrant mode cannot host a nested autograd.grad and whose reentrant mode
-    refuses ``autograd.grad(..., inputs)``)."""
-
-    @staticmethod
-    def forward(ctx: Any, fp: FunctionalProblem, count: int, lam: torch.Tensor, *params: torch.Tensor) -> Any:
-        ctx.fp, ctx.count = fp, count
-        ctx.save_for_backward(lam, *params)
-        with torch.enable_grad():
-            start = tuple(p.detach().requires_grad_() for p in params)
-            out = _sgd_steps(fp, count, start, lam.detach(), create_graph=False)
-        return tuple(p.detach() for p in out)
-
-    @staticmethod
-    def backward(ctx: Any, *grad_out: torch.Tensor) -> Any:
-        lam, *params = ctx.saved_tensors
-        with torch.enable_grad():
-            lam_ = lam.detach().requires_grad_()
-            start = tuple(p.detach().requires_grad_() for p in params)
-            out = _sgd_steps(ctx.fp, ctx.count, start, lam_, create_graph=True)
-            grads = torch.autograd.grad(out, (lam_, *start), grad_outputs=grad_out, allow_unused=True)
-        return (None, None, *grads)
-
-
-def checkpointed_unroll(fp: FunctionalProblem, k: int, segment: int | None) -> Callable[[], list[torch.Tensor]]:
-    """Reverse-mode K-step SGD unroll; ``segment=s`` stores only the iterate at every s-th step and
-    recomputes each segment during the backward pass (:class:`_CheckpointedSteps`); ``segment=None``
-    is the plain stored unroll with the same step code."""
-    lam = fp.hyper.lam
-
-    def run() -> list[torch.Tensor]:
-        params = tuple(t.detach().requires_grad_() for t in fp.theta0())
-        if segment is None:
-            params = _sgd_steps(fp, k, params, lam, create_graph=True)
-        else:
-            done = 0
-            while done < k:
-                count = min(segment, k - done)
-                params = _CheckpointedSteps.apply(fp, count, lam, *params)
-                done += count
-        return list(torch.autograd.grad(fp.g(params, lam), [lam]))
 
     return run
 

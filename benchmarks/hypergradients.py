@@ -13,15 +13,15 @@ Sections (all in one run, written to ``docs/benchmarks.md`` section ``hypergradi
 2. **Speed and peak memory** per hypergradient on an MLP (10^3..10^6 inner parameters) with
    per-layer weight decays as outer variables, for K = 1, 5, 20: ours vs ``higher``, ``torchopt``
    (unroll and ``custom_root``) and Betty (darts / cg / neumann).
-3. **Checkpointing the reverse unroll** (prototype, not in ``bilevel``): peak memory and time of
-   per-step ``torch.utils.checkpoint`` vs plain reverse and forward mode at K = 20, 50.
+3. **Checkpointing the reverse unroll**: peak memory and time of ``KStepSolver(checkpoint=s)`` (s = 1 and
+   s = round(sqrt(K))) vs plain reverse and forward mode at K = 20, 50.
 4. **Data reweighting** on scikit-learn digits with 40% flipped training labels: test accuracy and
    AUC (clean vs flipped) of learned per-sample weights.
 
 Usage::
 
-    python benchmarks/hypergradients.py --quick                       # CPU, a few minutes
-    python benchmarks/hypergradients.py --device cuda --dtype float32   # full preset (~minutes on a GPU)
+    python -m benchmarks.hypergradients --quick                       # CPU, a few minutes
+    python -m benchmarks.hypergradients --device cuda --dtype float32   # full preset (~minutes on a GPU)
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import argparse
 import datetime as dt
 import json
 import math
-import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -41,12 +40,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import hg_peers as peers
-from _report import command_line, git_revision, machine_description, write_section
-from hg_peers import FunctionalProblem, Hyper
+import benchmarks.hg_peers as peers
+from benchmarks._report import command_line, git_revision, machine_description, write_section
+from benchmarks.hg_peers import FunctionalProblem, Hyper
 
 ROOT = Path(__file__).resolve().parent.parent
 IMG = ROOT / "docs" / "img"
@@ -354,9 +350,9 @@ def run_checkpoint(device: str, dtype: torch.dtype, p: dict[str, Any]) -> list[d
         variants: list[tuple[str, Callable[[FunctionalProblem], Any]]] = [
             ("KStepSolver reverse", lambda fp, k=k: peers.ours(fp, "reverse", k)),
             ("KStepSolver forward (3 directions, one vmapped jvp unroll)", lambda fp, k=k: peers.ours(fp, "forward", k)),
-            ("plain stored unroll (same code)", lambda fp, k=k: peers.checkpointed_unroll(fp, k, None)),
-            ("checkpoint every step", lambda fp, k=k: peers.checkpointed_unroll(fp, k, 1)),
-            (f"checkpoint every {seg} steps", lambda fp, k=k, seg=seg: peers.checkpointed_unroll(fp, k, seg)),
+            ("KStepSolver reverse, checkpoint=1", lambda fp, k=k: peers.ours(fp, "reverse", k, checkpoint=1)),
+            (f"KStepSolver reverse, checkpoint={seg}",
+             lambda fp, k=k, seg=seg: peers.ours(fp, "reverse", k, checkpoint=seg)),
         ]
         for label, build in variants:
             fp = mlp_problem(p["ckpt_hidden"], p["batch"], device, dtype)
@@ -602,10 +598,21 @@ def markdown(res: dict[str, Any]) -> str:
 
     # ---- checkpointing
     L.append("### Would checkpointing the reverse unroll pay?\n")
-    L.append("Prototype in `benchmarks/hg_peers.py::checkpointed_unroll`: an `autograd.Function` per segment of "
-             "s SGD steps that stores only the segment's input iterate and re-runs the segment with "
-             "`create_graph=True` in backward (same step code as the plain unroll row). Same MLP. *err* is the "
-             "relative difference to `KStepSolver(mode='reverse')`.\n")
+    if any(r["method"].startswith("checkpoint every") for r in res["checkpoint"]):
+        # Runs from before KStepSolver(checkpoint=) shipped timed a prototype of the same algorithm.
+        L.append("The *checkpoint every s steps* rows were measured on a prototype of the same algorithm "
+                 "(`hg_peers.checkpointed_unroll`, since removed) before `KStepSolver(checkpoint=)` shipped, and "
+                 "have not been re-measured with the shipped solver; rerun the command above to replace them. "
+                 "*err* is the relative difference to `KStepSolver(mode='reverse')`.\n")
+    else:
+        L.append("`KStepSolver(mode='reverse', checkpoint=s)` stores the unroll every s steps and recomputes each "
+                 "segment in the backward pass (same RNG and buffers, so the result is the plain unroll's); "
+                 "s = 1 and s = round(sqrt(K)). Same MLP, SGD inner steps. *err* is the relative difference to "
+                 "`KStepSolver(mode='reverse')`.\n")
+    rerun = res["meta"].get("checkpoint_rerun")
+    if rerun:  # this table alone was measured again (``--sections checkpoint``), not the rest of the section
+        L.append(f"This table alone was re-measured: `{rerun['command']}` (git {rerun['git']}, {rerun['date']}; "
+                 f"{rerun['machine']}){'; ' + rerun['note'] if rerun.get('note') else ''}.\n")
     L.append("| K | method | params | time ms, min (median) | peak mem | err |")
     L.append("|---:|---|---:|---:|---:|---:|")
     for r in res["checkpoint"]:
@@ -648,7 +655,7 @@ def write_report(res: dict[str, Any]) -> None:
     IMG.mkdir(parents=True, exist_ok=True)
     plot_accuracy(res["accuracy"], IMG / f"hypergradients_{tag}_accuracy.png")
     plot_speed(res["speed"], IMG / f"hypergradients_{tag}_speed.png")
-    from hg_reading import reading
+    from benchmarks.hg_reading import reading
 
     res["reading"] = reading(res)
     data = ROOT / "docs" / "data" / f"hypergradients-{tag}.json"

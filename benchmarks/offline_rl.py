@@ -1,6 +1,6 @@
 """Grid runner for offline RL: algorithms x datasets x seeds, one worker process per cell.
 
-Each cell is ``python -m rl_adapters.train`` in its own process with one torch thread, so N workers
+Each cell is ``python -m rl_adapters train`` in its own process with one torch thread, so N workers
 use N cores (and share the GPU with ``--device cuda``).  A finished cell leaves
 ``<out>/<cell>.json`` and is skipped on the next invocation; an interrupted cell with a checkpoint
 is resumed (``--resume``), so re-running the same command completes an interrupted grid.
@@ -37,11 +37,11 @@ and a learning-curve plot (mean evaluation score over seeds against updates, one
 
 Baselines as measured for docs/benchmarks.md (18 cells, 16 cores)::
 
-    MINARI_DATASETS_PATH=../shared/datasets python benchmarks/offline_rl.py --device cpu --workers 18 --report
+    MINARI_DATASETS_PATH=../shared/datasets python -m benchmarks.offline_rl --device cpu --workers 18 --report
 
 Quick preset on a small CPU box::
 
-    MINARI_DATASETS_PATH=../shared/datasets python benchmarks/offline_rl.py --preset quick --workers 2 --report
+    MINARI_DATASETS_PATH=../shared/datasets python -m benchmarks.offline_rl --preset quick --workers 2 --report
 """
 
 from __future__ import annotations
@@ -60,8 +60,6 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
-sys.path.insert(0, str(ROOT))
 
 DEFAULT_DATASETS = "suite/hopper/medium-v0,suite/halfcheetah/medium-replay-v0"
 
@@ -300,7 +298,7 @@ def run_cell(algo: str, dataset: str, seed: int, args: argparse.Namespace) -> di
         variant_sets = variant_sets + [f"value_fraction={value_steps / steps!r}"]
     if base_algo == "arq":
         variant_sets = variant_sets + [f"bm_steps={value_steps}"]
-    cmd = [sys.executable, "-m", "rl_adapters.train", "--no-progress"]
+    cmd = [sys.executable, "-m", "rl_adapters", "train", "--no-progress"]
     if (run_dir / "checkpoint.pt").exists() and (run_dir / "config.json").exists():
         cmd += ["--resume", str(run_dir)]  # with the threads its config.json recorded
     else:
@@ -349,7 +347,7 @@ def run_cell(algo: str, dataset: str, seed: int, args: argparse.Namespace) -> di
     summary["value_steps"] = value_steps
     summary["policy_updates"] = steps - value_steps
     if base_algo == "vaco":
-        from rl_adapters.analysis import analyze_weights
+        from rl_adapters.vaco_analysis import analyze_weights
 
         summary["weight_return_pearson"] = analyze_weights(run_dir)["pearson_traj_weight_return"]
         rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
@@ -469,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         import shutil
 
-        from _report import REPORT, command_line, git_revision, machine_description, write_section
+        from benchmarks._report import REPORT, command_line, git_revision, machine_description, write_section
 
         img = REPORT.parent / "img" / f"{args.section}_curves.png"
         reused = sum(bool(r.get("skipped")) for r in results)

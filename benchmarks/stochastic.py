@@ -17,8 +17,8 @@ Hessian-vector product is not counted twice); ``time`` is solver time only (the 
 evaluated every ``--eval-every`` calls outside the clock). Default run: 3 seeds x 2000 outer steps on
 the quadratic, 3 x 1000 on breast cancer, a few minutes on one CPU core::
 
-    python benchmarks/stochastic.py              # writes the "stochastic" section of docs/benchmarks.md
-    python benchmarks/stochastic.py --quick --no-report    # 1 seed, 300 steps: a smoke run
+    python -m benchmarks.stochastic              # writes the "stochastic" section of docs/benchmarks.md
+    python -m benchmarks.stochastic --quick --no-report    # 1 seed, 300 steps: a smoke run
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import argparse
 import json
 import math
 import statistics
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,13 +36,10 @@ import torch
 import torchopt
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from _report import command_line, git_revision, machine_description, write_section
-from stochastic_problems import Instance, make_breast_cancer, make_quadratic
 
 import bilevel
+from benchmarks._report import command_line, git_revision, machine_description, write_section
+from benchmarks.stochastic_problems import Instance, make_breast_cancer, make_quadratic
 
 IMG = ROOT / "docs" / "img"
 BATCH = 64

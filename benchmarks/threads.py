@@ -1,7 +1,7 @@
 """Updates/s of small offline-RL networks at several torch thread counts, idle or with busy neighbours.
 
-    python benchmarks/threads.py                    # 1 thread vs all cores, idle
-    python benchmarks/threads.py --busy 2           # the same while 2 busy-loop processes share the cores
+    python -m benchmarks.threads                    # 1 thread vs all cores, idle
+    python -m benchmarks.threads --busy 2           # the same while 2 busy-loop processes share the cores
 
 Each measurement runs in a fresh process (the thread count of a process is best set once), on random
 batches (256x256 MLPs, batch 256, HalfCheetah-sized spaces). The readings behind the default

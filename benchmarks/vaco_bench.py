@@ -8,13 +8,13 @@ docs/benchmarks.md from *all* JSON found there, so they can run in any order, on
     hopper-medium-replay, hopper-medium-expert (medium + expert concatenated) and halfcheetah-medium,
     through ``benchmarks/offline_rl.py``'s resumable cell runner (one process per cell, one torch
     thread each); for VACO on medium-expert it adds the Pearson coefficient of trajectory mean weight
-    vs trajectory return (``rl_adapters.analysis.analyze_weights``). Full grid, 45 cells of 10k updates
+    vs trajectory return (``rl_adapters.vaco_analysis.analyze_weights``). Full grid, 45 cells of 10k updates
     (estimated 6-8 minutes on 16 cores + 1 H100; re-running the same command resumes unfinished cells),
     then the per-update timing on the GPU, alone::
 
-        MINARI_DATASETS_PATH=../shared/datasets python benchmarks/vaco_bench.py grid --device cuda \\
+        MINARI_DATASETS_PATH=../shared/datasets python -m benchmarks.vaco_bench grid --device cuda \\
             --workers 15 --steps 10000 --seeds 0,1,2 --report
-        python benchmarks/vaco_bench.py timing --device cuda --report
+        python -m benchmarks.vaco_bench timing --device cuda --report
 
 ``timing``
     Milliseconds per update of IQL, BC and VACO (bi-level updates only, each solver; plus the joint
@@ -45,10 +45,8 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
-sys.path.insert(0, str(ROOT))
 
-import offline_rl
+from benchmarks import offline_rl
 
 DATASETS = "suite/hopper/medium-replay-v0,suite/hopper/medium-expert,suite/halfcheetah/medium-v0"
 GRID_ALGOS = "bc,iql,vaco-one_step,vaco-k_step,vaco-implicit"
@@ -104,13 +102,13 @@ def run_cells(
 
 
 def _command() -> str:
-    from _report import command_line
+    from benchmarks._report import command_line
 
     return "MINARI_DATASETS_PATH=../shared/datasets " + command_line()
 
 
 def _machine(device: str) -> str:
-    from _report import git_revision, machine_description
+    from benchmarks._report import git_revision, machine_description
 
     return f"{machine_description(device)}, git {git_revision()}"
 
@@ -123,7 +121,7 @@ def timing(a: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(a.threads)
     from rl_adapters.algorithms import make_algorithm
     from rl_adapters.data import load_dataset
-    from rl_adapters.trainer import resolve_device
+    from rl_adapters.training import resolve_device
 
     device = resolve_device(a.device)
     data = load_dataset(a.dataset, device)
@@ -224,7 +222,7 @@ def _score_table(rows: list[dict[str, Any]], algos: list[str], datasets: list[st
 
 
 def report(out: Path) -> str:
-    from _report import write_section
+    from benchmarks._report import write_section
 
     parts = [
         "## VACO: solvers, baselines, update cost, weight options",

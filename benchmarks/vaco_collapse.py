@@ -31,12 +31,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 #: mechanism name -> VACO hyper-parameters (on top of the defaults).
 MECHANISMS: dict[str, dict[str, Any]] = {
-    "sigmoid": {"weight_norm": "none"},  # the paper's Eq. 5, the previous default
-    "batch_mean": {"weight_norm": "batch_mean"},  # removes the common-scale direction
-    "batch_mean+kl": {"weight_norm": "batch_mean", "weight_kl": 0.05},  # + a guard against sharpening
-    # + equal initial weights, so that any ranking is learned rather than inherited from a random scorer
-    "guarded-kl0.01": {"weight_norm": "batch_mean", "weight_kl": 0.01, "scorer_init": "zero"},
-    "guarded-kl0.001": {"weight_norm": "batch_mean", "weight_kl": 0.001, "scorer_init": "zero"},
+    # Every option spelled out, so that a change of VACO's defaults cannot change what a name means.
+    "sigmoid": {"weight_norm": "none", "weight_kl": 0.0, "scorer_init": "torch"},  # the paper's Eq. 5
+    "batch_mean": {"weight_norm": "batch_mean", "weight_kl": 0.0, "scorer_init": "torch"},  # no common scale
+    # + a guard against sharpening, at three strengths
+    "batch_mean+kl": {"weight_norm": "batch_mean", "weight_kl": 0.05, "scorer_init": "torch"},
+    "batch_mean+kl0.01": {"weight_norm": "batch_mean", "weight_kl": 0.01, "scorer_init": "torch"},
+    "batch_mean+kl0.001": {"weight_norm": "batch_mean", "weight_kl": 0.001, "scorer_init": "torch"},
+    # + equal initial weights, so that any ranking is learned rather than inherited from a random scorer:
+    # VACO's default since this study
+    "guarded": {"weight_norm": "batch_mean", "weight_kl": 0.001, "scorer_init": "zero"},
 }
 SOLVERS = {"one_step": {"solver": "one_step"}, "k_step": {"solver": "k_step", "k": 5, "mode": "reverse"},
            "implicit": {"solver": "implicit"}}
@@ -74,9 +78,9 @@ def run_one(dataset: str, seed: int, mechanism: str, solver: str, args: argparse
 
     torch.set_num_threads(1)
     from rl_adapters.algorithms import make_algorithm
-    from rl_adapters.analysis import analyze_weights
     from rl_adapters.data import load_dataset
     from rl_adapters.evaluation import evaluate
+    from rl_adapters.vaco_analysis import analyze_weights
 
     out = Path(args.out)
     res_path = out / f"{_slug(dataset)}__{mechanism}__{solver}__s{seed}.json"
@@ -88,8 +92,10 @@ def run_one(dataset: str, seed: int, mechanism: str, solver: str, args: argparse
     hp = {**MECHANISMS[mechanism], **SOLVERS[solver], "value_fraction": args.value_steps / total}
     algo = make_algorithm("vaco", data.obs_dim, data.act_dim, data.stats, seed=seed, total_steps=total, **hp)
     cached = torch.load(vpath, weights_only=True)
-    for k, m in algo.modules.items():
-        m.load_state_dict(cached["modules"][k])
+    # Only the value networks come from the shared phase: the scorer (and the untouched actor) are built by
+    # this run's own configuration, so that its scorer_init holds.
+    for k in ("critic", "critic_target", "value"):
+        algo.modules[k].load_state_dict(cached["modules"][k])
     algo.step = algo.value_steps
     gen = data.make_generator(seed)
     gen.set_state(cached["generator"])
@@ -155,7 +161,7 @@ def _plot(results: list[dict[str, Any]], png: Path) -> None:
     datasets = sorted({r["dataset"] for r in results})
     fig, axes = plt.subplots(2, len(datasets), figsize=(5.5 * len(datasets), 6.5), squeeze=False)
     colors = {"one_step": "C0", "k_step": "C1", "implicit": "C2"}
-    styles = {m: s for m, s in zip(MECHANISMS, ("-", "--", ":", "-.", (0, (1, 3))))}
+    styles = {m: s for m, s in zip(MECHANISMS, ("-", "--", ":", "-.", (0, (1, 3)), (0, (5, 1))))}
     for col, ds in enumerate(datasets):
         for mech in MECHANISMS:
             for solver in SOLVERS:
@@ -220,8 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     body = _summary(results)
     print(body)
     if args.report:
-        sys.path.insert(0, str(ROOT / "benchmarks"))
-        from _report import REPORT, command_line, git_revision, machine_description, write_section
+        from benchmarks._report import REPORT, command_line, git_revision, machine_description, write_section
 
         png = REPORT.parent / "img" / "vaco_collapse.png"
         _plot(results, png)

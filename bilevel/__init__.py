@@ -3,9 +3,12 @@
 ``Problem`` states the two levels; ``OneStepSolver``, ``KStepSolver`` and ``ImplicitSolver`` compute
 ``d outer_loss / d lambda`` under different approximations of the inner solution and take steps;
 ``SOBASolver`` and ``F2SASolver`` are single-loop stochastic solvers for minibatch losses.
+``make_solver(name, problem, inner_optimizer, outer_optimizer, **options)`` builds any of them by name
+(the vocabulary command lines and configs use); ``check_solver`` validates a choice without a problem.
 """
 
-from .functional import InnerView
+from .factory import LINEAR_SOLVERS, MODES, check_solver, make_solver, solver_names
+from .functional import InnerView, escaped_transform
 from .problem import NonFiniteError, Problem
 from .solvers import (
     F2SASolver,
@@ -21,6 +24,7 @@ from .solvers import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "F2SASolver", "ImplicitSolver", "InnerView", "KStepSolver", "NonFiniteError", "OneStepSolver", "Problem",
-    "SOBASolver", "Solver", "StepInfo", "linear",
+    "LINEAR_SOLVERS", "MODES", "F2SASolver", "ImplicitSolver", "InnerView", "KStepSolver", "NonFiniteError",
+    "OneStepSolver", "Problem", "SOBASolver", "Solver", "StepInfo", "check_solver", "escaped_transform", "linear",
+    "make_solver", "solver_names",
 ]

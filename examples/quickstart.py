@@ -100,7 +100,7 @@ def part1_hyperparameter() -> None:
 
 
 def part2_vaco(out_dir: str, steps: int) -> None:
-    from rl_adapters.quickstart import vaco_demo
+    from vaco_demo import vaco_demo  # examples/vaco_demo.py, beside this script
 
     vaco_demo(out_dir, steps=steps)
 

@@ -176,11 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train an offline RL algorithm on a Minari dataset")
     _add_train_args(tr)
     md = sub.add_parser("make-dataset", help="generate random/medium/medium-replay/expert Minari datasets")
-    from .make_dataset import add_arguments
+    from .datasets.cli import add_arguments
 
     add_arguments(md)
     aw = sub.add_parser("analyze-weights", help="score a dataset with a trained VACO meta-scorer (plots + JSON)")
-    from .analysis import add_arguments as add_analysis_arguments
+    from .vaco_analysis import add_arguments as add_analysis_arguments
 
     add_analysis_arguments(aw)
     return parser
@@ -254,7 +254,7 @@ def _check_resume_flags(args: argparse.Namespace, explicit: set[str], cfg: Any) 
 
 
 def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from .trainer import NonFiniteLossError, TrainConfig, train
+    from .training import NonFiniteLossError, TrainConfig, train
 
     if args.resume:
         run = Path(args.resume)
@@ -318,10 +318,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command != "train":
         if args.command == "analyze-weights":
-            from .analysis import run_from_args as analyze
+            from .vaco_analysis import run_from_args as analyze
 
             return analyze(args)
-        from .make_dataset import run_from_args
+        from .datasets.cli import run_from_args
 
         return run_from_args(args)
     from .data import DatasetError, DatasetNotFoundError

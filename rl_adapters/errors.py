@@ -2,7 +2,7 @@
 
 Exit codes of ``bilevel-rl train``: 2 for a :class:`UsageError` (a flag or config field has a value that
 cannot work), 1 for a :class:`CheckpointError` or an unusable dataset (a file is bad), 3 when training
-diverges (:class:`rl_adapters.trainer.NonFiniteLossError`).
+diverges (:class:`rl_adapters.training.NonFiniteLossError`).
 """
 
 from __future__ import annotations

@@ -26,13 +26,13 @@ def minari_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def make_tiny_dataset(minari_root: Path) -> Callable[..., Any]:
-    """Factory writing a real Minari dataset into this test's root, see ``rl_adapters.make_dataset.make_tiny_dataset``.
+    """Factory writing a real Minari dataset into this test's root, see ``rl_adapters.datasets.make_tiny_dataset``.
 
     Default: ``InvertedPendulum-v5`` with a good PD controller (episodes truncated at 40 steps, return 40)
     followed by a bad uniform-random policy (terminates after a few steps); 3 episodes each.
     Pass ``policies={"good": f, "bad": g}`` and ``episodes=`` for other behaviour mixes.
     """
-    from rl_adapters.make_dataset import make_tiny_dataset as _make
+    from rl_adapters.datasets import make_tiny_dataset as _make
 
     def factory(dataset_id: str = TINY_ID, **kwargs: Any) -> Any:
         return _make(dataset_id, root=minari_root, **kwargs)
@@ -42,7 +42,7 @@ def make_tiny_dataset(minari_root: Path) -> Callable[..., Any]:
 
 @pytest.fixture(scope="session")
 def _tiny_session_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from rl_adapters.make_dataset import make_tiny_dataset as _make
+    from rl_adapters.datasets import make_tiny_dataset as _make
 
     root = tmp_path_factory.mktemp("minari_session")
     _make(TINY_ID, root=root, episodes=4)

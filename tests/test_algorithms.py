@@ -96,7 +96,10 @@ def test_td3bc_lambda_and_delayed_actor(tiny_dataset):
     b = data.sample(256, data.make_generator(0))
     with torch.no_grad():
         q = algo.critic.q1_only(b.obs, algo.actor(b.obs))
-    assert 2.5 / q.abs().mean().item() > 0
+    # lambda = alpha / mean |Q1(s, pi(s))| on the actor's batch, before its step
+    info = algo.actor_update(b)
+    assert info["lambda"] == pytest.approx(algo.config.alpha / q.abs().mean().item(), rel=1e-6)
+    assert algo.config.alpha == 2.5
 
 
 def test_registry_and_config_errors():

@@ -23,7 +23,7 @@ import torch
 
 from rl_adapters.cli import main
 from rl_adapters.errors import CheckpointError, UsageError
-from rl_adapters.trainer import TrainConfig, read_checkpoint, train
+from rl_adapters.training import TrainConfig, read_checkpoint, train
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--hidden-dim", "16", "--batch-size", "16", "--no-progress", "--no-plot", "--eval-episodes", "0"]
@@ -104,7 +104,7 @@ def test_bad_new_run_is_one_line_and_leaves_nothing(tiny_dataset, tmp_path, caps
     out = tmp_path / "out" / "run"
     base = ["train", "--algo", "bc", "--dataset", tiny_dataset, "--steps", "20", "--out", str(out), *TINY]
     loaded = []
-    monkeypatch.setattr("rl_adapters.trainer.load_dataset", lambda *a, **k: loaded.append(a) or pytest.fail())
+    monkeypatch.setattr("rl_adapters.training.loop.load_dataset", lambda *a, **k: loaded.append(a) or pytest.fail())
     assert main([*base, *args]) == code
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("bilevel-rl train: error: "), err
@@ -218,7 +218,7 @@ def test_debug_shows_the_traceback(tiny_dataset, tmp_path):
 
 def test_run_failing_before_its_first_checkpoint_removes_its_directory(tiny_dataset, tmp_path, monkeypatch):
     from rl_adapters.algorithms.bc import BC
-    from rl_adapters.trainer import NonFiniteLossError
+    from rl_adapters.training import NonFiniteLossError
 
     monkeypatch.setattr(BC, "update", lambda self, batch: {"actor_loss": float("nan")})
     out = tmp_path / "new" / "run"

@@ -125,7 +125,7 @@ def test_inconsistent_lengths(make_tiny_dataset, minari_root):
 def test_empty_dataset(minari_root):
     import gymnasium as gym
 
-    from rl_adapters.make_dataset import write_dataset
+    from rl_adapters.datasets import write_dataset
 
     env = gym.make("InvertedPendulum-v5")
     write_dataset("tiny/empty/none-v0", env, [], 0.0, 1.0, "none", "empty", root=minari_root)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 
 import torch
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
+EXAMPLES = DOCS.parent / "examples"
 
 
 def test_quickstart_reweighting_example_downweights_flipped_labels():
@@ -20,7 +22,10 @@ def test_quickstart_reweighting_example_downweights_flipped_labels():
 
 
 def test_quickstart_vaco_demo_prefers_good_episodes(tmp_path, monkeypatch):
-    from rl_adapters.quickstart import vaco_demo
+    spec = importlib.util.spec_from_file_location("vaco_demo", EXAMPLES / "vaco_demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    vaco_demo = module.vaco_demo
 
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "unused"))  # vaco_demo sets its own root
     monkeypatch.chdir(tmp_path)  # a relative --out, as `bash run.sh quickstart` uses

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from rl_adapters.data import load_dataset
+from rl_adapters.datasets import pendulum_pd_policy, rollout_episodes, write_dataset
 from rl_adapters.evaluation import MissingReferenceScoresError, evaluate, normalized_score
-from rl_adapters.make_dataset import pendulum_pd_policy, rollout_episodes, write_dataset
 
 
 def _pd(obs):
@@ -51,7 +51,7 @@ def test_algorithm_object_and_raw_returns_without_reference(minari_root):
     res = evaluate(_pd, data, episodes=2, normalized=False)
     assert res.normalized_score is None and res.mean_return == 20.0
 
-    from rl_adapters.trainer import TrainConfig, train
+    from rl_adapters.training import TrainConfig, train
 
     with pytest.raises(MissingReferenceScoresError):
         train(

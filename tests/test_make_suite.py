@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from rl_adapters.data import load_dataset
-from rl_adapters.make_dataset import make_suite
+from rl_adapters.datasets import make_suite
 
 
 def test_make_suite_writes_four_loadable_datasets_with_reference_scores(tmp_path, monkeypatch):

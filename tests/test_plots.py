@@ -10,13 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from rl_adapters.trainer import (
-    TrainConfig,
-    _symlog_decades,
-    default_eval_every,
-    loss_series,
-    train,
-)
+from rl_adapters.training import TrainConfig, default_eval_every, loss_series, train
+from rl_adapters.training.plots import symlog_decades
 
 
 def _rows(out):
@@ -43,7 +38,7 @@ def test_symlog_axis_labels_decades_only():
     fig, ax = plt.subplots()
     values = [-1.5, -0.9, 0.159708, 0.2, 3.0, 1.2e3]
     ax.plot(range(len(values)), values)
-    _symlog_decades(ax, values)
+    symlog_decades(ax, values)
     fig.canvas.draw()
     labels = [t.get_text() for t in ax.get_yticklabels() if t.get_text()]
     plt.close(fig)

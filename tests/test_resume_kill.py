@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from rl_adapters.cli import main
-from rl_adapters.trainer import TIMING_FIELDS
+from rl_adapters.training import TIMING_FIELDS
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS, KILL_AT, CHECKPOINT_EVERY, LOG_EVERY, EVAL_EVERY = 90, 55, 30, 20, 40

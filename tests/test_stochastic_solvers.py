@@ -6,17 +6,12 @@ minibatch must reproduce its full-batch value to rounding error."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import torchopt
 
 import bilevel
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-from stochastic_problems import _full, make_quadratic
+from benchmarks.stochastic_problems import _full, make_quadratic
 
 DT = torch.float64
 

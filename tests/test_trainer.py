@@ -16,7 +16,7 @@ import torch
 
 from rl_adapters.cli import main
 from rl_adapters.errors import CheckpointError
-from rl_adapters.trainer import NonFiniteLossError, TrainConfig, train
+from rl_adapters.training import NonFiniteLossError, TrainConfig, train
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -109,7 +109,7 @@ def test_killed_subprocess_resumes_to_same_parameters(tiny_dataset, tmp_path):
     )
     out = tmp_path / "killed"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "rl_adapters.train", *args, "--out", str(out)],
+        [sys.executable, "-m", "rl_adapters", "train", *args, "--out", str(out)],
         env=env,
         cwd=REPO,
         stdout=subprocess.DEVNULL,

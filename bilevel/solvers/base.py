@@ -120,6 +120,8 @@ class Solver(abc.ABC):
                 "problem.outer.parameters()"
             )
         self.inner_state = inner_optimizer.init(self.theta())
+        #: What the last :meth:`step` did (``None`` before the first).
+        self.last_info: StepInfo | None = None
 
     # ----------------------------------------------------------------- state
     def theta(self) -> Params:
@@ -224,6 +226,17 @@ class Solver(abc.ABC):
             state = _detach_tree(state)
         return theta, state, loss.detach()
 
+    def inner_update(self, batch: Any) -> torch.Tensor:
+        """One plain inner-optimiser step on ``batch`` with no hypergradient and no graph:
+        ``theta <- U(theta, grad_theta f(theta, lambda; batch), s)``, written into ``problem.inner`` with the
+        solver's optimiser state advanced, exactly the step :meth:`step` takes but without differentiating it
+        (for algorithms that update lambda only every few inner steps). Returns ``f`` before the step."""
+        theta, state, loss = self.inner_step(self.theta(), self.inner_state, batch, self._buffers(copy=False),
+                                             differentiable=False)
+        write_params(self.problem.inner, self._inner_names, theta)
+        self.inner_state = state
+        return loss
+
     def outer_grad(self, outer_loss: torch.Tensor, **grad_kwargs: Any) -> list[torch.Tensor]:
         grads = torch.autograd.grad(outer_loss, self._outer_params, allow_unused=True, **grad_kwargs)
         if all(g is None for g in grads):
@@ -314,7 +327,8 @@ class Solver(abc.ABC):
             p.grad = g.clone()
         self.outer_optimizer.step()
         inner_vals, outer_val, norm_val = res.summary
-        return StepInfo(inner_vals[-1] if inner_vals else float("nan"), outer_val, norm_val, res.extras)
+        self.last_info = StepInfo(inner_vals[-1] if inner_vals else float("nan"), outer_val, norm_val, res.extras)
+        return self.last_info
 
 
 def resolve_outer_batch(inner_batches: list[Any], outer_batch: Any) -> Any:

@@ -115,6 +115,21 @@ class F2SASolver(Solver):
     ) -> None:
         """See the class docstring for the update equations and the schedule."""
         super().__init__(problem, inner_optimizer, outer_optimizer)
+        self.check_options(inner_steps=inner_steps, penalty=penalty, penalty_growth=penalty_growth,
+                           max_penalty=max_penalty)
+        self.inner_steps = inner_steps
+        self.penalty = float(penalty)
+        self.penalty_growth = float(penalty_growth)
+        self.max_penalty = None if max_penalty is None else float(max_penalty)
+        self.steps_taken = 0
+        self.y: tuple[torch.Tensor, ...] | None = None
+        self.y_state: Any = None
+
+    @staticmethod
+    def check_options(inner_steps: int = 10, penalty: float = 1.0, penalty_growth: float = 0.01,
+                      max_penalty: float | None = None) -> None:
+        """Raise ``ValueError`` for options no problem can use (the constructor's and
+        :func:`bilevel.make_solver`'s one check)."""
         if not isinstance(inner_steps, int) or inner_steps < 1:
             raise ValueError(f"F2SASolver inner_steps must be an int >= 1, got {inner_steps!r}")
         if not (isinstance(penalty, (int, float)) and penalty > 0):
@@ -124,13 +139,6 @@ class F2SASolver(Solver):
         if max_penalty is not None and not (isinstance(max_penalty, (int, float)) and max_penalty >= penalty):
             raise ValueError(f"F2SASolver max_penalty must be None or a number >= penalty={penalty}, "
                              f"got {max_penalty!r}")
-        self.inner_steps = inner_steps
-        self.penalty = float(penalty)
-        self.penalty_growth = float(penalty_growth)
-        self.max_penalty = None if max_penalty is None else float(max_penalty)
-        self.steps_taken = 0
-        self.y: tuple[torch.Tensor, ...] | None = None
-        self.y_state: Any = None
 
     def penalty_at(self, t: int) -> float:
         """mu_t = min(mu_0 + t * delta_mu, mu_max), the penalty used by the (t+1)-th ``step``."""

@@ -25,6 +25,7 @@ import torchopt
 from ..problem import Problem
 from . import linear
 from .base import Solver, _Result, _zeros_for_none, resolve_outer_batch
+from .options import LINEAR_SOLVERS
 
 
 class ImplicitSolver(Solver):
@@ -105,9 +106,30 @@ class ImplicitSolver(Solver):
         negative_curvature: Literal["stop", "continue"] = "stop",
     ) -> None:
         super().__init__(problem, inner_optimizer, outer_optimizer)
+        self.check_options(inner_steps=inner_steps, linear_solver=linear_solver, iterations=iterations,
+                           damping=damping, step_size=step_size, warm_start=warm_start,
+                           negative_curvature=negative_curvature)
+        self.negative_curvature = negative_curvature
+        self.inner_steps = inner_steps
+        self.linear_solver = linear_solver
+        self.iterations = iterations
+        self.damping = float(damping)
+        self.step_size = step_size
+        self.power_iterations = power_iterations
+        self.warm_start = warm_start
+        self.tol = tol
+        self.residual = residual
+        self._previous_solution: tuple[torch.Tensor, ...] | None = None
+
+    @staticmethod
+    def check_options(inner_steps: int = 1, linear_solver: str = "cg", iterations: int = 20, damping: float = 0.0,
+                      step_size: float | None = None, power_iterations: int = 10, warm_start: bool = False,
+                      tol: float = 1e-12, residual: bool = True, negative_curvature: str = "stop") -> None:
+        """Raise ``ValueError`` for options no problem can use (the constructor's and
+        :func:`bilevel.make_solver`'s one check)."""
         if not isinstance(inner_steps, int) or inner_steps < 0:
             raise ValueError(f"ImplicitSolver inner_steps must be an int >= 0, got {inner_steps!r}")
-        if linear_solver not in ("cg", "neumann", "fixed_point"):
+        if linear_solver not in LINEAR_SOLVERS:
             raise ValueError(f"ImplicitSolver linear_solver must be 'cg', 'neumann' or 'fixed_point', "
                              f"got {linear_solver!r}")
         if not isinstance(iterations, int) or iterations < 1:
@@ -122,17 +144,6 @@ class ImplicitSolver(Solver):
         if negative_curvature not in ("stop", "continue"):
             raise ValueError(f"ImplicitSolver negative_curvature must be 'stop' or 'continue', "
                              f"got {negative_curvature!r}")
-        self.negative_curvature = negative_curvature
-        self.inner_steps = inner_steps
-        self.linear_solver = linear_solver
-        self.iterations = iterations
-        self.damping = float(damping)
-        self.step_size = step_size
-        self.power_iterations = power_iterations
-        self.warm_start = warm_start
-        self.tol = tol
-        self.residual = residual
-        self._previous_solution: tuple[torch.Tensor, ...] | None = None
 
     def _solve(self, inner_batch: Any, outer_batch: Any, buffers: dict[str, torch.Tensor]) -> _Result:
         k = self.inner_steps

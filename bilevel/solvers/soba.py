@@ -106,6 +106,16 @@ class SOBASolver(Solver):
     ) -> None:
         """See the class docstring for the update equations and the step-size rules."""
         super().__init__(problem, inner_optimizer, outer_optimizer)
+        self.check_options(v_lr=v_lr, damping=damping, power_iterations=power_iterations)
+        self.v_lr = None if v_lr is None else float(v_lr)
+        self.damping = float(damping)
+        self.power_iterations = power_iterations
+        self.v: tuple[torch.Tensor, ...] = tuple(torch.zeros_like(t) for t in self.theta())
+
+    @staticmethod
+    def check_options(v_lr: float | None = None, damping: float = 0.0, power_iterations: int = 20) -> None:
+        """Raise ``ValueError`` for options no problem can use (the constructor's and
+        :func:`bilevel.make_solver`'s one check)."""
         if v_lr is not None and (not isinstance(v_lr, (int, float)) or not v_lr > 0):
             raise ValueError(f"SOBASolver v_lr must be a number > 0 (e.g. the inner lr), or None to use 1 / L_hat "
                              f"from a power iteration on the first minibatch Hessian; got {v_lr!r}")
@@ -113,10 +123,6 @@ class SOBASolver(Solver):
             raise ValueError(f"SOBASolver damping must be >= 0, got {damping}")
         if not isinstance(power_iterations, int) or power_iterations < 1:
             raise ValueError(f"SOBASolver power_iterations must be an int >= 1, got {power_iterations!r}")
-        self.v_lr = None if v_lr is None else float(v_lr)
-        self.damping = float(damping)
-        self.power_iterations = power_iterations
-        self.v: tuple[torch.Tensor, ...] = tuple(torch.zeros_like(t) for t in self.theta())
 
     def _solve(self, inner_batch: Any, outer_batch: Any, buffers: dict[str, torch.Tensor]) -> _Result:
         if isinstance(inner_batch, list):

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+import bilevel
+
 from ..data import DatasetStats
 from ..errors import UsageError
 from .arq import ARQ
@@ -41,8 +43,8 @@ CHOICES: dict[str, dict[str, tuple[str, ...]]] = {
         "solver": _VACO_SOLVERS,
         "schedule": _VACO_SCHEDULES,
         "weight_norm": WEIGHT_NORMS,
-        "mode": ("reverse", "forward"),
-        "linear_solver": ("cg", "neumann", "fixed_point"),
+        "mode": bilevel.MODES,
+        "linear_solver": bilevel.LINEAR_SOLVERS,
     },
     "aspc": _ASPC_CHOICES,
     "aspc-iql": _ASPC_CHOICES,

@@ -18,10 +18,31 @@ import dataclasses
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..data import Batch
 from ..networks import CRITIC_INITS, DeterministicActor, TwinCritic, soft_update
 from .base import Algorithm, BaseConfig
+
+
+def clipped_double_q_loss(
+    critic: TwinCritic, critic_target: TwinCritic, actor_target: nn.Module, obs: torch.Tensor,
+    actions: torch.Tensor, rewards: torch.Tensor, next_obs: torch.Tensor, dones: torch.Tensor,
+    noise: torch.Tensor, noise_clip: torch.Tensor, low: torch.Tensor, high: torch.Tensor, discount: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """TD3's critic loss (offline here, online in :mod:`rl_adapters.datasets`), with target policy smoothing:
+
+    ``a' = clip(pi'(s') + clip(noise, -c, c), low, high)``, ``y = r + gamma (1 - d) min_i Q'_i(s', a')``,
+    ``L = mse(Q_1(s, a), y) + mse(Q_2(s, a), y)``, with ``noise = sigma xi``, ``xi ~ N(0, I)`` drawn by the caller
+    (from its own generator). Returns ``(L, Q_1(s, a))``.
+    """
+    with torch.no_grad():
+        noise = noise.clamp(-noise_clip, noise_clip)
+        next_action = torch.max(torch.min(actor_target(next_obs) + noise, high), low)
+        target_q = critic_target.min_q(next_obs, next_action)
+        y = rewards + discount * (1.0 - dones) * target_q
+    q1, q2 = critic(obs, actions)
+    return F.mse_loss(q1, y) + F.mse_loss(q2, y), q1
 
 
 @dataclasses.dataclass
@@ -94,19 +115,11 @@ class TD3BC(Algorithm):
         """One clipped double-Q step on the twin critic (subclasses reuse it)."""
         c = self.config
         half_range = self.actor.action_scale
-        # --- critic
-        with torch.no_grad():
-            noise = torch.randn(batch.actions.shape, device=self.device, generator=self.generator)
-            noise = (noise * c.policy_noise * half_range).clamp(
-                -c.noise_clip * half_range, c.noise_clip * half_range
-            )
-            low = self.actor.action_center - half_range
-            high = self.actor.action_center + half_range
-            next_action = torch.max(torch.min(self.actor_target(batch.next_obs) + noise, high), low)
-            target_q = self.critic_target.min_q(batch.next_obs, next_action)
-            y = batch.rewards + c.discount * (1.0 - batch.dones) * target_q
-        q1, q2 = self.critic(batch.obs, batch.actions)
-        critic_loss = F.mse_loss(q1, y) + F.mse_loss(q2, y)
+        noise = torch.randn(batch.actions.shape, device=self.device, generator=self.generator)
+        critic_loss, q1 = clipped_double_q_loss(
+            self.critic, self.critic_target, self.actor_target, batch.obs, batch.actions, batch.rewards,
+            batch.next_obs, batch.dones, noise * c.policy_noise * half_range, c.noise_clip * half_range,
+            self.actor.action_center - half_range, self.actor.action_center + half_range, c.discount)
         self.critic_opt.zero_grad(set_to_none=True)
         critic_loss.backward()
         self.critic_opt.step()

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from .analysis import analyze_weights
-from .make_dataset import make_tiny_dataset
-from .trainer import TrainConfig, train
+from rl_adapters.datasets import make_tiny_dataset
+from rl_adapters.training import TrainConfig, train
+from rl_adapters.vaco_analysis import analyze_weights
 
 DATASET_ID = "quickstart/pendulum/mixed-v0"
 

@@ -28,9 +28,7 @@ The meta-scorer exists only for training: :meth:`policy` (and therefore ``act``)
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import torchopt
@@ -38,156 +36,34 @@ from torch import nn
 
 import bilevel
 
-from ..data import Batch
-from ..networks import DeterministicActor, TwinCritic, ValueNet, mlp
-from .base import Algorithm, BaseConfig
-from .iql import IQL
+from ...data import Batch
+from ..base import Algorithm
+from ..iql_value import build_iql_networks
+from .config import (
+    Q_STD_EPS,
+    SCHEDULES,
+    SCORER_INITS,
+    SOLVERS,
+    WEIGHT_NORMS,
+    WEIGHT_QUANTILES,
+    VACOConfig,
+)
+from .scorer import MetaScorer, VACOBatch, effective_sample_fraction, standardise, weight_kl_to_uniform
 
-__all__ = ["VACO", "WEIGHT_QUANTILES", "MetaScorer", "VACOBatch", "VACOConfig"]
-
-SOLVERS = ("one_step", "k_step", "implicit")
-SCHEDULES = ("two_phase", "joint")
-WEIGHT_NORMS = ("none", "batch_mean")
-SCORER_INITS = ("torch", "zero")
-# Quantiles of the per-batch weights reported in the metrics.
-WEIGHT_QUANTILES = (0.1, 0.5, 0.9)
-# Forward-mode K-step costs one unroll per meta-scorer scalar; above this it would never finish.
-FORWARD_MODE_MAX_PARAMS = 4096
-Q_STD_EPS = 1e-6
-
-
-@dataclasses.dataclass
-class VACOConfig(BaseConfig):
-    """VACO hyper-parameters (paper Table 7 where it gives them).
-
-    Value learning (IQL): ``critic_lr``, ``value_lr``, ``expectile``, ``normalize_reward``.
-    Policy / meta-scorer: ``actor_lr`` (inner Adam), ``scorer_lr`` (outer Adam), ``adam_eps`` and
-    ``weight_decay`` (both optimisers, Table 7 "Common"), ``scorer_hidden_dim``, ``weight_norm``
-    (``"none"``: ``w = sigmoid``; ``"batch_mean"``: ``w = sigmoid / mean_batch(sigmoid)``),
-    ``outer_q_norm`` (divide ``J_pi`` by ``mean |Q'(s, a)|`` of the batch, detached), ``sigma_start``,
-    ``weight_kl`` (coefficient of the sharpening guard ``KL(w / sum w || uniform)`` added to the outer
-    loss; see docs/vaco.md "Weight collapse"), ``scorer_init`` (``torch``: PyTorch's default; ``zero``: the
-    scorer's output layer starts at 0, so every initial weight is equal and any ranking is learned).
-    Schedule: ``schedule`` (``two_phase`` | ``joint``), ``value_fraction`` (share of the run spent on
-    value learning in ``two_phase``).
-    Solver: ``solver`` (``one_step`` | ``k_step`` | ``implicit``); ``k``, ``truncate`` (0: none) and
-    ``mode`` (``reverse`` | ``forward``) for ``k_step``; ``implicit_steps``, ``linear_solver``,
-    ``iterations`` and ``damping`` for ``implicit``.
-    """
-
-    critic_lr: float = 3e-4
-    value_lr: float = 3e-4
-    expectile: float = 0.7
-    normalize_reward: bool = True
-    actor_lr: float = 3e-4
-    scorer_lr: float = 3e-5
-    adam_eps: float = 1e-5
-    weight_decay: float = 1e-6
-    scorer_hidden_dim: int = 256
-    # The guarded weights (docs/vaco.md "Weight collapse"): batch-mean normalisation removes the common-scale
-    # direction along which sigmoid weights collapse, the KL term bounds sharpening, equal initial weights make
-    # any ranking a learned one.
-    weight_norm: str = "batch_mean"
-    outer_q_norm: bool = True  # measured default, see docs/vaco.md "Option comparison"
-    sigma_start: float = 1.0
-    weight_kl: float = 0.001
-    scorer_init: str = "zero"
-    schedule: str = "two_phase"
-    value_fraction: float = 0.5
-    solver: str = "one_step"
-    k: int = 5
-    truncate: int = 0
-    mode: str = "reverse"
-    implicit_steps: int = 1
-    linear_solver: str = "cg"
-    iterations: int = 5
-    damping: float = 0.1
-
-    def __post_init__(self) -> None:
-        # Checked here so that ``make_config`` rejects bad values before any data is loaded.
-        for name, value, allowed in (
-            ("solver", self.solver, SOLVERS),
-            ("schedule", self.schedule, SCHEDULES),
-            ("weight_norm", self.weight_norm, WEIGHT_NORMS),
-            ("scorer_init", self.scorer_init, SCORER_INITS),
-            ("mode", self.mode, ("reverse", "forward")),
-            ("linear_solver", self.linear_solver, ("cg", "neumann", "fixed_point")),
-        ):
-            if value not in allowed:
-                raise ValueError(f"VACO {name} must be one of {allowed}, got {value!r}")
-        if not 0.0 <= self.value_fraction < 1.0:
-            raise ValueError(
-                f"VACO value_fraction must be in [0, 1) (share of steps spent on value learning in "
-                f"the two_phase schedule), got {self.value_fraction}"
-            )
-        if self.k < 1 or not 0 <= self.truncate <= self.k:
-            raise ValueError(
-                f"VACO needs k >= 1 and 0 <= truncate <= k, got k={self.k}, truncate={self.truncate}"
-            )
-        if self.sigma_start < 0:
-            raise ValueError(f"VACO sigma_start must be >= 0, got {self.sigma_start}")
-        if not self.weight_kl >= 0:
-            raise ValueError(f"VACO weight_kl must be >= 0 (the sharpening guard's coefficient), got {self.weight_kl}")
-        for name in ("actor_lr", "scorer_lr", "critic_lr", "value_lr", "adam_eps"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"VACO {name} must be > 0, got {getattr(self, name)}")
-
-
-class MetaScorer(nn.Module):
-    """``w_alpha(s, a, q) = sigmoid(f_alpha([s, a, q]))``, optionally divided by its batch mean.
-
-    ``q`` is the standardised, detached ``min(Q1, Q2)`` of the pair. With ``weight_norm="batch_mean"``
-    the weights of a batch average exactly 1 (the gradient flows through the mean too, so only the
-    *relative* weights are learned).
-    """
-
-    def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256, weight_norm: str = "none") -> None:
-        super().__init__()
-        if weight_norm not in WEIGHT_NORMS:
-            raise ValueError(f"weight_norm must be one of {WEIGHT_NORMS}, got {weight_norm!r}")
-        self.net = mlp(obs_dim + act_dim + 1, 1, (hidden, hidden))
-        self.weight_norm = weight_norm
-
-    def raw(self, obs: torch.Tensor, actions: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-        """``sigmoid(f_alpha([s, a, q]))`` per pair, shape ``(B,)``, before any normalisation."""
-        return torch.sigmoid(self.net(torch.cat([obs, actions, q.unsqueeze(-1)], dim=-1)).squeeze(-1))
-
-    def forward(self, obs: torch.Tensor, actions: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-        w = self.raw(obs, actions, q)
-        if self.weight_norm == "batch_mean":
-            w = w / w.mean()
-        return w
-
-
-class VACOBatch(NamedTuple):
-    """What the bi-level losses read (one object serves as inner and outer batch).
-
-    ``q_in``: standardised detached ``min Q'(s, a)`` (meta-scorer input); ``noisy_obs``: ``s + sigma eps``
-    (outer loss); ``q_scale``: ``mean |Q'(s, a)|`` (detached), used when ``outer_q_norm`` is on.
-    """
-
-    obs: torch.Tensor
-    actions: torch.Tensor
-    q_in: torch.Tensor
-    noisy_obs: torch.Tensor
-    q_scale: torch.Tensor
-
-
-def weight_kl_to_uniform(w: torch.Tensor) -> torch.Tensor:
-    """``KL(p || uniform) = sum_b p_b log(B p_b)`` with ``p = w / sum w``: 0 for equal weights, ``log B`` when
-    one sample holds all the weight. Invariant to the weights' common scale, so it penalises only sharpening."""
-    p = w / w.sum()
-    return (p * torch.log(p * w.numel()).clamp_min(-1e4)).sum()
-
-
-def effective_sample_fraction(w: torch.Tensor) -> torch.Tensor:
-    """``(sum w)^2 / (B sum w^2)`` in ``(0, 1]``: 1 for equal weights, ``1/B`` when one sample holds them all."""
-    return w.sum().pow(2) / (w.numel() * w.pow(2).sum())
-
-
-def standardise(q: torch.Tensor) -> torch.Tensor:
-    """``(q - mean(q)) / (std(q) + 1e-6)`` over the batch (population std)."""
-    return (q - q.mean()) / (q.std(unbiased=False) + Q_STD_EPS)
+__all__ = [
+    "SCHEDULES",
+    "SCORER_INITS",
+    "SOLVERS",
+    "VACO",
+    "WEIGHT_NORMS",
+    "WEIGHT_QUANTILES",
+    "MetaScorer",
+    "VACOBatch",
+    "VACOConfig",
+    "effective_sample_fraction",
+    "standardise",
+    "weight_kl_to_uniform",
+]
 
 
 class VACO(Algorithm):
@@ -200,14 +76,7 @@ class VACO(Algorithm):
     # ------------------------------------------------------------------ construction
     def build(self) -> None:
         c = self.config
-        hidden = (c.hidden_dim, c.hidden_dim)
-        # Same construction order as IQL, so that with one seed both start from identical value networks.
-        self.actor = DeterministicActor(
-            self.obs_dim, self.act_dim, self.stats.action_low, self.stats.action_high, hidden=hidden
-        )
-        self.critic = TwinCritic(self.obs_dim, self.act_dim, hidden=hidden)
-        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.value = ValueNet(self.obs_dim, hidden=hidden)
+        build_iql_networks(self)  # IQL's actor and value networks, in IQL's order: the same initial weights
         self.scorer = MetaScorer(self.obs_dim, self.act_dim, c.scorer_hidden_dim, c.weight_norm)
         if c.scorer_init == "zero":
             # A randomly initialised scorer already ranks trajectories (its output is a random function of
@@ -217,14 +86,7 @@ class VACO(Algorithm):
             with torch.no_grad():
                 self.scorer.net[-1].weight.zero_()
                 self.scorer.net[-1].bias.zero_()
-        self.modules = {
-            "actor": self.actor,
-            "critic": self.critic,
-            "critic_target": self.critic_target,
-            "value": self.value,
-            "scorer": self.scorer,
-        }
-        self.reward_scale = self.stats.reward_scale if c.normalize_reward else 1.0
+        self.modules = {"actor": self.actor, **self.values.modules(), "scorer": self.scorer}
         if c.schedule == "two_phase":
             self.value_steps = round(c.value_fraction * self.total_steps)
         else:
@@ -242,43 +104,21 @@ class VACO(Algorithm):
         PyTorch 1.12) does; ``torchopt.adamw`` would be the decoupled variant the paper does not name.
         """
         c = self.config
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=c.critic_lr)
-        self.value_opt = torch.optim.Adam(self.value.parameters(), lr=c.value_lr)
         self.scorer_opt = torch.optim.Adam(
             self.scorer.parameters(), lr=c.scorer_lr, eps=c.adam_eps, weight_decay=c.weight_decay
         )
-        self.optimizers = {"critic": self.critic_opt, "value": self.value_opt, "scorer": self.scorer_opt}
+        self.optimizers = {**self.values.build_optimizers(), "scorer": self.scorer_opt}
         self.schedulers = {}
         inner_opt = torchopt.adam(lr=c.actor_lr, eps=c.adam_eps, weight_decay=c.weight_decay)
         self.problem = bilevel.Problem(
             inner=self.actor, outer=self.scorer, inner_loss=self.inner_loss, outer_loss=self.outer_loss
         )
-        self.solver = self._make_solver(inner_opt)
-
-    def _make_solver(self, inner_opt: torchopt.base.GradientTransformation) -> bilevel.Solver:
-        c = self.config
-        if c.solver == "one_step":
-            return bilevel.OneStepSolver(self.problem, inner_opt, self.scorer_opt)
-        if c.solver == "k_step":
-            n = sum(p.numel() for p in self.scorer.parameters())
-            if c.mode == "forward" and n > FORWARD_MODE_MAX_PARAMS:
-                raise ValueError(
-                    f"VACO k_step mode='forward' needs one unrolled pass per meta-scorer parameter and the scorer "
-                    f"has {n}; use mode='reverse', or shrink the scorer (scorer_hidden_dim) below "
-                    f"{FORWARD_MODE_MAX_PARAMS} parameters"
-                )
-            return bilevel.KStepSolver(
-                self.problem, inner_opt, self.scorer_opt, steps=c.k, truncate=c.truncate or None, mode=c.mode
-            )  # type: ignore[arg-type]
-        return bilevel.ImplicitSolver(
-            self.problem,
-            inner_opt,
-            self.scorer_opt,
-            inner_steps=c.implicit_steps,
-            linear_solver=c.linear_solver,  # type: ignore[arg-type]
-            iterations=c.iterations,
-            damping=c.damping,
-        )
+        try:
+            self.solver = bilevel.make_solver(c.solver, self.problem, inner_opt, self.scorer_opt,
+                                              **c.solver_options())
+        except ValueError as e:  # only the forward-mode size rule can fail here: the config checked the rest
+            raise ValueError(f"VACO {e} (the outer module is the meta-scorer: --scorer-hidden-dim sets its "
+                             f"size)") from e
 
     # ------------------------------------------------------------------ the two losses
     def inner_loss(self, inner: bilevel.InnerView, outer: nn.Module, batch: VACOBatch) -> torch.Tensor:
@@ -308,14 +148,9 @@ class VACO(Algorithm):
 
     # ------------------------------------------------------------------ pieces of an update
     def value_update(self, batch: Batch) -> dict[str, float]:
-        """One IQL value step (expectile V, TD Q, Polyak target): :meth:`IQL.value_critic_update` itself.
-
-        VACO holds the attributes that method reads (``critic``, ``critic_target``, ``value``, their
-        optimisers, ``reward_scale``, the IQL fields of the config), so calling it keeps the value learning
-        identical to IQL's by construction rather than by copy; the advantage it also returns is IQL's actor
-        input and is not needed here.
-        """
-        info, _ = IQL.value_critic_update(self, batch)  # type: ignore[arg-type]
+        """One IQL value step (expectile V, TD Q, Polyak target): the :class:`IQLValue` IQL itself uses. The
+        advantage it also returns is IQL's actor input and is not needed here."""
+        info, _ = self.values.update(batch)
         return info
 
     def sigma_at(self, step: int) -> float:
@@ -364,7 +199,7 @@ class VACO(Algorithm):
         self._last_weights = self._last_bc = None
         info = self.solver.step(vb)
         w, bc = self._last_weights, self._last_bc
-        if w is None or bc is None or torch._C._functorch.is_functorch_wrapped_tensor(w):
+        if w is None or bc is None or bilevel.escaped_transform(w):
             # Forward-mode K-step evaluated the losses under torch.func.jvp; recompute outside it
             # (with the pre-step alpha the inner loss used: scorer params are restored after jvp).
             with torch.no_grad():
@@ -411,12 +246,8 @@ class VACO(Algorithm):
         return self.scorer.raw(obs, actions, (q - mean) / (std + Q_STD_EPS)), q
 
     def extra_state(self) -> dict[str, Any]:
-        """The inner (policy) optimiser state lives in the solver, not in ``self.optimizers``: save its leaves."""
-        leaves, _ = torchopt.pytree.tree_flatten(self.solver.inner_state)
-        return {
-            "inner_state": [t.detach().clone() if isinstance(t, torch.Tensor) else t for t in leaves],
-            "solver": self.config.solver,
-        }
+        """The inner (policy) optimiser state lives in the solver, not in ``self.optimizers``."""
+        return self.solver.state_dict() | {"solver": self.config.solver}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         if "inner_state" not in state:
@@ -429,12 +260,4 @@ class VACO(Algorithm):
                 f"checkpoint was trained with solver {state['solver']!r}, this VACO uses "
                 f"{self.config.solver!r}"
             )
-        leaves, treedef = torchopt.pytree.tree_flatten(self.solver.inner_state)
-        saved = state["inner_state"]
-        if len(saved) != len(leaves):
-            raise ValueError(f"VACO checkpoint inner_state has {len(saved)} tensors, expected {len(leaves)}")
-        restored = [
-            s.to(device=old.device, dtype=old.dtype) if isinstance(old, torch.Tensor) else s
-            for s, old in zip(saved, leaves)
-        ]
-        self.solver.inner_state = torchopt.pytree.tree_unflatten(treedef, restored)
+        self.solver.load_state_dict(state)

@@ -1,0 +1,189 @@
+"""Forward-mode hypergradient of a K-step unroll (``KStepSolver(mode="forward")``).
+
+A tangent ``d theta_k / d lambda_i`` is pushed through the unroll alongside the iterates,
+
+.. math::
+
+    \\dot\\theta_{k+1} = \\partial_\\theta U\\, \\dot\\theta_k + \\partial_s U\\, \\dot s_k
+        + \\partial_\\lambda U, \\qquad
+    \\frac{dG}{d\\lambda_i} = \\partial_{\\lambda_i} g + \\nabla_\\theta g \\cdot \\dot\\theta_K,
+
+so memory does not grow with K and time is ~3K inner gradients per scalar outer parameter. The unroll is
+described by an :class:`Unroll` (the two losses, the inner optimiser, the outer module), not by a solver.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.autograd.forward_ad as fwAD
+import torchopt
+from torch import nn
+
+__all__ = ["Unroll", "forward_hypergradient"]
+
+# Directions pushed through one vmapped jvp unroll; bounds forward mode's memory at this many copies.
+_FORWARD_CHUNK = 32
+
+
+@dataclass
+class Unroll:
+    """The step function of an unroll: ``inner_value(theta, batch, buffers)`` (f), ``outer_value`` (g), the
+    inner optimiser applied functionally, and the outer module whose parameters ``outer_params`` (named
+    ``outer_names``) are the directions."""
+
+    inner_value: Callable[[Sequence[torch.Tensor], Any, dict[str, torch.Tensor]], torch.Tensor]
+    outer_value: Callable[[Sequence[torch.Tensor], Any, dict[str, torch.Tensor]], torch.Tensor]
+    optimizer: torchopt.base.GradientTransformation
+    outer: nn.Module
+    outer_params: list[torch.Tensor]
+    outer_names: list[str]
+
+
+def _reroot(x: Any) -> Any:
+    """A dual tensor with the same primal and tangent but no reverse-mode history (keeps forward mode's
+    memory flat in K); non-float leaves (step counters) pass through."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        return x
+    primal, tangent = fwAD.unpack_dual(x)
+    return fwAD.make_dual(primal.detach(), torch.zeros_like(primal) if tangent is None else tangent.detach())
+
+
+class _Closure(nn.Module):
+    """Holds the outer module as a child so ``functional_call`` can swap its parameters for the
+    duration of ``fn`` (user losses read ``outer.<param>`` directly, so the swap must be global)."""
+
+    def __init__(self, outer: nn.Module, fn: Any) -> None:
+        super().__init__()
+        self.outer = outer
+        self._fn = fn
+
+    def forward(self) -> Any:
+        return self._fn()
+
+
+def _unroll_functional(
+    u: Unroll, theta: tuple[torch.Tensor, ...], state: Any, batches: list[Any], outer_batch: Any,
+    buffers: dict[str, torch.Tensor],
+) -> tuple[torch.Tensor, tuple[Any, ...]]:
+    losses = []
+    for batch in batches:
+        grads, loss = torch.func.grad_and_value(lambda th, b=batch: u.inner_value(th, b, buffers))(theta)
+        updates, state = u.optimizer.update(grads, state, params=theta, inplace=False)
+        theta = tuple(torchopt.apply_updates(theta, updates, inplace=False))
+        losses.append(loss)
+    g = u.outer_value(theta, outer_batch, buffers)
+    return g, (theta, state, losses, g)
+
+
+def forward_hypergradient(
+    u: Unroll, theta0: tuple[torch.Tensor, ...], state0: Any, batches: list[Any], outer_batch: Any,
+    buffers: dict[str, torch.Tensor],
+) -> tuple[list[torch.Tensor], tuple[Any, ...]]:
+    """``dG/dlambda`` of the unroll ``u`` from ``(theta0, state0)`` over ``batches``, by forward-mode AD;
+    returns it with ``(theta_K, s_K, [f_k], g)`` (tangent-free).
+
+    All basis directions go through one ``vmap`` of ``jvp``; where that fails on a dtype (see below) or an
+    in-place update, one ``torch.autograd.forward_ad`` unroll per direction.
+    """
+    lam = tuple(p.detach() for p in u.outer_params)
+    names = [f"outer.{n}" for n in u.outer_names]
+
+    def unrolled(*lam_in: torch.Tensor) -> tuple[torch.Tensor, tuple[Any, ...]]:
+        closure = _Closure(u.outer, lambda: _unroll_functional(u, theta0, state0, batches, outer_batch, buffers))
+        return torch.func.functional_call(closure, dict(zip(names, lam_in)), (), strict=False)
+
+    try:
+        hypergrad, aux = _jvp_batched(unrolled, lam)
+        batched_ok = all(a.dtype == b.dtype for a, b in zip(aux[0], theta0))
+    except RuntimeError as err:
+        if "in-place" in str(err):
+            raise _in_place_error() from err
+        batched_ok = False
+    if not batched_ok:
+        # torch.func.jvp (torch 2.13) gives `python_float * zero_dim_tensor` a float64 tangent, so a
+        # float32 loss like `0.5 * loss` derails a float32 unroll with a dtype error. Autograd's own
+        # forward mode (torch.autograd.forward_ad) has no such bug: one dual-number unroll per direction.
+        hypergrad, aux = _forward_ad_loop(u, theta0, state0, batches, outer_batch, buffers, names, lam)
+    return hypergrad, aux
+
+
+def _in_place_error() -> RuntimeError:
+    return RuntimeError(
+        "KStepSolver(mode='forward') runs the losses under torch.func.jvp, which cannot update tensors in "
+        "place (e.g. BatchNorm running statistics in training mode, or a loss that mutates a captured "
+        "tensor). Use mode='reverse', or call .eval() on such layers"
+    )
+
+
+def _jvp_batched(unrolled: Any, lam: tuple[torch.Tensor, ...]) -> tuple[list[torch.Tensor], Any]:
+    """All basis directions at once: ``vmap`` over tangents of ``jvp`` (randomness="same": every
+    direction differentiates the same sampled unroll). Only tangents are batched, never primal
+    values, so Python control flow on losses still works. About 5x faster than one jvp per
+    direction for 20 scalars."""
+    n = sum(p.numel() for p in lam)
+    eye = torch.eye(n, dtype=lam[0].dtype, device=lam[0].device)
+    tangents, offset = [], 0
+    for p in lam:
+        tangents.append(eye[:, offset:offset + p.numel()].reshape(n, *p.shape))
+        offset += p.numel()
+
+    def directional(*t: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        _, d, aux = torch.func.jvp(unrolled, lam, t, has_aux=True)
+        return d, aux
+
+    d, aux = torch.func.vmap(directional, randomness="same", chunk_size=_FORWARD_CHUNK)(*tangents)
+    aux = torchopt.pytree.tree_map(lambda t: t[0] if isinstance(t, torch.Tensor) else t, aux)
+    hypergrad, offset = [], 0
+    for p in lam:
+        hypergrad.append(d[offset:offset + p.numel()].reshape(p.shape).to(p.dtype))
+        offset += p.numel()
+    return hypergrad, aux
+
+
+def _forward_ad_loop(
+    u: Unroll, theta0: tuple[torch.Tensor, ...], state0: Any, batches: list[Any], outer_batch: Any,
+    buffers: dict[str, torch.Tensor], names: list[str], lam: tuple[torch.Tensor, ...],
+) -> tuple[list[torch.Tensor], Any]:
+    """Forward-over-reverse with ``torch.autograd.forward_ad``: lambda carries a unit tangent, each
+    inner gradient is taken with ``create_graph=True`` so its tangent is propagated, and every
+    iterate is re-rooted (primal detached, tangent kept) so memory stays independent of K."""
+    hypergrad = [torch.zeros_like(p) for p in lam]
+    aux: Any = None
+    for i, p in enumerate(lam):
+        for j in range(p.numel()):
+            with fwAD.dual_level():
+                duals = {}
+                for k, (n, q) in enumerate(zip(names, lam)):
+                    t = torch.zeros_like(q)
+                    if k == i:
+                        t.view(-1)[j] = 1.0
+                    duals[n] = fwAD.make_dual(q, t)
+
+                def run() -> tuple[torch.Tensor, Any]:
+                    theta = tuple(_reroot(t) for t in theta0)
+                    state = torchopt.pytree.tree_map(_reroot, state0)
+                    step_losses = []
+                    for batch in batches:
+                        theta = tuple(t.requires_grad_() for t in theta)
+                        loss = u.inner_value(theta, batch, buffers)
+                        grads = torch.autograd.grad(loss, theta, create_graph=True, allow_unused=True)
+                        grads = tuple(torch.zeros_like(t) if gr is None else gr for gr, t in zip(grads, theta))
+                        updates, state = u.optimizer.update(grads, state, params=theta, inplace=False)
+                        theta = tuple(_reroot(t) for t in torchopt.apply_updates(theta, updates, inplace=False))
+                        state = torchopt.pytree.tree_map(_reroot, state)
+                        step_losses.append(fwAD.unpack_dual(loss).primal.detach())
+                    g = u.outer_value(theta, outer_batch, buffers)
+                    return g, (theta, state, step_losses)
+
+                g, (theta, state, step_losses) = torch.func.functional_call(
+                    _Closure(u.outer, run), duals, (), strict=False)
+                primal, tangent = fwAD.unpack_dual(g)
+                hypergrad[i].view(-1)[j] = 0.0 if tangent is None else tangent.detach()
+                strip = lambda t: fwAD.unpack_dual(t).primal.detach() if isinstance(t, torch.Tensor) else t
+                aux = (tuple(strip(t) for t in theta), torchopt.pytree.tree_map(strip, state), step_losses,
+                       primal.detach())
+    return hypergrad, aux

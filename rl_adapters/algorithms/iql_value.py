@@ -1,0 +1,106 @@
+"""IQL's value learning as one component: IQL, ASPC-IQL and VACO all learn their values with it.
+
+With rewards scaled by ``c`` (``reward_scale``) and ``L_tau(u) = |tau - 1(u < 0)| u^2``:
+
+* value: ``min_psi E[L_tau(min_i Q'_i(s,a) - V(s))]``;
+* critic: ``min_theta sum_i E[(Q_i(s,a) - (c r + gamma (1 - done) V(s')))^2]``;
+* target critic ``Q'`` Polyak-averaged (``tau``) after every critic step.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+
+from ..data import Batch
+from ..networks import DeterministicActor, TwinCritic, ValueNet, soft_update
+
+__all__ = ["IQLValue", "ValueConfig", "build_iql_networks", "expectile_loss"]
+
+
+class ValueConfig(Protocol):
+    """The config fields the value learning reads (IQL's and VACO's configs both have them)."""
+
+    critic_lr: float
+    value_lr: float
+    expectile: float
+    discount: float
+    tau: float
+
+
+def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
+    """``mean |tau - 1(u < 0)| u^2`` for ``u = diff``."""
+    weight = torch.where(diff < 0, 1.0 - expectile, expectile)
+    return (weight * diff.pow(2)).mean()
+
+
+class IQLValue:
+    """Twin critic ``Q``, its target ``Q'`` and ``V``, with their Adam optimisers and the update above.
+
+    Construction draws the networks' initial weights from the global RNG in a fixed order (critic, then
+    value), so hosts that build the same networks before it start from identical values. Call
+    :meth:`build_optimizers` after the networks have moved to their device.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...], config: ValueConfig,
+                 reward_scale: float) -> None:
+        self.config = config
+        self.reward_scale = reward_scale
+        self.critic = TwinCritic(obs_dim, act_dim, hidden=hidden)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.value = ValueNet(obs_dim, hidden=hidden)
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """The networks under the checkpoint names every host uses."""
+        return {"critic": self.critic, "critic_target": self.critic_target, "value": self.value}
+
+    def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Adam on ``Q`` and on ``V``; returned under the checkpoint names every host uses."""
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=self.config.critic_lr)
+        self.value_opt = torch.optim.Adam(self.value.parameters(), lr=self.config.value_lr)
+        return {"critic": self.critic_opt, "value": self.value_opt}
+
+    def update(self, batch: Batch) -> tuple[dict[str, Any], torch.Tensor]:
+        """Expectile value step, TD critic step and target update; returns diagnostics and the detached
+        advantage ``min_i Q'_i(s,a) - V(s)`` (V before its step), IQL's actor input."""
+        c = self.config
+        rewards = batch.rewards * self.reward_scale
+        # --- value: expectile of the target critic's min-Q
+        with torch.no_grad():
+            target_q = self.critic_target.min_q(batch.obs, batch.actions)
+        v = self.value(batch.obs)
+        adv = target_q - v
+        value_loss = expectile_loss(adv, c.expectile)
+        self.value_opt.zero_grad(set_to_none=True)
+        value_loss.backward()
+        self.value_opt.step()
+        # --- critic: one-step TD target through V(s') (no max over actions)
+        with torch.no_grad():
+            y = rewards + c.discount * (1.0 - batch.dones) * self.value(batch.next_obs)
+        q1, q2 = self.critic(batch.obs, batch.actions)
+        critic_loss = F.mse_loss(q1, y) + F.mse_loss(q2, y)
+        self.critic_opt.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_opt.step()
+        soft_update(self.critic_target, self.critic, c.tau)
+        info = {"value_loss": value_loss.item(), "critic_loss": critic_loss.item(), "adv": adv.mean().item()}
+        return info, adv.detach()
+
+
+def build_iql_networks(algo: Any) -> None:
+    """Build IQL's networks on ``algo`` in IQL's order: the deterministic actor, then :class:`IQLValue`.
+
+    Sets ``actor``, ``reward_scale``, ``values`` and, as shortcuts, ``critic`` / ``critic_target`` / ``value``.
+    ``algo`` is an :class:`~rl_adapters.algorithms.base.Algorithm` whose config has IQL's fields; every host
+    that builds through here (IQL, ASPC-IQL, VACO) draws identical initial weights from one seed.
+    """
+    c = algo.config
+    hidden = (c.hidden_dim, c.hidden_dim)
+    algo.actor = DeterministicActor(algo.obs_dim, algo.act_dim, algo.stats.action_low, algo.stats.action_high,
+                                    hidden=hidden)
+    algo.reward_scale = algo.stats.reward_scale if c.normalize_reward else 1.0
+    algo.values = IQLValue(algo.obs_dim, algo.act_dim, hidden, c, algo.reward_scale)
+    algo.critic, algo.critic_target, algo.value = algo.values.critic, algo.values.critic_target, algo.values.value

@@ -1,0 +1,134 @@
+"""What a run is asked to do (:class:`TrainConfig`) and the checks that refuse a bad request before anything
+is loaded or written (one line naming the flag, the value and a fix)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..algorithms import make_config
+from ..data import check_dataset_available
+from ..errors import UsageError
+
+__all__ = ["DEFAULT_THREADS", "TrainConfig", "check_out_dir", "default_eval_every", "resolve_device"]
+
+#: torch CPU threads of a run unless set.  The networks are small (256x256 MLPs, batch 256): on an idle
+#: 2-core box two threads were 1.45x faster than one, but with both cores busy they were 12x slower
+#: (TD3+BC 6.7 vs 84.9 updates/s), see docs/rl.md "Threads".  One thread never oversubscribes; ask for
+#: more with ``threads`` / ``--threads N`` (saved in config.json: bitwise resume needs the same count).
+DEFAULT_THREADS = 1
+
+
+@dataclass
+class TrainConfig:
+    algo: str
+    dataset: str
+    steps: int = 100_000
+    seed: int = 0
+    device: str = "auto"
+    out: str = "runs/default"
+    eval_every: int | None = None  # None: default_eval_every(steps), about 10 evaluations per run
+    eval_episodes: int = 10
+    checkpoint_every: int = 10_000
+    log_every: int = 1_000
+    normalized_score: bool = True
+    tensorboard: bool = False
+    progress: bool = True
+    plot: bool = True
+    threads: int | None = DEFAULT_THREADS  # None: leave torch's thread count alone
+    hparams: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        # Runs recorded before ``threads`` existed ran with torch's default.
+        return cls(**({"threads": None} | {k: v for k, v in d.items() if k in known}))
+
+    def resolved(self) -> TrainConfig:
+        """A copy with the automatic defaults filled in (what ``config.json`` records)."""
+        every = default_eval_every(self.steps) if self.eval_every is None else self.eval_every
+        return dataclasses.replace(self, eval_every=every, hparams=dict(self.hparams))
+
+    def validate(self, check_dataset: bool = True) -> None:
+        """Raise :class:`~rl_adapters.errors.UsageError` naming the flag, the value and a fix for the
+        first setting that cannot work; cheap (no data is loaded, nothing is written)."""
+
+        def need_int(flag: str, value: Any, low: int, what: str, example: Any, none_ok: bool = False) -> None:
+            if value is None and none_ok:
+                return
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise UsageError(f"{flag} {value!r}: must be an integer >= {low} ({what}); e.g. {flag} {example}")
+
+        need_int("--steps", self.steps, 1, "the number of gradient updates", 100_000)
+        need_int("--seed", self.seed, 0, "numpy seeds must be non-negative", 0)
+        if self.seed >= 2**32:
+            raise UsageError(f"--seed {self.seed}: must be < 2**32 (numpy's seed range); e.g. --seed 0")
+        need_int("--eval-every", self.eval_every, 0, "0: evaluate only at the end", default_eval_every(
+            self.steps if isinstance(self.steps, int) and self.steps > 0 else 100_000), none_ok=True)
+        need_int("--eval-episodes", self.eval_episodes, 0, "0: never evaluate", 10)
+        need_int("--checkpoint-every", self.checkpoint_every, 0, "0: checkpoint only at the end", 10_000)
+        need_int("--log-every", self.log_every, 1, "steps per line of metrics.jsonl", 1_000)
+        need_int("--threads", self.threads, 1, "torch CPU threads", DEFAULT_THREADS, none_ok=True)
+        if not isinstance(self.dataset, str) or not self.dataset.strip():
+            raise UsageError(f"--dataset {self.dataset!r}: must name a Minari dataset, e.g. "
+                             f"--dataset suite/hopper/medium-v0")
+        resolve_device(self.device)
+        check_out_dir(self.out)
+        algo_cfg = make_config(self.algo, **self.hparams)
+        if hasattr(algo_cfg, "check_steps") and isinstance(self.steps, int):
+            try:  # options whose validity depends on --steps (ARQ's behaviour-model phase)
+                algo_cfg.check_steps(self.steps)
+            except ValueError as e:
+                raise UsageError(f"--algo {self.algo}: {e}") from e
+        if check_dataset:
+            check_dataset_available(self.dataset)
+
+
+def default_eval_every(steps: int) -> int:
+    """``ceil(steps / 10)``: ten evaluations per run (the last one at the end)."""
+    return max(1, -(-steps // 10))
+
+
+def check_out_dir(out: str) -> None:
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--out {out}: is an existing file, not a directory; pass a new directory (or a "
+                         f"previous run's), e.g. --out runs/{path.stem or 'run'}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"--out {out}: {parent} is a file, so no directory can be made under it; "
+                                 f"pass a path under a directory, e.g. --out runs/{path.name}")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise UsageError(f"--out {out}: {parent} is not writable; pass a directory you can write "
+                                 f"to, e.g. --out runs/{path.name}")
+            break
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` -> cuda if available else cpu; ``cpu``, ``cuda``, ``cuda:N`` and ``mps`` are checked
+    against this machine (:class:`~rl_adapters.errors.UsageError` otherwise)."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"--device {device!r}: not a device bilevel-rl can train on; use auto, cpu, cuda or "
+                         f"cuda:N (e.g. --device cuda:0)")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: torch.cuda.is_available() is False on this machine (no GPU "
+                             f"visible or a CPU-only torch build); use --device cpu or --device auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                             f"use --device cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {device}: torch.backends.mps.is_available() is False; use --device cpu")
+    return dev

@@ -1,0 +1,339 @@
+"""Offline training loop: sample -> update -> log -> evaluate -> checkpoint, resumable bit for bit.
+
+Reproducibility contract: a run interrupted after a checkpoint and resumed with ``resume=True``
+reaches exactly the parameters of an uninterrupted run with the same seed (same device, same
+thread count, which ``config.json`` records).  This holds because every source of randomness is
+saved in the checkpoint: the algorithm's networks, optimizers, schedulers, step counter, noise
+generator and carried attributes (``Algorithm.checkpoint_attrs``), the batch-sampling
+``torch.Generator``, the global torch (and CUDA) RNG, numpy's and Python's global RNGs.  Evaluation
+uses its own env seeds and touches none of them.  The partial sums of the current logging window are
+saved too, so ``metrics.jsonl`` of a resumed run equals the uninterrupted one except for the
+wall-clock field ``updates_per_s``.
+
+Checkpoints hold only tensors and plain Python values and are read with
+``torch.load(weights_only=True)``: a checkpoint from elsewhere cannot run code when loaded.
+
+Inputs are checked before anything is loaded or written (:meth:`TrainConfig.validate`); a run that
+fails before its first checkpoint removes the output directory it created.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..algorithms import Algorithm, make_algorithm
+from ..data import OfflineData, load_dataset
+from ..errors import CheckpointError, UsageError
+from ..evaluation import evaluate, make_eval_env_fn
+from .checkpoint import (
+    CHECKPOINT,
+    atomic_write_json,
+    first_line,
+    read_checkpoint,
+    restore_checkpoint,
+    save_checkpoint,
+)
+from .config import TrainConfig, resolve_device
+from .metrics import MetricsWindow, truncate_metrics
+from .plots import write_run_figures
+
+__all__ = ["NonFiniteLossError", "train"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """An update produced a NaN/inf diagnostic; the run stopped, the last good checkpoint is kept."""
+
+
+def _evaluate(algo: Algorithm, data: OfflineData, cfg: TrainConfig, step: int) -> dict[str, Any]:
+    res = evaluate(
+        algo, data, episodes=cfg.eval_episodes, seed=cfg.seed * 10_000, normalized=cfg.normalized_score
+    )
+    return {
+        "step": step,
+        "eval_return": res.mean_return,
+        "eval_return_std": res.std_return,
+        "eval_normalized_score": res.normalized_score,
+        "eval_episode_length": float(res.lengths.mean()),
+    }
+
+
+def train(
+    cfg: TrainConfig,
+    resume: bool = False,
+    max_steps_this_session: int | None = None,
+    data: OfflineData | None = None,
+) -> dict[str, Any]:
+    """Train ``cfg.algo`` on ``cfg.dataset`` for ``cfg.steps`` updates, writing into ``cfg.out``.
+
+    Files: ``config.json``, ``metrics.jsonl`` (one JSON object per line: training means every
+    ``log_every`` steps, evaluations every ``eval_every``), ``checkpoint.pt`` (every
+    ``checkpoint_every`` steps and at the end), ``summary.json``, ``learning_curve.png``, ``tb/``.
+    ``resume=True`` continues from ``checkpoint.pt`` with ``cfg`` as saved in ``config.json``.
+    ``max_steps_this_session`` stops after that many updates in this call (checkpointing first), to
+    simulate or schedule interruptions.  ``data`` skips loading when the caller already has the dataset.
+    Runs with ``cfg.threads`` torch threads (restored afterwards).
+
+    Raises :class:`~rl_adapters.errors.UsageError` for settings that cannot work and
+    :class:`~rl_adapters.errors.CheckpointError` for an unreadable checkpoint, both before anything is
+    written; :class:`~rl_adapters.data.DatasetError` for unusable data before the output directory is
+    created.  Returns the summary dict (``status`` is ``"finished"`` or ``"interrupted"``).
+    """
+    cfg.validate(check_dataset=data is None)
+    if max_steps_this_session is not None and (
+        isinstance(max_steps_this_session, bool)
+        or not isinstance(max_steps_this_session, int)
+        or max_steps_this_session < 1
+    ):
+        raise UsageError(f"--max-steps-this-session {max_steps_this_session!r}: must be an integer >= 1; "
+                         f"e.g. --max-steps-this-session 1000")
+    cfg = cfg.resolved()
+    device = resolve_device(cfg.device)
+    saved: dict[str, Any] | None = None
+    if resume:
+        saved = read_checkpoint(Path(cfg.out) / CHECKPOINT, device)
+        if saved["step"] >= cfg.steps:
+            raise UsageError(f"--resume {cfg.out}: the run already finished ({saved['step']} of {cfg.steps} "
+                             f"steps); to train longer start a new run, e.g. --out {cfg.out}-longer "
+                             f"--steps {2 * cfg.steps}")
+    previous_threads = torch.get_num_threads()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _run(cfg, device, saved, max_steps_this_session, data)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost directory of ``path`` that does not exist yet (what ``mkdir(parents=True)`` creates)."""
+    path = path.absolute()
+    if path.exists():
+        return None
+    while not path.parent.exists():
+        path = path.parent
+    return path
+
+
+def _run(
+    cfg: TrainConfig,
+    device: torch.device,
+    saved: dict[str, Any] | None,
+    max_steps_this_session: int | None,
+    data: OfflineData | None,
+) -> dict[str, Any]:
+    if data is None:
+        data = load_dataset(cfg.dataset, device)
+    elif data.device != device:
+        data = data.to(device)
+    if cfg.eval_episodes > 0:
+        if cfg.normalized_score and (data.ref_min_score is None or data.ref_max_score is None):
+            from ..evaluation import normalized_score
+
+            normalized_score(0.0, data.ref_min_score, data.ref_max_score, f"dataset {data.name!r}")  # raises
+        try:
+            make_eval_env_fn(data)().close()  # fail now, not at the first evaluation hours later
+        except Exception as e:
+            raise UsageError(f"--eval-episodes {cfg.eval_episodes}: the evaluation environment of {data.name!r} "
+                             f"cannot be created ({type(e).__name__}: {first_line(e)}); install what it "
+                             f"needs (e.g. pip install 'gymnasium[mujoco]') or pass --eval-episodes 0") from e
+
+    out = Path(cfg.out)
+    created = _first_missing(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / CHECKPOINT
+    try:
+        return _loop(cfg, device, saved, max_steps_this_session, data, out)
+    except BaseException:
+        # A run that never wrote a checkpoint cannot be resumed: leave no directory it created behind.
+        if created is not None and not ckpt_path.exists():
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+
+
+def _build_algorithm(cfg: TrainConfig, data: OfflineData, device: torch.device) -> Algorithm:
+    """``cfg.algo`` for ``data``'s sizes; a setting refused only now that they are known is a usage error."""
+    try:
+        return make_algorithm(cfg.algo, data.obs_dim, data.act_dim, data.stats, device=device, seed=cfg.seed,
+                              total_steps=cfg.steps, **cfg.hparams)
+    except UsageError:
+        raise
+    except ValueError as e:  # checks that need the data's dimensions, e.g. VACO's forward-mode size limit
+        raise UsageError(f"--algo {cfg.algo}: {e}") from e
+
+
+def _loop(
+    cfg: TrainConfig,
+    device: torch.device,
+    saved: dict[str, Any] | None,
+    max_steps_this_session: int | None,
+    data: OfflineData,
+    out: Path,
+) -> dict[str, Any]:
+    resume = saved is not None
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    random.seed(cfg.seed)
+    algo = _build_algorithm(cfg, data, device)
+    sampler = data.make_generator(cfg.seed)
+    batch_size = algo.config.batch_size
+    metrics_path, ckpt_path = out / "metrics.jsonl", out / CHECKPOINT
+    start, train_time, prev_wall, last_eval = 0, 0.0, 0.0, None
+    window_state: dict[str, Any] = {}
+    last_ckpt: int | None = None
+    if saved is not None:
+        try:
+            restore_checkpoint(saved, algo, sampler)
+        except (KeyError, ValueError, RuntimeError, TypeError) as e:
+            raise CheckpointError(f"{ckpt_path}: does not fit this run's config.json ({type(e).__name__}: "
+                                  f"{first_line(e)}); start the run again without --resume") from e
+        start, train_time, prev_wall = saved["step"], saved["train_time_s"], saved["wall_time_s"]
+        last_eval, last_ckpt = saved.get("last_eval"), saved["step"]
+        window_state = saved.get("log_window", {})
+        truncate_metrics(metrics_path, start)
+    else:
+        metrics_path.write_text("")
+        for stale in (out / "summary.json", ckpt_path):
+            stale.unlink(missing_ok=True)
+        atomic_write_json(
+            out / "config.json",
+            dataclasses.asdict(cfg) | {"resolved_device": str(device), "dataset_size": len(data)},
+        )
+    if hasattr(algo, "attach_data"):  # algorithms that precompute over the whole dataset (ARQ's candidates)
+        algo.attach_data(data, out, progress=cfg.progress)
+
+    writer = None
+    if cfg.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out / "tb"), purge_step=start + 1 if resume else None)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=cfg.steps,
+        initial=start,
+        disable=not cfg.progress,
+        desc=f"{cfg.algo} {cfg.dataset}",
+        dynamic_ncols=True,
+        file=sys.stderr,
+    )
+    session_start = time.perf_counter()
+    window = MetricsWindow(window_state, train_time)
+
+    def log(row: dict[str, Any]) -> None:
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if writer is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)) and v is not None:
+                    writer.add_scalar(k, v, row["step"])
+
+    def checkpoint(step: int) -> None:
+        nonlocal last_ckpt
+        save_checkpoint(
+            ckpt_path,
+            algo,
+            sampler,
+            {
+                "step": step,
+                "train_time_s": train_time,
+                "last_eval": last_eval,
+                "wall_time_s": prev_wall + time.perf_counter() - session_start,
+                "config": dataclasses.asdict(cfg),
+                "log_window": window.state(),
+            },
+        )
+        last_ckpt = step
+
+    step = start
+    status = "finished"
+    try:
+        for step in range(start + 1, cfg.steps + 1):
+            t0 = time.perf_counter()
+            info = algo.update(data.sample(batch_size, sampler))
+            train_time += time.perf_counter() - t0
+            bad = [k for k, v in info.items() if not math.isfinite(v)]
+            if bad:
+                kept = (
+                    f"Last good checkpoint kept at {ckpt_path} (step {last_ckpt})"
+                    if last_ckpt is not None
+                    else "No checkpoint had been written yet (nothing to resume)"
+                )
+                raise NonFiniteLossError(
+                    f"step {step}: non-finite {', '.join(f'{k}={info[k]}' for k in bad)} for {cfg.algo} on "
+                    f"{cfg.dataset}; stopped. {kept}; lower the learning rates or check the data."
+                )
+            window.add(info)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                row = window.flush(step, train_time)
+                log(row)
+                bar.set_postfix(
+                    {k: f"{row[k]:.3g}" for k in row if k.endswith("loss")}
+                    | ({"score": f"{last_eval:.1f}"} if last_eval is not None else {}),
+                    refresh=False,
+                )
+            assert cfg.eval_every is not None  # resolved()
+            if (
+                cfg.eval_episodes > 0
+                and cfg.eval_every > 0
+                and step % cfg.eval_every == 0
+                and step != cfg.steps
+            ):
+                row = _evaluate(algo, data, cfg, step)
+                last_eval = row["eval_normalized_score"] if cfg.normalized_score else row["eval_return"]
+                log(row)
+            if cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0 and step != cfg.steps:
+                checkpoint(step)
+            bar.update(1)
+            if (
+                max_steps_this_session is not None
+                and step - start >= max_steps_this_session
+                and step < cfg.steps
+            ):
+                checkpoint(step)
+                status = "interrupted"
+                break
+    finally:
+        bar.close()
+
+    summary: dict[str, Any] = {
+        "status": status,
+        "algo": cfg.algo,
+        "dataset": cfg.dataset,
+        "seed": cfg.seed,
+        "steps": step,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "updates_per_s": (step / train_time) if train_time > 0 else None,
+    }
+    if status == "finished":
+        final = _evaluate(algo, data, cfg, step) if cfg.eval_episodes > 0 else {}
+        if final:
+            log(final)
+            summary.update(
+                final_normalized_score=final["eval_normalized_score"],
+                final_return=final["eval_return"],
+                final_return_std=final["eval_return_std"],
+            )
+            last_eval = final["eval_normalized_score"] if cfg.normalized_score else final["eval_return"]
+        checkpoint(step)
+    summary["wall_time_s"] = prev_wall + time.perf_counter() - session_start
+    summary["hparams"] = dataclasses.asdict(algo.config)
+    if writer is not None:
+        writer.close()
+    if status == "finished":
+        atomic_write_json(out / "summary.json", summary)
+        if cfg.plot:
+            write_run_figures(algo, metrics_path, out, f"{cfg.algo} on {cfg.dataset}, seed {cfg.seed}")
+    return summary

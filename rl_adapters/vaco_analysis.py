@@ -1,0 +1,268 @@
+"""What a trained VACO meta-scorer thinks of its dataset (paper appendices F and G).
+
+:func:`analyze_weights` scores every transition ``(s, a)`` of a dataset with ``w_alpha(s, a, q)``,
+``q = (Q'(s, a) - mu_Q) / (sigma_Q + 1e-6)`` where ``Q' = min(Q1', Q2')`` of the target critic and
+``mu_Q, sigma_Q`` are taken over the *whole* dataset (training standardised per batch of 256 random
+transitions, whose statistics estimate exactly these). With ``weight_norm="batch_mean"`` the weights
+are divided by their dataset mean. It then reports
+
+* per trajectory ``e``: the mean weight ``w_bar_e = mean_{t in e} w_t`` against the return ``R_e``, and
+  the Pearson coefficient ``r(w_bar, R)`` (paper: 0.954 on hopper-medium-expert);
+* per transition: ``w_t`` against ``Q'(s_t, a_t)`` and ``r(w, Q')`` (paper: 0.24);
+
+as ``weights_vs_return.png``, ``weights_vs_q.png`` and ``weights.json`` in ``out_dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .algorithms import make_algorithm
+from .algorithms.vaco import VACO
+from .data import OfflineData, load_dataset
+
+__all__ = ["add_arguments", "analyze_weights", "load_run", "pearson", "run_from_args", "score_dataset"]
+
+
+def pearson(x: np.ndarray, y: np.ndarray) -> float | None:
+    """Pearson correlation ``cov(x, y) / (std x std y)``; ``None`` when either side is constant or n < 2."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if x.size < 2 or x.std() == 0 or y.std() == 0:
+        return None
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def load_run(
+    run_dir: str | Path, dataset: str | None = None, device: str = "cpu"
+) -> tuple[VACO, OfflineData]:
+    """Rebuild the VACO of a ``bilevel-rl train`` run directory from its ``config.json`` and ``checkpoint.pt``.
+
+    ``dataset`` overrides the training dataset (e.g. score a different mix with the same scorer).
+    """
+    run = Path(run_dir)
+    cfg_path, ckpt_path = run / "config.json", run / "checkpoint.pt"
+    if not cfg_path.exists() or not ckpt_path.exists():
+        raise FileNotFoundError(
+            f"{run} is not a finished/checkpointed bilevel-rl run: need {cfg_path.name} and {ckpt_path.name}"
+        )
+    cfg = json.loads(cfg_path.read_text())
+    if cfg["algo"] != "vaco":
+        raise ValueError(f"{run} trained {cfg['algo']!r}; weight analysis needs a VACO run (--algo vaco)")
+    train_data = load_dataset(cfg["dataset"], device)
+    # The state normalisation is not in the checkpoint but derived from the training data, so that data is
+    # loaded even when another dataset is scored (the scorer must see states normalised as in training).
+    algo = make_algorithm(
+        "vaco",
+        train_data.obs_dim,
+        train_data.act_dim,
+        train_data.stats,
+        device=device,
+        seed=cfg.get("seed", 0),
+        total_steps=cfg.get("steps", 1),
+        **cfg.get("hparams", {}),
+    )
+    from .training import read_checkpoint  # weights_only=True: a checkpoint cannot run code
+
+    algo.load_state_dict(read_checkpoint(ckpt_path, device)["algorithm"])
+    data = train_data if dataset is None else load_dataset(dataset, device)
+    return algo, data
+
+
+@torch.no_grad()
+def score_dataset(algo: VACO, data: OfflineData, chunk: int = 65_536) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-transition meta-scorer weights and ``min Q'`` for all of ``data`` (CPU float64 tensors, length N)."""
+    n = len(data)
+    qs = []
+    for start in range(0, n, chunk):
+        idx = torch.arange(start, min(n, start + chunk), device=data.device)
+        obs = algo.normalize(data.observations[idx].to(algo.device))
+        qs.append(algo.critic_target.min_q(obs, data.actions[idx].to(algo.device)).double())
+    q = torch.cat(qs)
+    q_mean, q_std = float(q.mean()), float(q.std(unbiased=False))
+    ws = []
+    for start in range(0, n, chunk):
+        idx = torch.arange(start, min(n, start + chunk), device=data.device)
+        obs = algo.normalize(data.observations[idx].to(algo.device))
+        w, _ = algo.score(obs, data.actions[idx].to(algo.device), q_mean, q_std)
+        ws.append(w.double())
+    w = torch.cat(ws)
+    if algo.config.weight_norm == "batch_mean":
+        w = w / w.mean()
+    return w.cpu(), q.cpu()
+
+
+def _plots(
+    out: Path,
+    ep_ret: np.ndarray,
+    ep_w: np.ndarray,
+    w: np.ndarray,
+    q: np.ndarray,
+    r_ret: float | None,
+    r_q: float | None,
+    title: str,
+    scatter_points: int,
+    seed: int,
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fmt = lambda r: "n/a" if r is None else f"{r:.3f}"
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    lo, hi = ep_ret.min(), ep_ret.max()
+    thirds = (
+        np.digitize(ep_ret, [lo + (hi - lo) / 3, lo + 2 * (hi - lo) / 3])
+        if hi > lo
+        else np.zeros_like(ep_ret)
+    )
+    for g, (name, colour) in enumerate(
+        (("low third", "tab:blue"), ("middle third", "tab:orange"), ("top third", "tab:red"))
+    ):
+        m = thirds == g
+        if m.any():
+            ax.scatter(ep_w[m], ep_ret[m], s=8, alpha=0.6, color=colour, label=f"return {name} ({m.sum()})")
+    ax.set_xlabel("mean meta-weight of the trajectory")
+    ax.set_ylabel("trajectory return")
+    ax.set_title(f"{title}\nPearson r = {fmt(r_ret)} over {len(ep_ret)} trajectories", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "weights_vs_return.png", dpi=110)
+    plt.close(fig)
+
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(w), size=min(scatter_points, len(w)), replace=False)
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.scatter(q[pick], w[pick], s=2, alpha=0.3)
+    ax.set_xlabel("min Q'(s, a)")
+    ax.set_ylabel("meta-weight w(s, a, Q)")
+    ax.set_title(f"{title}\nPearson r = {fmt(r_q)} over {len(w)} transitions ({len(pick)} drawn)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "weights_vs_q.png", dpi=110)
+    plt.close(fig)
+
+
+def analyze_weights(
+    run_dir: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    *,
+    algo: VACO | None = None,
+    data: OfflineData | None = None,
+    dataset: str | None = None,
+    device: str = "cpu",
+    plot: bool = True,
+    scatter_points: int = 20_000,
+) -> dict[str, Any]:
+    """Score a dataset with a trained meta-scorer; write plots and ``weights.json``; return the numbers.
+
+    Either ``run_dir`` (a VACO run of ``bilevel-rl train``; ``dataset`` optionally overrides its data) or
+    ``algo`` and ``data`` (in memory). ``out_dir`` defaults to ``run_dir/weights``; with neither ``run_dir``
+    nor ``out_dir`` nothing is written. Keys of the result: ``pearson_traj_weight_return``,
+    ``pearson_weight_q``, ``weight`` (mean/std/quantiles over transitions), ``return_thirds`` (mean
+    trajectory weight of the bottom/middle/top third of the return range), ``episodes`` (per trajectory
+    return, length and mean weight).
+    """
+    if run_dir is not None:
+        if algo is not None or data is not None:
+            raise ValueError("pass either run_dir or algo+data, not both")
+        algo, data = load_run(run_dir, dataset=dataset, device=device)
+        out_dir = Path(run_dir) / "weights" if out_dir is None else out_dir
+    elif algo is None or data is None:
+        raise ValueError(
+            "analyze_weights needs run_dir, or both algo (a trained VACO) and data (an OfflineData)"
+        )
+    if not isinstance(algo, VACO):
+        raise TypeError(f"analyze_weights needs a VACO (it has the meta-scorer), got {type(algo).__name__}")
+    w, q = score_dataset(algo, data)
+    ep_ids = data.episode_ids.cpu().long()
+    n_ep = data.num_episodes
+    counts = torch.bincount(ep_ids, minlength=n_ep).double()
+    ep_w = (torch.bincount(ep_ids, weights=w, minlength=n_ep) / counts.clamp_min(1)).numpy()
+    ep_ret = data.episode_returns.cpu().double().numpy()
+    w_np, q_np = w.numpy(), q.numpy()
+    r_ret, r_q = pearson(ep_w, ep_ret), pearson(w_np, q_np)
+    lo, hi = float(ep_ret.min()), float(ep_ret.max())
+    thirds = {}
+    for name, a, b in (
+        ("low", lo, lo + (hi - lo) / 3),
+        ("middle", lo + (hi - lo) / 3, lo + 2 * (hi - lo) / 3),
+        ("top", lo + 2 * (hi - lo) / 3, math.inf),
+    ):
+        m = (ep_ret >= a) & (ep_ret < b) if name != "top" else ep_ret >= a
+        thirds[name] = {
+            "episodes": int(m.sum()),
+            "mean_weight": float(ep_w[m].mean()) if m.any() else None,
+            "return_range": [a, min(b, hi)],
+        }
+    quant = np.quantile(w_np, [0.01, 0.1, 0.5, 0.9, 0.99])
+    result: dict[str, Any] = {
+        "dataset": data.name,
+        "transitions": len(data),
+        "trajectories": n_ep,
+        "pearson_traj_weight_return": r_ret,
+        "pearson_weight_q": r_q,
+        "weight": {
+            "mean": float(w_np.mean()),
+            "std": float(w_np.std()),
+            **{f"q{p:02d}": float(v) for p, v in zip((1, 10, 50, 90, 99), quant)},
+        },
+        "weight_norm": algo.config.weight_norm,
+        "return_thirds": thirds,
+        "episodes": {
+            "return": ep_ret.tolist(),
+            "length": counts.long().tolist(),
+            "mean_weight": ep_w.tolist(),
+        },
+    }
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "weights.json").write_text(json.dumps(result, indent=1))
+        if plot:
+            _plots(
+                out,
+                ep_ret,
+                ep_w,
+                w_np,
+                q_np,
+                r_ret,
+                r_q,
+                f"VACO meta-weights on {data.name}",
+                scatter_points,
+                algo.seed,
+            )
+    return result
+
+
+# ---------------------------------------------------------------------- CLI (bilevel-rl analyze-weights)
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="a VACO run directory written by `bilevel-rl train --algo vaco`")
+    p.add_argument("--out", default=None, help="output folder (default RUN_DIR/weights)")
+    p.add_argument("--dataset", default=None, help="score this dataset instead of the one trained on")
+    p.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
+    p.add_argument("--no-plot", dest="plot", action="store_false", help="write weights.json only")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    res = analyze_weights(args.run_dir, args.out, dataset=args.dataset, device=args.device, plot=args.plot)
+    summary = {
+        k: res[k]
+        for k in (
+            "dataset",
+            "transitions",
+            "trajectories",
+            "pearson_traj_weight_return",
+            "pearson_weight_q",
+            "weight",
+        )
+    }
+    summary["out"] = str(Path(args.out) if args.out else Path(args.run_dir) / "weights")
+    print(json.dumps(summary))
+    return 0
