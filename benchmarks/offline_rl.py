@@ -150,7 +150,8 @@ def learning_curves(results: list[dict], algos: list[str], datasets: list[str], 
         for algo in algos:
             curves = []
             for r in results:
-                if r.get("algo") != algo or r.get("dataset") != ds or r.get("failed"):
+                # Unfinished cells (--report-only) are drawn as far as they got.
+                if r.get("algo") != algo or r.get("dataset") != ds or (r.get("failed") and not r.get("in_progress")):
                     continue
                 metrics = out_dir / "runs" / cell_name(algo, ds, int(r["seed"])) / "metrics.jsonl"
                 if not metrics.exists():
@@ -180,7 +181,7 @@ def learning_curves(results: list[dict], algos: list[str], datasets: list[str], 
 
 def _runs(results: list[dict], out_dir: Path, pred: Any) -> list[tuple[dict, Path]]:
     return [(r, out_dir / "runs" / cell_name(r["algo"], r["dataset"], int(r["seed"])))
-            for r in results if not r.get("failed") and "seed" in r and pred(r)]
+            for r in results if (not r.get("failed") or r.get("in_progress")) and "seed" in r and pred(r)]
 
 
 def vaco_weight_scatter(results: list[dict], out_dir: Path, png: Path) -> bool:
@@ -204,6 +205,42 @@ def vaco_weight_scatter(results: list[dict], out_dir: Path, png: Path) -> bool:
         ax.set_xlabel("trajectory mean meta-weight")
         ax.set_ylabel("trajectory return")
         ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def vaco_weight_stats(results: list[dict], out_dir: Path, png: Path) -> bool:
+    """VACO's weight diagnostics over its bi-level phase, one line per (solver, dataset, seed): the batch mean
+    of the sigmoid before normalisation (falls toward 0 when the weights collapse) and the effective sample
+    fraction (falls toward 1/B when they sharpen)."""
+    curves = []
+    for r, d in _runs(results, out_dir, lambda r: str(r["algo"]).startswith("vaco")):
+        m = d / "metrics.jsonl"
+        if m.exists():
+            off = int(r.get("value_steps", 0) or 0)
+            rows = [json.loads(x) for x in m.read_text().splitlines() if x.strip()]
+            pts = [(row["step"] - off, row["w_raw_mean"], row["w_ess"]) for row in rows if "w_raw_mean" in row]
+            if pts:
+                curves.append((f"{r['algo']} {r['dataset'].replace('suite/', '')} s{r['seed']}", pts))
+    if not curves:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    for label, pts in curves:
+        axes[0].plot([x[0] for x in pts], [x[1] for x in pts], label=label)
+        axes[1].plot([x[0] for x in pts], [x[2] for x in pts], label=label)
+    axes[0].set_ylabel("batch mean of the sigmoid (before normalisation)")
+    axes[1].set_ylabel("effective sample fraction")
+    for ax in axes:
+        ax.set_xlabel("policy (bi-level) updates")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)
@@ -369,6 +406,23 @@ def run_cell(algo: str, dataset: str, seed: int, args: argparse.Namespace) -> di
     return summary
 
 
+def cell_state(algo: str, dataset: str, seed: int, args: argparse.Namespace) -> dict:
+    """A cell's result without running it: the finished result, or how far an unfinished run got
+    (``in_progress`` updates, from its metrics), so that a report can be written while a grid is incomplete."""
+    out = Path(args.out)
+    name = cell_name(algo, dataset, seed)
+    if (out / f"{name}.json").exists():
+        return json.loads((out / f"{name}.json").read_text()) | {"skipped": True}
+    steps, value_steps = policy_budget(VARIANTS.get(algo, (algo, []))[0], args)
+    metrics = out / "runs" / name / "metrics.jsonl"
+    done = 0
+    if metrics.exists():
+        rows = [ln for ln in metrics.read_text().splitlines() if ln.strip()]
+        done = json.loads(rows[-1])["step"] if rows else 0
+    return {"algo": algo, "dataset": dataset, "seed": seed, "failed": True, "in_progress": done,
+            "total_steps": steps, "value_steps": value_steps}
+
+
 def table(results: list[dict], algos: list[str], datasets: list[str]) -> str:
     lines = [
         ("| dataset | algorithm | normalised score (mean ± std) | final return | seeds | updates/s | wall time (s) | "
@@ -381,7 +435,10 @@ def table(results: list[dict], algos: list[str], datasets: list[str]) -> str:
                 r for r in results if r.get("algo") == algo and r.get("dataset") == ds and not r.get("failed")
             ]
             if not rows:
-                lines.append(f"| {ds} | {algo} | (no finished seed) | | 0 | | | |")
+                partial = [r for r in results if r.get("algo") == algo and r.get("dataset") == ds and r.get("in_progress")]
+                state = ("in progress: " + ", ".join(f"seed {r['seed']} at {r['in_progress']}/{r['total_steps']} updates"
+                                                     for r in partial)) if partial else "not started"
+                lines.append(f"| {ds} | {algo} | ({state}) | | 0 | | | |")
                 continue
             scores = np.array([r["final_normalized_score"] for r in rows], dtype=float)
             rets = np.array([r["final_return"] for r in rows], dtype=float)
@@ -432,6 +489,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--out", default="results/offline_rl")
     p.add_argument("--report", action="store_true", help="write the table into docs/benchmarks.md")
+    p.add_argument("--report-only", action="store_true",
+                   help="write the report from the cells already in --out without running any (unfinished cells "
+                        "are listed with how far they got; their curves are drawn as far as they go)")
     p.add_argument("--note", default="", help="extra line for the report (e.g. 'smoke run')")
     p.add_argument("--section", default="offline_rl", help="docs/benchmarks.md section this grid writes")
     if argv is None:
@@ -455,8 +515,11 @@ def main(argv: list[str] | None = None) -> int:
     # Longest cells first so the pool's tail is short (unknown variants count as the slowest).
     cells.sort(key=lambda c: -COST_MS.get(c[0], max(COST_MS.values())))
     t0 = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=args.workers) as pool:
-        results = list(pool.map(lambda c: run_cell(*c, args), cells))
+    if args.report_only:
+        results = [cell_state(*c, args) for c in cells]
+    else:
+        with ThreadPoolExecutor(max_workers=args.workers) as pool:
+            results = list(pool.map(lambda c: run_cell(*c, args), cells))
     wall = time.perf_counter() - t0
     body = table(results, algos, datasets)
     (Path(args.out) / "table.md").write_text(body + "\n")
@@ -473,6 +536,7 @@ def main(argv: list[str] | None = None) -> int:
         reused = sum(bool(r.get("skipped")) for r in results)
         extra = ""
         for kind, fn, caption in (("vaco_weights", vaco_weight_scatter, "VACO meta-weights vs return"),
+                                  ("vaco_weight_stats", vaco_weight_stats, "VACO weight statistics over training"),
                                   ("aspc_alpha", aspc_alpha_curves, "ASPC alpha over training")):
             extra_png = REPORT.parent / "img" / f"{args.section}_{kind}.png"
             if fn(results, Path(args.out), extra_png):
@@ -487,10 +551,13 @@ def main(argv: list[str] | None = None) -> int:
         section = (
             f"## {title}\n\n"
             f"Command: `MINARI_DATASETS_PATH=../shared/datasets {command_line()}`\n\n"
-            f"Machine: {machine_description(args.device)}; {args.workers} worker processes, one torch "
-            f"thread each; git {git_revision()}. Grid wall time {wall:.0f}s"
-            + (f" ({reused} of {len(results)} cells reused from an earlier invocation)" if reused else "")
-            + ".\n\n"
+            + (f"Rendered with --report-only from the cells in `{args.out}` (git {git_revision()}); the cells ran "
+               f"in earlier invocations, one torch thread each (see the notes below for where).\n\n"
+               if args.report_only else
+               f"Machine: {machine_description(args.device)}; {args.workers} worker processes, one torch "
+               f"thread each; git {git_revision()}. Grid wall time {wall:.0f}s"
+               + (f" ({reused} of {len(results)} cells reused from an earlier invocation)" if reused else "")
+               + ".\n\n")
             + (f"{args.steps} policy updates per cell; VACO cells train {args.vaco_value_steps} IQL value-only "
                f"updates first (not counted as policy updates, drawn before 0 in the curves). "
                if args.vaco_value_steps else f"{args.steps} updates, ")
@@ -503,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
             + (f"\n{notes_file.read_text()}" if notes_file.exists() else "")
         )
         write_section(args.section, section)
-    return 0 if all(not r.get("failed") for r in results) else 1
+    return 0 if args.report_only or all(not r.get("failed") for r in results) else 1
 
 
 if __name__ == "__main__":

@@ -73,6 +73,25 @@ def value_phase(dataset: str, seed: int, value_steps: int, out: Path) -> Path:
     return path
 
 
+def initial_pearson(dataset: str, seed: int, args: argparse.Namespace) -> float | None:
+    """Trajectory weight/return Pearson of a PyTorch-initialised scorer before any bi-level update (the
+    value networks of the shared phase give its Q input): what a random scorer already 'finds'."""
+    import torch
+
+    torch.set_num_threads(1)
+    from rl_adapters.algorithms import make_algorithm
+    from rl_adapters.analysis import analyze_weights
+    from rl_adapters.data import load_dataset
+
+    data = load_dataset(dataset)
+    algo = make_algorithm("vaco", data.obs_dim, data.act_dim, data.stats, seed=seed,
+                          total_steps=2 * args.value_steps, value_fraction=0.5, **MECHANISMS["sigmoid"])
+    cached = torch.load(value_phase(dataset, seed, args.value_steps, Path(args.out)), weights_only=True)
+    for k in ("critic", "critic_target", "value"):
+        algo.modules[k].load_state_dict(cached["modules"][k])
+    return analyze_weights(algo=algo, data=data, plot=False)["pearson_traj_weight_return"]
+
+
 def run_one(dataset: str, seed: int, mechanism: str, solver: str, args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
@@ -200,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", default="results/vaco_collapse")
     p.add_argument("--report", action="store_true")
+    p.add_argument("--report-only", action="store_true",
+                   help="render the report from the runs already in --out (every mechanism, seed and dataset found) "
+                        "without training anything")
     args = p.parse_args(argv)
     for flag, val in (("--value-steps", args.value_steps), ("--bilevel-steps", args.bilevel_steps),
                       ("--log-every", args.log_every), ("--workers", args.workers)):
@@ -214,6 +236,16 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     datasets, seeds = args.datasets.split(","), [int(s) for s in args.seeds.split(",")]
+    if args.report_only:
+        results = [json.loads(f.read_text()) for f in sorted(out.glob("*__*__*__s*.json"))]
+        if not results:
+            p.error(f"--report-only: no finished runs in {out}")
+        init_path = out / "init_pearson.json"
+        init = json.loads(init_path.read_text()) if init_path.exists() else {}
+        datasets = sorted({r["dataset"] for r in results})
+        seeds = sorted({int(r["seed"]) for r in results})
+        args.report = True
+        return _render(results, init, datasets, seeds, args)
     # Value phases first (one per dataset and seed), so runs sharing one never train it twice.
     with ProcessPoolExecutor(args.workers) as pool:
         list(pool.map(value_phase, *zip(*[(d, s, args.value_steps, out) for d in datasets for s in seeds])))
@@ -222,8 +254,23 @@ def main(argv: list[str] | None = None) -> int:
         jobs = sorted([(d, s, m, v) for d in datasets for s in seeds for m in args.mechanisms.split(",")
                        for v in args.solvers.split(",")], key=lambda j: order[j[3]])
         futures = [pool.submit(run_one, *j, args) for j in jobs]
+        init_path = out / "init_pearson.json"
+        init = json.loads(init_path.read_text()) if init_path.exists() else {}
+        todo = [(d, s) for d in datasets for s in seeds if f"{_slug(d)}_s{s}" not in init]
+        for (d, s), r in zip(todo, pool.map(initial_pearson, *zip(*todo), [args] * len(todo)) if todo else []):
+            init[f"{_slug(d)}_s{s}"] = r
+        init_path.write_text(json.dumps(init, indent=1))
         results = [f.result() for f in futures]
+    return _render(results, init, datasets, seeds, args)
+
+
+def _render(results: list[dict[str, Any]], init: dict[str, float | None], datasets: list[str], seeds: list[int],
+            args: argparse.Namespace) -> int:
     body = _summary(results)
+    body += ("\n\nTrajectory weight/return Pearson of a PyTorch-initialised scorer before any bi-level update "
+             "(same value networks): " + ", ".join(f"{_slug(d)} seed {s}: {init[f'{_slug(d)}_s{s}']:.2f}"
+                                                   for d in datasets for s in seeds
+                                                   if init.get(f"{_slug(d)}_s{s}") is not None) + ".")
     print(body)
     if args.report:
         from benchmarks._report import REPORT, command_line, git_revision, machine_description, write_section
