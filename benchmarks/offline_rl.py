@@ -53,11 +53,12 @@ import platform
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from benchmarks import grid
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -275,7 +276,21 @@ def cell_name(algo: str, dataset: str, seed: int) -> str:
     return f"{algo}__{dataset.replace('/', '_')}__s{seed}"
 
 
-def run_cell(algo: str, dataset: str, seed: int, args: argparse.Namespace) -> dict:
+def make_cells(cells: list[tuple[str, str, int]], args: argparse.Namespace) -> list[grid.Cell]:
+    """``(algo, dataset, seed)`` -> runner cells, with each variant's algorithm, ``--set`` items and budget."""
+    out = []
+    for algo, dataset, seed in cells:
+        base, sets = VARIANTS.get(algo, (algo, []))
+        out.append(grid.Cell(algo, dataset, seed, base, tuple(sets), policy_budget(base, args)[0]))
+    return out
+
+
+def run_cell(algo: str, dataset: str, seed: int, args: argparse.Namespace,
+             variant: tuple[str, list[str]] | None = None) -> dict:
+    """Train one cell (or resume it from its checkpoint, or reuse its finished result) and write
+    ``<out>/<cell>.json`` atomically; the cell function of both grid paths (benchmarks/grid.py).
+    ``variant``: ``(registered algorithm, --set items)``, looked up in :data:`VARIANTS` when not given (a
+    Ray worker gets it from the driver, whose table the vaco/aspc scripts extend)."""
     out = Path(args.out)
     name = cell_name(algo, dataset, seed)
     result_path = out / f"{name}.json"
@@ -284,17 +299,18 @@ def run_cell(algo: str, dataset: str, seed: int, args: argparse.Namespace) -> di
     run_dir = out / "runs" / name
     log = out / "logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    base_algo, variant_sets = VARIANTS.get(algo, (algo, []))
+    base_algo, variant_sets = variant if variant is not None else VARIANTS.get(algo, (algo, []))
     steps, value_steps = policy_budget(base_algo, args)
     if value_steps:
         variant_sets = variant_sets + [f"value_fraction={value_steps / steps!r}"]
+    threads = int(getattr(args, "threads", 1))  # vaco_bench / aspc_bench have no --threads: one per cell
     cmd = [sys.executable, "-m", "rl_adapters", "train", "--no-progress"]
     if (run_dir / "checkpoint.pt").exists() and (run_dir / "config.json").exists():
         cmd += ["--resume", str(run_dir)]  # with the threads its config.json recorded
     else:
         cmd += [
             "--threads",
-            str(args.threads),
+            str(threads),
             "--algo",
             base_algo,
             "--dataset",
@@ -319,18 +335,16 @@ def run_cell(algo: str, dataset: str, seed: int, args: argparse.Namespace) -> di
         cmd += [f"--set={kv}" for kv in variant_sets + args.set]
     env = dict(
         os.environ,
-        OMP_NUM_THREADS=str(args.threads),
-        MKL_NUM_THREADS=str(args.threads),
+        OMP_NUM_THREADS=str(threads),
+        MKL_NUM_THREADS=str(threads),
         PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
     )
-    t0 = time.perf_counter()
+    from benchmarks.grid import run_child
+
     with open(log, "a") as f:
-        rc = subprocess.run(
-            cmd, check=False, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT
-        ).returncode
+        rc = run_child(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     if rc != 0:
-        print(f"[offline_rl] {name} FAILED (exit {rc}); see {log}", flush=True)
-        return {"algo": algo, "dataset": dataset, "seed": seed, "failed": True}
+        return {"algo": algo, "dataset": dataset, "seed": seed, "failed": True, "error": f"exit {rc}; see {log}"}
     summary = json.loads((run_dir / "summary.json").read_text())
     summary["algo"] = algo  # the variant name, so that the table keeps variants apart
     summary["host"] = host_description()  # a grid may be spread over machines; updates/s is per host
@@ -351,11 +365,6 @@ def run_cell(algo: str, dataset: str, seed: int, args: argparse.Namespace) -> di
     tmp = result_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(summary, indent=2))
     os.replace(tmp, result_path)
-    print(
-        f"[offline_rl] {name}: score {summary.get('final_normalized_score')} "
-        f"({summary['updates_per_s']:.0f} upd/s, {time.perf_counter() - t0:.0f}s)",
-        flush=True,
-    )
     return summary
 
 
@@ -408,7 +417,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="IQL value-only updates a VACO cell takes before its --steps bi-level updates "
                         "(0: VACO splits --steps by its value_fraction, as the quick/mid/full presets do)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (each worker process uses it)")
-    p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
+    p.add_argument("--workers", type=int, default=None,
+                   help="cells at once (default: cores - 1 on the local pool; with --ray, as many as the cluster fits)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads per cell (default 1; keep workers x threads <= cores, see docs/rl.md)")
     p.add_argument("--eval-every", type=int, default=10_000)
@@ -422,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report", action="store_true", help="write the table into docs/benchmarks.md")
     p.add_argument("--note", default="", help="extra line for the report (e.g. 'smoke run')")
     p.add_argument("--section", default="offline_rl", help="docs/benchmarks.md section this grid writes")
+    grid.add_arguments(p)
     if argv is None:
         argv = sys.argv[1:]
     pre = p.parse_known_args(argv)[0].preset
@@ -429,27 +440,28 @@ def main(argv: list[str] | None = None) -> int:
         # Preset values become defaults, so any flag given explicitly still wins.
         p.set_defaults(**PRESETS[pre], out=f"results/offline_rl_{pre}")
     args = p.parse_args(argv)
-    for flag, val in (("--steps", args.steps), ("--workers", args.workers), ("--log-every", args.log_every)):
-        if val < 1:
+    for flag, val in (("--steps", args.steps), ("--workers", args.workers), ("--log-every", args.log_every),
+                      ("--threads", args.threads)):
+        if val is not None and val < 1:
             p.error(f"{flag} must be >= 1, got {val}")
+    grid.check_arguments(p, args)
     if args.vaco_value_steps < 0:
         p.error(f"--vaco-value-steps must be >= 0, got {args.vaco_value_steps}")
     os.environ.setdefault("MINARI_DATASETS_PATH", str(ROOT.parent / "shared" / "datasets"))
     algos = expand_solvers(args.algos.split(","), args.solvers.split(","))
     datasets = args.datasets.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    cells = [(a, d, s) for d in datasets for a in algos for s in seeds]
+    cells = make_cells([(a, d, s) for d in datasets for a in algos for s in seeds], args)
     # Longest cells first so the pool's tail is short (unknown variants count as the slowest).
-    cells.sort(key=lambda c: -COST_MS.get(c[0], max(COST_MS.values())))
+    cells.sort(key=lambda c: -COST_MS.get(c.algo, max(COST_MS.values())))
     t0 = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=args.workers) as pool:
-        results = list(pool.map(lambda c: run_cell(*c, args), cells))
+    results = grid.run_grid(cells, args, "offline_rl")
     wall = time.perf_counter() - t0
     body = table(results, algos, datasets)
     (Path(args.out) / "table.md").write_text(body + "\n")
     print(body)
-    print(f"[offline_rl] grid wall time {wall:.0f}s, {len(cells)} cells, {args.workers} workers")
+    print(f"[offline_rl] grid wall time {wall:.0f}s, {len(cells)} cells, {args.workers} workers"
+          + (" (Ray)" if args.ray else ""))
     png = Path(args.out) / "learning_curves.png"
     learning_curves(results, algos, datasets, Path(args.out), png)
     if args.report:
@@ -475,7 +487,8 @@ def main(argv: list[str] | None = None) -> int:
         section = (
             f"## {title}\n\n"
             f"Command: `MINARI_DATASETS_PATH=../shared/datasets {command_line()}`\n\n"
-            f"Machine: {machine_description(args.device)}; {args.workers} worker processes, one torch "
+            f"Machine: {machine_description(args.device)}; {args.workers} "
+            + ("Ray tasks at once" if args.ray else "worker processes") + ", one torch "
             f"thread each; git {git_revision()}. Grid wall time {wall:.0f}s"
             + (f" ({reused} of {len(results)} cells reused from an earlier invocation)" if reused else "")
             + ".\n\n"
