@@ -73,6 +73,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"run cells as Ray tasks on a local Ray with this machine's cores ({SWEEP_HINT})")
     g.add_argument("--ray-address", default=None, metavar="ADDR",
                    help="join an existing Ray cluster (e.g. 'auto' on a node of it, or HOST:6379); implies --ray")
+    g.add_argument("--ray-cpus", type=int, default=None, metavar="N",
+                   help="local Ray (--ray): CPUs it offers (default: all of this machine's cores)")
     g.add_argument("--gpus-per-cell", type=float, default=None, metavar="F",
                    help="Ray: fraction of a GPU each cell reserves with --device cuda (default 0.25, i.e. 4 cells "
                         "per GPU; 0 with --device cpu)")
@@ -90,6 +92,9 @@ def check_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     gpus = args.gpus_per_cell
     if gpus is not None and not 0 <= gpus <= 1:
         p.exit(2, f"{prog}: error: --gpus-per-cell must be in [0, 1] (a fraction of one GPU), got {gpus}\n")
+    if args.ray_cpus is not None and (args.ray_cpus < 1 or args.ray_address):
+        p.exit(2, f"{prog}: error: --ray-cpus must be >= 1 and is for a local Ray only (a cluster's nodes declare "
+                  f"theirs with `ray start --num-cpus`), got {args.ray_cpus}\n")
     if gpus and not args.ray:
         p.exit(2, f"{prog}: error: --gpus-per-cell applies to Ray only; add --ray or drop it\n")
     if args.ray:
@@ -246,17 +251,27 @@ def _ray_cell(cell: Cell, args: argparse.Namespace, storage_id: str) -> dict[str
         return {"algo": cell.algo, "dataset": cell.dataset, "seed": cell.seed, "failed": True,
                 "error": f"node {socket.gethostname()} does not see the driver's --out {args.out} (the Ray path "
                          "needs a filesystem shared by all nodes at the same path; see benchmarks/grid.py)"}
-    return _run(cell, args) | {"_worker_root": str(ROOT)}
+    return _run(cell, args)
 
 
-def worker_root() -> str:
-    """Where the benchmarks package of this process comes from (a Ray worker must import the driver's code)."""
-    return str(ROOT)
+def worker_imports() -> dict[str, str]:
+    """Where this process imports ``benchmarks`` and ``rl_adapters`` from, and where a cell's training
+    subprocess would (it runs with this checkout first on its path): a Ray worker must use the driver's code."""
+    import rl_adapters
+
+    child = subprocess.run([sys.executable, "-c", "import rl_adapters; print(rl_adapters.__file__)"],
+                           capture_output=True, text=True, check=False,
+                           env=dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")))
+    return {"benchmarks": str(ROOT), "rl_adapters": str(Path(rl_adapters.__file__).parent.parent),
+            "rl_adapters (cell)": str(Path(child.stdout.strip() or ".").parent.parent)}
+
+
+class RayCodeMismatch(RuntimeError):
+    pass
 
 
 # ---------------------------------------------------------------------------------------- the runner
-def run_grid(cells: Sequence[Cell], args: argparse.Namespace, tag: str,
-             on_result: Callable[[Cell, dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+def run_grid(cells: Sequence[Cell], args: argparse.Namespace, tag: str) -> list[dict[str, Any]]:
     """Run every cell that is not finished yet (in the given order, longest first is best) on the pool or
     on Ray; returns the summaries in the order of ``cells``. ``args`` carries the cell settings
     (:func:`benchmarks.offline_rl.run_cell`) and the runner flags (:func:`add_arguments`); ``args.out`` is
@@ -284,8 +299,9 @@ def run_grid(cells: Sequence[Cell], args: argparse.Namespace, tag: str,
             runner = _run_ray if getattr(args, "ray", False) else _run_pool
             for c, r in runner(todo, args, progress):
                 results[c.name] = r
-                if on_result is not None:
-                    on_result(c, r)
+    except RayCodeMismatch as e:
+        print(f"[{tag}] error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
     finally:
         if old is not None:
             signal.signal(signal.SIGTERM, old)
@@ -354,7 +370,7 @@ def start_ray(args: argparse.Namespace) -> Any:
     if args.ray_address:
         ctx = ray.init(address=args.ray_address, **kw)
     else:
-        ctx = ray.init(num_cpus=os.cpu_count(), **kw)
+        ctx = ray.init(num_cpus=getattr(args, "ray_cpus", None) or os.cpu_count(), **kw)
     url = getattr(ctx, "dashboard_url", None)
     if url:
         print(f"[grid] Ray dashboard: http://{url}", flush=True)
@@ -377,6 +393,14 @@ def _run_ray(todo: Sequence[Cell], args: argparse.Namespace, progress: Progress)
     sid = _storage_id(Path(args.out))
     ray = start_ray(args)
     try:
+        # A probe task first: a worker running other code than this checkout (another install, another clone)
+        # would produce results that look right and are not, so refuse at once.
+        seen = ray.get(ray.remote(num_cpus=0)(worker_imports).remote())
+        wrong = {k: v for k, v in seen.items() if v != str(ROOT)}
+        if wrong:
+            raise RayCodeMismatch(f"Ray workers import {wrong} instead of this checkout {ROOT}: the Ray path needs "
+                                  "the same checkout at the same path on every node (see benchmarks/grid.py)")
+        print(f"[{progress.tag}] Ray workers import benchmarks and rl_adapters from {ROOT}", flush=True)
         cpus = int(ray.cluster_resources().get("CPU", 1))
         fit = max(1, cpus // threads)
         if gpus > 0:
@@ -388,7 +412,6 @@ def _run_ray(todo: Sequence[Cell], args: argparse.Namespace, progress: Progress)
         task = ray.remote(num_cpus=threads, num_gpus=gpus, max_retries=RAY_MAX_RETRIES)(_ray_cell)
         queue = list(todo)
         inflight: dict[Any, tuple[Cell, float]] = {}
-        roots: set[str] = set()
         try:
             while queue or inflight:
                 while queue and len(inflight) < cap:
@@ -402,11 +425,6 @@ def _run_ray(todo: Sequence[Cell], args: argparse.Namespace, progress: Progress)
                     except ray.exceptions.RayError as e:  # the task died (node lost past its retries, OOM kill)
                         r = {"algo": c.algo, "dataset": c.dataset, "seed": c.seed, "failed": True,
                              "error": f"Ray task: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
-                    root = r.pop("_worker_root", None)
-                    if root and root != str(ROOT) and root not in roots:
-                        roots.add(root)
-                        print(f"[{progress.tag}] warning: a Ray worker ran the benchmarks from {root}, "
-                              f"this driver from {ROOT}", flush=True)
                     progress.cell_done(c, r, time.perf_counter() - t0)
                     yield c, r
                 progress.line(running=[c for c, _ in inflight.values()])
@@ -422,7 +440,7 @@ def main_exit_code(results: Sequence[dict[str, Any]]) -> int:
 
 
 __all__ = ["Cell", "Progress", "add_arguments", "check_arguments", "finished_result", "gpus_per_cell",
-           "last_step", "ray_runtime_env", "run_grid", "start_ray", "worker_root"]
+           "last_step", "ray_runtime_env", "run_grid", "start_ray", "worker_imports"]
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit("benchmarks.grid is a library; run a grid script, e.g. python -m benchmarks.offline_rl --help")
