@@ -286,6 +286,12 @@ def run_grid(cells: Sequence[Cell], args: argparse.Namespace, tag: str) -> list[
         r = finished_result(out, c)
         if r is None:
             todo.append(c)
+            run_dir = out / "runs" / c.name
+            if (run_dir / "summary.json").exists():
+                print(f"[{tag}] {c.name}: trained by an earlier invocation, writing its result", flush=True)
+            elif (run_dir / "checkpoint.pt").exists():
+                print(f"[{tag}] {c.name}: resuming from its checkpoint (step {last_step(run_dir)} logged)",
+                      flush=True)
         else:
             results[c.name] = r
             progress.cell_done(c, r)
@@ -413,10 +419,13 @@ def _run_ray(todo: Sequence[Cell], args: argparse.Namespace, progress: Progress)
         queue = list(todo)
         inflight: dict[Any, tuple[Cell, float]] = {}
         try:
-            while queue or inflight:
+            def refill() -> None:
                 while queue and len(inflight) < cap:
                     c = queue.pop(0)
                     inflight[task.remote(c, args, sid)] = (c, time.perf_counter())
+
+            refill()
+            while inflight:
                 ready, _ = ray.wait(list(inflight), num_returns=1, timeout=args.progress_every)
                 for ref in ready:
                     c, t0 = inflight.pop(ref)
@@ -427,6 +436,7 @@ def _run_ray(todo: Sequence[Cell], args: argparse.Namespace, progress: Progress)
                              "error": f"Ray task: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
                     progress.cell_done(c, r, time.perf_counter() - t0)
                     yield c, r
+                refill()
                 progress.line(running=[c for c, _ in inflight.values()])
         finally:
             for ref in inflight:  # stop the cells (and, with them, their training subprocesses)

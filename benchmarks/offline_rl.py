@@ -341,8 +341,13 @@ def run_cell(algo: str, dataset: str, seed: int, args: argparse.Namespace,
     )
     from benchmarks.grid import run_child
 
-    with open(log, "a") as f:
-        rc = run_child(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    if (run_dir / "summary.json").exists():
+        # Trained to the end by an invocation killed before it wrote the result (the trainer writes
+        # summary.json last): only the result is missing, and --resume of a finished run is refused.
+        rc = 0
+    else:
+        with open(log, "a") as f:
+            rc = run_child(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     if rc != 0:
         return {"algo": algo, "dataset": dataset, "seed": seed, "failed": True, "error": f"exit {rc}; see {log}"}
     summary = json.loads((run_dir / "summary.json").read_text())

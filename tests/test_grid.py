@@ -109,17 +109,23 @@ def _trainers(marker: str) -> list[int]:
     return pids
 
 
+STEPS = 4000  # ~10 s per cell: the kill lands well inside the second cell
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_killed_ray_grid_finishes_only_the_missing_cells(tiny_dataset: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("path", ["ray", "pool"])
+def test_killed_grid_finishes_only_the_missing_cells(path: str, tiny_dataset: str, tmp_path: Path) -> None:
     """SIGKILL the runner while its second cell trains (after that cell's first checkpoint), start the same
     command again: the first cell is reused untouched, the second resumes from its checkpoint, the third runs;
     no training process outlives the killed runner."""
-    pytest.importorskip("ray", reason='Ray is the optional "sweep" extra: pip install -e ".[sweep]"')
+    ray = ["--ray", "--ray-cpus", "1"] if path == "ray" else []
+    if ray:
+        pytest.importorskip("ray", reason='Ray is the optional "sweep" extra: pip install -e ".[sweep]"')
     out = tmp_path / "grid"
     cmd = [sys.executable, "-m", "benchmarks.offline_rl",
-           *_grid_argv(tiny_dataset, out, algos="bc", seeds="0,1,2", steps=400), "--ray", "--ray-cpus", "1",
-           "--workers", "1", "--checkpoint-every", "100", "--log-every", "50"]
+           *_grid_argv(tiny_dataset, out, algos="bc", seeds="0,1,2", steps=STEPS), *ray,
+           "--workers", "1", "--eval-every", "0", "--checkpoint-every", "200", "--log-every", "100"]
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     first = out / "bc__tiny_pendulum_mixed-v0__s0.json"
     second = out / "runs" / "bc__tiny_pendulum_mixed-v0__s1" / "checkpoint.pt"
@@ -129,19 +135,39 @@ def test_killed_ray_grid_finishes_only_the_missing_cells(tiny_dataset: str, tmp_
         assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
         assert time.monotonic() < deadline, "the grid did not reach its second cell's checkpoint"
         time.sleep(0.1)
+    assert _trainers(str(out)), "the second cell is not training at the kill: the test would prove nothing"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     first_mtime = first.stat().st_mtime_ns
     assert not (out / "bc__tiny_pendulum_mixed-v0__s1.json").exists()
     deadline = time.monotonic() + 30
-    while _trainers(str(out)) and time.monotonic() < deadline:  # the kill reaches the trainer through Ray
+    while _trainers(str(out)) and time.monotonic() < deadline:  # the kill reaches the trainer (through Ray)
         time.sleep(0.2)
+    # A surviving trainer would still be running now or would have finished its run (summary.json).
     assert _trainers(str(out)) == [], "a training process outlived the killed runner"
-    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert not (second.parent / "summary.json").exists(), "the second cell kept training after the kill"
+    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert "3 cells: 1 finished earlier, 2 to run on Ray" in again.stdout, again.stdout
+    assert "3 cells: 1 finished earlier, 2 to run" in again.stdout, again.stdout
+    assert "bc__tiny_pendulum_mixed-v0__s1: resuming from its checkpoint" in again.stdout, again.stdout
     assert first.stat().st_mtime_ns == first_mtime
     assert sorted(p.name for p in out.glob("*__s*.json")) == [f"bc__tiny_pendulum_mixed-v0__s{s}.json" for s in range(3)]
-    # The second cell resumed: its config.json came from the first run, and its log holds both sessions.
-    log = (out / "logs" / "bc__tiny_pendulum_mixed-v0__s1.log").read_text()
-    assert "resum" in log.lower(), log
+    assert all(json.loads(p.read_text())["steps"] == STEPS for p in out.glob("*__s*.json"))
+
+
+def test_trained_cell_without_result_is_not_trained_again(tiny_dataset: str, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """A runner killed between a cell's last update and its result file: the next run writes the result from
+    the finished run (``--resume`` of a finished run is refused) instead of failing the cell."""
+    argv = _grid_argv(tiny_dataset, tmp_path / "g", algos="bc")
+    assert offline_rl.main(argv) == 0
+    result = tmp_path / "g" / "bc__tiny_pendulum_mixed-v0__s0.json"
+    before = json.loads(result.read_text())
+    log = tmp_path / "g" / "logs" / "bc__tiny_pendulum_mixed-v0__s0.log"
+    log_size = log.stat().st_size
+    result.unlink()
+    capsys.readouterr()
+    assert offline_rl.main(argv) == 0
+    assert "bc__tiny_pendulum_mixed-v0__s0: trained by an earlier invocation" in capsys.readouterr().out
+    assert json.loads(result.read_text()) == before
+    assert log.stat().st_size == log_size  # no training process ran
