@@ -1,4 +1,4 @@
-"""Grid runner for offline RL: algorithms x datasets x seeds, one worker process per cell.
+"""Grid runner for offline RL: algorithms x datasets x seeds, one worker process per cell (pool or Ray).
 
 Each cell is ``python -m rl_adapters train`` in its own process with one torch thread, so N workers
 use N cores (and share the GPU with ``--device cuda``).  A finished cell leaves
@@ -42,6 +42,12 @@ Baselines as measured for docs/benchmarks.md (18 cells, 16 cores)::
 Quick preset on a small CPU box::
 
     MINARI_DATASETS_PATH=../shared/datasets python -m benchmarks.offline_rl --preset quick --workers 2 --report
+
+The cells run through ``benchmarks/grid.py``: a local process pool by default, Ray with ``--ray`` (this
+machine's cores) or ``--ray-address ADDR`` (a cluster sharing a filesystem), with the same cells, results
+layout and report; docs/rl.md "Benchmark grids on one machine or a Ray cluster" has the cluster steps::
+
+    python -m benchmarks.offline_rl --preset full --ray-address auto --device cpu --out /shared/results/offline_rl_full
 """
 
 from __future__ import annotations
@@ -411,7 +417,8 @@ def table(results: list[dict], algos: list[str], datasets: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                   help="quick (about 12 min on 2 CPU cores), mid (~8 core-hours) or full (~50 core-hours); flags below override it")
+                   help="quick (about 12 min on 2 CPU cores), mid (~7 core-hours), full (~50 core-hours) or equal "
+                        "(~60 core-hours); flags below override it")
     p.add_argument("--algos", default="bc,td3bc,iql")
     p.add_argument("--solvers", default="one_step,k_step,implicit",
                    help="VACO solvers: an algorithm named 'vaco' runs once per solver")
