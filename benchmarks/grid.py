@@ -77,7 +77,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="local Ray (--ray): CPUs it offers (default: all of this machine's cores)")
     g.add_argument("--gpus-per-cell", type=float, default=None, metavar="F",
                    help="Ray: fraction of a GPU each cell reserves with --device cuda (default 0.25, i.e. 4 cells "
-                        "per GPU; 0 with --device cpu)")
+                        "per GPU; 0 with --device cpu or auto, so give --device cuda for cells on GPUs)")
     g.add_argument("--progress-every", type=float, default=60.0, metavar="S",
                    help="seconds between progress lines while cells run (a line also follows every finished cell)")
 
@@ -297,8 +297,9 @@ def run_grid(cells: Sequence[Cell], args: argparse.Namespace, tag: str) -> list[
             progress.cell_done(c, r)
     print(f"[{tag}] {len(cells)} cells: {len(cells) - len(todo)} finished earlier, {len(todo)} to run"
           + (" on Ray" if getattr(args, "ray", False) else ""), flush=True)
-    # SIGTERM (kill, a scheduler's timeout) unwinds like Ctrl-C, so that running cells stop with the runner
-    # and a Ray run shuts its local cluster down; the next invocation resumes them.
+    # SIGTERM (kill, a scheduler's timeout) unwinds the pool like Ctrl-C, so that running cells stop with the
+    # runner; the next invocation resumes them. (On the Ray path ray.init installs its own handler, which
+    # ends the driver and, with it, a local Ray and its tasks; a training subprocess dies with its task.)
     old = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
     try:
         if todo:
