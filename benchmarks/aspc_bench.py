@@ -4,7 +4,8 @@ Three parts, all on by default:
 
 * grid: ``aspc`` and ``td3bc-rc`` (the runner's variant ``td3bc --set critic_hidden_layers=3 --set
   critic_layer_norm=True``) on every dataset x seed, one worker process per cell through
-  ``offline_rl.run_cell`` (resumable: finished cells are skipped, interrupted ones resumed); the
+  ``offline_rl.run_cell`` on ``benchmarks/grid.py``'s pool, or on Ray with ``--ray`` / ``--ray-address``
+  (resumable: finished cells are skipped, interrupted ones resumed); the
   final alpha and the alpha curve of each ASPC cell come from its ``metrics.jsonl``;
 * timing: both algorithms in *this* process on the same batches, blocks of updates interleaved
   (TD3+BC, ASPC, TD3+BC, ...) so that load from other processes hits both alike; the ratio is the

@@ -309,6 +309,11 @@ def run_grid(cells: Sequence[Cell], args: argparse.Namespace, tag: str) -> list[
     except RayCodeMismatch as e:
         print(f"[{tag}] error: {e}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        done = sum(c.name in results for c in cells)
+        print(f"[{tag}] interrupted with {done}/{len(cells)} cells finished; the same command resumes the rest",
+              file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
     finally:
         if old is not None:
             signal.signal(signal.SIGTERM, old)

@@ -16,6 +16,9 @@ docs/benchmarks.md from *all* JSON found there, so they can run in any order, on
             --workers 15 --steps 10000 --seeds 0,1,2 --report
         python -m benchmarks.vaco_bench timing --device cuda --report
 
+    ``grid`` and ``options`` take ``--ray`` / ``--ray-address ADDR`` to run the cells on Ray
+    (``benchmarks/grid.py``; docs/rl.md "Benchmark grids on one machine or a Ray cluster").
+
 ``timing``
     Milliseconds per update of IQL, BC and VACO (bi-level updates only, each solver; plus the joint
     schedule) on one CPU thread (or ``--device cuda``), interleaved in rounds so that load from other
