@@ -62,7 +62,13 @@ class Cell:
 
     @property
     def name(self) -> str:
-        return f"{self.algo}__{self.dataset.replace('/', '_')}__s{self.seed}"
+        return cell_name(self.algo, self.dataset, self.seed)
+
+
+def cell_name(algo: str, dataset: str, seed: int) -> str:
+    """A cell's file name in ``--out`` (``<name>.json``, ``runs/<name>``, ``logs/<name>.log``): grids that are
+    running must resume after any change here, so it never changes."""
+    return f"{algo}__{dataset.replace('/', '_')}__s{seed}"
 
 
 # ------------------------------------------------------------------------------------------- flags
@@ -455,8 +461,20 @@ def main_exit_code(results: Sequence[dict[str, Any]]) -> int:
     return 0 if all(not r.get("failed") for r in results) else 1
 
 
-__all__ = ["Cell", "Progress", "add_arguments", "check_arguments", "finished_result", "gpus_per_cell",
-           "last_step", "ray_runtime_env", "run_grid", "start_ray", "worker_imports"]
+__all__ = [
+    "Cell",
+    "Progress",
+    "add_arguments",
+    "cell_name",
+    "check_arguments",
+    "finished_result",
+    "gpus_per_cell",
+    "last_step",
+    "ray_runtime_env",
+    "run_grid",
+    "start_ray",
+    "worker_imports",
+]
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit("benchmarks.grid is a library; run a grid script, e.g. python -m benchmarks.offline_rl --help")

@@ -278,8 +278,7 @@ def policy_budget(base_algo: str, args: argparse.Namespace) -> tuple[int, int]:
     return args.steps, 0
 
 
-def cell_name(algo: str, dataset: str, seed: int) -> str:
-    return f"{algo}__{dataset.replace('/', '_')}__s{seed}"
+cell_name = grid.cell_name
 
 
 def make_cells(cells: list[tuple[str, str, int]], args: argparse.Namespace) -> list[grid.Cell]:
