@@ -4,7 +4,8 @@ Three parts, all on by default:
 
 * grid: ``aspc`` and ``td3bc-rc`` (the runner's variant ``td3bc --set critic_hidden_layers=3 --set
   critic_layer_norm=True``) on every dataset x seed, one worker process per cell through
-  ``offline_rl.run_cell`` (resumable: finished cells are skipped, interrupted ones resumed); the
+  ``offline_rl.run_cell`` on ``benchmarks/grid.py``'s pool, or on Ray with ``--ray`` / ``--ray-address``
+  (resumable: finished cells are skipped, interrupted ones resumed); the
   final alpha and the alpha curve of each ASPC cell come from its ``metrics.jsonl``;
 * timing: both algorithms in *this* process on the same batches, blocks of updates interleaved
   (TD3+BC, ASPC, TD3+BC, ...) so that load from other processes hits both alike; the ratio is the
@@ -38,7 +39,6 @@ import shutil
 import statistics
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from benchmarks.offline_rl import cell_name, run_cell  # the shared grid runner
+from benchmarks import grid as grid_runner  # the shared grid runner (both paths)
+from benchmarks.offline_rl import make_cells
 
 DATASETS = "suite/hopper/medium-v0,suite/hopper/medium-replay-v0,suite/halfcheetah/medium-expert"
 #: grid cell names (``td3bc-rc`` is a variant of ``offline_rl.VARIANTS``) -> table labels
@@ -64,18 +65,13 @@ def _alpha_curve(run_dir: Path) -> list[tuple[int, float]]:
 
 def run_grid(args: argparse.Namespace, datasets: list[str], seeds: list[int]) -> list[dict[str, Any]]:
     """Run (or resume, or skip) every cell; returns one dict per cell with label, summary, alpha curve."""
+    cells = make_cells([(label, d, s) for d in datasets for label in LABELS for s in seeds], args)
+    # ASPC cells first: they are the slower ones, so the pool's tail is short.
+    cells.sort(key=lambda c: c.algo != "aspc")
+    results = grid_runner.run_grid(cells, args, "aspc_bench")
     out = Path(args.out)
-    cells = [(label, d, s) for d in datasets for label in LABELS for s in seeds]
-
-    def one(cell: tuple[str, str, int]) -> dict[str, Any]:
-        label, dataset, seed = cell
-        res = run_cell(label, dataset, seed, args)
-        run_dir = out / "runs" / cell_name(label, dataset, seed)
-        return {**res, "label": label, "dataset": dataset, "seed": seed, "alpha_curve": _alpha_curve(run_dir)}
-
-    with ThreadPoolExecutor(max_workers=args.workers) as pool:
-        # ASPC cells first: they are the slower ones, so the pool's tail is short.
-        return list(pool.map(one, sorted(cells, key=lambda c: c[0] != "aspc")))
+    return [{**res, "label": c.algo, "dataset": c.dataset, "seed": c.seed,
+             "alpha_curve": _alpha_curve(out / "runs" / c.name)} for c, res in zip(cells, results)]
 
 
 # ---------------------------------------------------------------------------- timing
@@ -194,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--steps", type=int, default=30_000)
     p.add_argument("--device", default="cpu", help="cpu | cuda (each worker process and the timing use it)")
-    p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
+    p.add_argument("--workers", type=int, default=None,
+                   help="cells at once (default: cores - 1 on the local pool; with --ray, as many as fit)")
     p.add_argument("--eval-every", type=int, default=0, help="0: evaluate only at the end")
     p.add_argument("--eval-episodes", type=int, default=10)
     p.add_argument("--checkpoint-every", type=int, default=5_000)
@@ -209,7 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="results/aspc")
     p.add_argument("--report", action="store_true", help="write the 'aspc' section of docs/benchmarks.md")
     p.add_argument("--note", default="", help="extra line for the report (e.g. 'smoke run')")
+    grid_runner.add_arguments(p)
     args = p.parse_args(argv)
+    grid_runner.check_arguments(p, args)
     import torch
 
     torch.set_num_threads(1)  # the timing is defined on one thread; the report states this process's count

@@ -1,4 +1,4 @@
-"""Grid runner for offline RL: algorithms x datasets x seeds, one worker process per cell.
+"""Grid runner for offline RL: algorithms x datasets x seeds, one worker process per cell (pool or Ray).
 
 Each cell is ``python -m rl_adapters train`` in its own process with one torch thread, so N workers
 use N cores (and share the GPU with ``--device cuda``).  A finished cell leaves
@@ -29,7 +29,8 @@ Presets (``--preset``; explicit flags override them):
   and VACO x {one-step, K-step, implicit} on hopper and halfcheetah medium-expert, medium-replay and
   medium, 3 seeds, 50k *policy* updates each. VACO's IQL value phase (``--vaco-value-steps``, default
   the same 50k, the paper's 1:1 ratio) comes on top of its 50k bi-level updates and is said so in the
-  report; its learning curves are plotted against policy updates. 162 cells, about 60 core-hours.
+  report; its learning curves are plotted against policy updates. 144 cells, about 42 core-hours at one
+  thread per cell (VACO K-step and implicit are 60% of it).
 
 VACO's solver is an axis of its own: ``--solvers one_step,k_step,implicit`` expands an algorithm named
 ``vaco`` into one cell per solver. Each grid writes its own report section (``--section``) with a table
@@ -42,6 +43,12 @@ Baselines as measured for docs/benchmarks.md (18 cells, 16 cores)::
 Quick preset on a small CPU box::
 
     MINARI_DATASETS_PATH=../shared/datasets python -m benchmarks.offline_rl --preset quick --workers 2 --report
+
+The cells run through ``benchmarks/grid.py``: a local process pool by default, Ray with ``--ray`` (this
+machine's cores) or ``--ray-address ADDR`` (a cluster sharing a filesystem), with the same cells, results
+layout and report; docs/rl.md "Benchmark grids on one machine or a Ray cluster" has the cluster steps::
+
+    python -m benchmarks.offline_rl --preset full --ray-address auto --device cpu --out /shared/results/offline_rl_full
 """
 
 from __future__ import annotations
@@ -53,11 +60,12 @@ import platform
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from benchmarks import grid
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -316,11 +324,24 @@ def policy_budget(base_algo: str, args: argparse.Namespace) -> tuple[int, int]:
     return args.steps, 0
 
 
-def cell_name(algo: str, dataset: str, seed: int) -> str:
-    return f"{algo}__{dataset.replace('/', '_')}__s{seed}"
+cell_name = grid.cell_name
 
 
-def run_cell(algo: str, dataset: str, seed: int, args: argparse.Namespace) -> dict:
+def make_cells(cells: list[tuple[str, str, int]], args: argparse.Namespace) -> list[grid.Cell]:
+    """``(algo, dataset, seed)`` -> runner cells, with each variant's algorithm, ``--set`` items and budget."""
+    out = []
+    for algo, dataset, seed in cells:
+        base, sets = VARIANTS.get(algo, (algo, []))
+        out.append(grid.Cell(algo, dataset, seed, base, tuple(sets), policy_budget(base, args)[0]))
+    return out
+
+
+def run_cell(algo: str, dataset: str, seed: int, args: argparse.Namespace,
+             variant: tuple[str, list[str]] | None = None) -> dict:
+    """Train one cell (or resume it from its checkpoint, or reuse its finished result) and write
+    ``<out>/<cell>.json`` atomically; the cell function of both grid paths (benchmarks/grid.py).
+    ``variant``: ``(registered algorithm, --set items)``, looked up in :data:`VARIANTS` when not given (a
+    Ray worker gets it from the driver, whose table the vaco/aspc scripts extend)."""
     out = Path(args.out)
     name = cell_name(algo, dataset, seed)
     result_path = out / f"{name}.json"
@@ -329,19 +350,20 @@ def run_cell(algo: str, dataset: str, seed: int, args: argparse.Namespace) -> di
     run_dir = out / "runs" / name
     log = out / "logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    base_algo, variant_sets = VARIANTS.get(algo, (algo, []))
+    base_algo, variant_sets = variant if variant is not None else VARIANTS.get(algo, (algo, []))
     steps, value_steps = policy_budget(base_algo, args)
     if value_steps and base_algo == "vaco":
         variant_sets = variant_sets + [f"value_fraction={value_steps / steps!r}"]
     if base_algo == "arq":
         variant_sets = variant_sets + [f"bm_steps={value_steps}"]
+    threads = int(getattr(args, "threads", 1))  # vaco_bench / aspc_bench have no --threads: one per cell
     cmd = [sys.executable, "-m", "rl_adapters", "train", "--no-progress"]
     if (run_dir / "checkpoint.pt").exists() and (run_dir / "config.json").exists():
         cmd += ["--resume", str(run_dir)]  # with the threads its config.json recorded
     else:
         cmd += [
             "--threads",
-            str(args.threads),
+            str(threads),
             "--algo",
             base_algo,
             "--dataset",
@@ -366,18 +388,21 @@ def run_cell(algo: str, dataset: str, seed: int, args: argparse.Namespace) -> di
         cmd += [f"--set={kv}" for kv in variant_sets + args.set]
     env = dict(
         os.environ,
-        OMP_NUM_THREADS=str(args.threads),
-        MKL_NUM_THREADS=str(args.threads),
+        OMP_NUM_THREADS=str(threads),
+        MKL_NUM_THREADS=str(threads),
         PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
     )
-    t0 = time.perf_counter()
-    with open(log, "a") as f:
-        rc = subprocess.run(
-            cmd, check=False, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT
-        ).returncode
+    from benchmarks.grid import run_child
+
+    if (run_dir / "summary.json").exists():
+        # Trained to the end by an invocation killed before it wrote the result (the trainer writes
+        # summary.json last): only the result is missing, and --resume of a finished run is refused.
+        rc = 0
+    else:
+        with open(log, "a") as f:
+            rc = run_child(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     if rc != 0:
-        print(f"[offline_rl] {name} FAILED (exit {rc}); see {log}", flush=True)
-        return {"algo": algo, "dataset": dataset, "seed": seed, "failed": True}
+        return {"algo": algo, "dataset": dataset, "seed": seed, "failed": True, "error": f"exit {rc}; see {log}"}
     summary = json.loads((run_dir / "summary.json").read_text())
     summary["algo"] = algo  # the variant name, so that the table keeps variants apart
     summary["host"] = host_description()  # a grid may be spread over machines; updates/s is per host
@@ -398,11 +423,6 @@ def run_cell(algo: str, dataset: str, seed: int, args: argparse.Namespace) -> di
     tmp = result_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(summary, indent=2))
     os.replace(tmp, result_path)
-    print(
-        f"[offline_rl] {name}: score {summary.get('final_normalized_score')} "
-        f"({summary['updates_per_s']:.0f} upd/s, {time.perf_counter() - t0:.0f}s)",
-        flush=True,
-    )
     return summary
 
 
@@ -464,7 +484,8 @@ def table(results: list[dict], algos: list[str], datasets: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                   help="quick (about 12 min on 2 CPU cores), mid (~8 core-hours) or full (~50 core-hours); flags below override it")
+                   help="quick (about 12 min on 2 CPU cores), mid (~7 core-hours), full (~50 core-hours) or equal "
+                        "(~42 core-hours); flags below override it")
     p.add_argument("--algos", default="bc,td3bc,iql")
     p.add_argument("--solvers", default="one_step,k_step,implicit",
                    help="VACO solvers: an algorithm named 'vaco' runs once per solver")
@@ -477,7 +498,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arq-bm-steps", type=int, default=50_000,
                    help="behaviour-model updates an ARQ cell takes before its --steps Q/policy updates")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (each worker process uses it)")
-    p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
+    p.add_argument("--workers", type=int, default=None,
+                   help="cells at once (default: cores - 1 on the local pool; with --ray, as many as the cluster fits)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads per cell (default 1; keep workers x threads <= cores, see docs/rl.md)")
     p.add_argument("--eval-every", type=int, default=10_000)
@@ -494,6 +516,7 @@ def main(argv: list[str] | None = None) -> int:
                         "are listed with how far they got; their curves are drawn as far as they go)")
     p.add_argument("--note", default="", help="extra line for the report (e.g. 'smoke run')")
     p.add_argument("--section", default="offline_rl", help="docs/benchmarks.md section this grid writes")
+    grid.add_arguments(p)
     if argv is None:
         argv = sys.argv[1:]
     pre = p.parse_known_args(argv)[0].preset
@@ -501,30 +524,31 @@ def main(argv: list[str] | None = None) -> int:
         # Preset values become defaults, so any flag given explicitly still wins.
         p.set_defaults(**PRESETS[pre], out=f"results/offline_rl_{pre}")
     args = p.parse_args(argv)
-    for flag, val in (("--steps", args.steps), ("--workers", args.workers), ("--log-every", args.log_every)):
-        if val < 1:
+    for flag, val in (("--steps", args.steps), ("--workers", args.workers), ("--log-every", args.log_every),
+                      ("--threads", args.threads)):
+        if val is not None and val < 1:
             p.error(f"{flag} must be >= 1, got {val}")
+    grid.check_arguments(p, args)
     if args.vaco_value_steps < 0:
         p.error(f"--vaco-value-steps must be >= 0, got {args.vaco_value_steps}")
     os.environ.setdefault("MINARI_DATASETS_PATH", str(ROOT.parent / "shared" / "datasets"))
     algos = expand_solvers(args.algos.split(","), args.solvers.split(","))
     datasets = args.datasets.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    cells = [(a, d, s) for d in datasets for a in algos for s in seeds]
+    cells = make_cells([(a, d, s) for d in datasets for a in algos for s in seeds], args)
     # Longest cells first so the pool's tail is short (unknown variants count as the slowest).
-    cells.sort(key=lambda c: -COST_MS.get(c[0], max(COST_MS.values())))
+    cells.sort(key=lambda c: -COST_MS.get(c.algo, max(COST_MS.values())))
     t0 = time.perf_counter()
     if args.report_only:
-        results = [cell_state(*c, args) for c in cells]
+        results = [cell_state(c.algo, c.dataset, c.seed, args) for c in cells]
     else:
-        with ThreadPoolExecutor(max_workers=args.workers) as pool:
-            results = list(pool.map(lambda c: run_cell(*c, args), cells))
+        results = grid.run_grid(cells, args, "offline_rl")
     wall = time.perf_counter() - t0
     body = table(results, algos, datasets)
     (Path(args.out) / "table.md").write_text(body + "\n")
     print(body)
-    print(f"[offline_rl] grid wall time {wall:.0f}s, {len(cells)} cells, {args.workers} workers")
+    print(f"[offline_rl] grid wall time {wall:.0f}s, {len(cells)} cells, {args.workers} workers"
+          + (" (Ray)" if args.ray else ""))
     png = Path(args.out) / "learning_curves.png"
     learning_curves(results, algos, datasets, Path(args.out), png)
     if args.report:
@@ -554,7 +578,8 @@ def main(argv: list[str] | None = None) -> int:
             + (f"Rendered with --report-only from the cells in `{args.out}` (git {git_revision()}); the cells ran "
                f"in earlier invocations, one torch thread each (see the notes below for where).\n\n"
                if args.report_only else
-               f"Machine: {machine_description(args.device)}; {args.workers} worker processes, one torch "
+               f"Machine: {machine_description(args.device)}; {args.workers} "
+               + ("Ray tasks at once" if args.ray else "worker processes") + ", one torch "
                f"thread each; git {git_revision()}. Grid wall time {wall:.0f}s"
                + (f" ({reused} of {len(results)} cells reused from an earlier invocation)" if reused else "")
                + ".\n\n")

@@ -16,6 +16,9 @@ docs/benchmarks.md from *all* JSON found there, so they can run in any order, on
             --workers 15 --steps 10000 --seeds 0,1,2 --report
         python -m benchmarks.vaco_bench timing --device cuda --report
 
+    ``grid`` and ``options`` take ``--ray`` / ``--ray-address ADDR`` to run the cells on Ray
+    (``benchmarks/grid.py``; docs/rl.md "Benchmark grids on one machine or a Ray cluster").
+
 ``timing``
     Milliseconds per update of IQL, BC and VACO (bi-level updates only, each solver; plus the joint
     schedule) on one CPU thread (or ``--device cuda``), interleaved in rounds so that load from other
@@ -38,7 +41,6 @@ import os
 import statistics
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +48,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from benchmarks import offline_rl
+from benchmarks import grid, offline_rl
 
 DATASETS = "suite/hopper/medium-replay-v0,suite/hopper/medium-expert,suite/halfcheetah/medium-v0"
 GRID_ALGOS = "bc,iql,vaco-one_step,vaco-k_step,vaco-implicit"
@@ -72,6 +74,12 @@ def _cell_args(a: argparse.Namespace, out: Path) -> argparse.Namespace:
         checkpoint_every=max(1000, a.steps // 4),
         log_every=max(100, a.steps // 20),
         set=list(a.set),
+        threads=1,
+        workers=a.workers,
+        ray=a.ray,
+        ray_address=a.ray_address,
+        gpus_per_cell=a.gpus_per_cell,
+        progress_every=a.progress_every,
     )
 
 
@@ -81,17 +89,16 @@ def run_cells(
     """Run (or resume / skip finished) every algos x datasets x seeds cell; returns the summaries."""
     out.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in a.seeds.split(",")]
-    cells = [(al, d, s) for d in datasets for al in algos for s in seeds]
-    cells.sort(key=lambda c: -COST.get(c[0], 1.3))
     cargs = _cell_args(a, out)
+    cells = offline_rl.make_cells([(al, d, s) for d in datasets for al in algos for s in seeds], cargs)
+    cells.sort(key=lambda c: -COST.get(c.algo, 1.3))
     t0 = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=a.workers) as pool:
-        results = list(pool.map(lambda c: offline_rl.run_cell(*c, cargs), cells))
+    results = grid.run_grid(cells, cargs, "vaco_bench")
     meta = {
         "steps": a.steps,
         "seeds": seeds,
         "device": a.device,
-        "workers": a.workers,
+        "workers": cargs.workers,
         "eval_episodes": a.eval_episodes,
         "wall_time_s": time.perf_counter() - t0,
         "command": _command(),
@@ -284,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         g.add_argument("--seeds", default="0,1,2")
         g.add_argument("--steps", type=int, default=10_000)
         g.add_argument("--device", default="cpu")
-        g.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
+        g.add_argument("--workers", type=int, default=None,
+                       help="cells at once (default: cores - 1 on the local pool; with --ray, as many as fit)")
         g.add_argument("--eval-episodes", type=int, default=10)
         g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
         g.add_argument("--out", default="results/vaco")
@@ -292,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
             "--subdir", default=name, help="results go to OUT/SUBDIR (e.g. 'smoke' for a CPU smoke run)"
         )
         g.add_argument("--report", action="store_true")
+        grid.add_arguments(g)
     t = sub.add_parser("timing")
     t.add_argument("--dataset", default="suite/hopper/medium-replay-v0")
     t.add_argument("--device", default="cpu")
@@ -303,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("report")
     r.add_argument("--out", default="results/vaco")
     a = p.parse_args(argv)
+    if a.cmd in ("grid", "options"):
+        grid.check_arguments(sub.choices[a.cmd], a)
     os.environ.setdefault("MINARI_DATASETS_PATH", str(ROOT.parent / "shared" / "datasets"))
     out = Path(a.out)
     status = 0

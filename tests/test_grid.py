@@ -1,0 +1,173 @@
+"""benchmarks.grid: the process pool and Ray run the same cells to the same results; runner flag errors;
+an interrupted Ray grid, started again, runs only the cells that had not finished."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks import offline_rl
+from rl_adapters.training import TIMING_FIELDS
+
+REPO = Path(__file__).resolve().parent.parent
+# Fields of a cell's result that measure time (or where it ran), not training.
+CELL_TIMING = {"updates_per_s", "wall_time_s", "skipped"}
+
+
+def _grid_argv(dataset: str, out: Path, algos: str = "bc,td3bc", seeds: str = "0", steps: int = 40) -> list[str]:
+    return ["--algos", algos, "--datasets", dataset, "--seeds", seeds, "--steps", str(steps),
+            "--eval-every", "20", "--eval-episodes", "1", "--checkpoint-every", "20", "--log-every", "10",
+            "--set", "hidden_dim=16", "--set", "batch_size=16", "--workers", "2", "--out", str(out)]
+
+
+def _cell_results(out: Path) -> dict[str, Any]:
+    """Every cell's result and metrics.jsonl, without the timing fields."""
+    res = {}
+    for p in sorted(out.glob("*__s*.json")):
+        d = {k: v for k, v in json.loads(p.read_text()).items() if k not in CELL_TIMING}
+        rows = [json.loads(x) for x in (out / "runs" / p.stem / "metrics.jsonl").read_text().splitlines() if x]
+        d["metrics"] = [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in rows]
+        res[p.stem] = d
+    return res
+
+
+@pytest.mark.parametrize("module,argv", [
+    ("offline_rl", ["--ray"]),
+    ("offline_rl", ["--ray-address", "auto"]),
+    ("vaco_bench", ["grid", "--ray"]),
+    ("aspc_bench", ["--ray"]),
+])
+def test_ray_flag_without_ray_is_one_line_exit_2(module: str, argv: list[str], monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    import importlib
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError, as without the extra
+    main = importlib.import_module(f"benchmarks.{module}").main
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--out", str(tmp_path / "out")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--ray" in err and '.[sweep]' in err, err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["--gpus-per-cell", "0.5"], "--gpus-per-cell"),  # without --ray
+    (["--ray", "--gpus-per-cell", "2"], "--gpus-per-cell"),
+    (["--ray", "--ray-cpus", "0"], "--ray-cpus"),
+    (["--progress-every", "0"], "--progress-every"),
+])
+def test_runner_flag_errors(argv: list[str], flag: str, capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", object())  # the check must fail on the value, installed or not
+    with pytest.raises(SystemExit) as e:
+        offline_rl.main([*argv, "--out", str(tmp_path / "out")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and flag in err, err
+
+
+def test_pool_and_ray_give_the_same_cells(tiny_dataset: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("ray", reason='Ray is the optional "sweep" extra: pip install -e ".[sweep]"')
+    assert offline_rl.main(_grid_argv(tiny_dataset, tmp_path / "pool")) == 0
+    pool_out = capsys.readouterr().out
+    assert offline_rl.main([*_grid_argv(tiny_dataset, tmp_path / "ray"), "--ray", "--ray-cpus", "2"]) == 0
+    ray_out = capsys.readouterr().out
+    # The Ray workers (and their cells' training subprocesses) run this checkout, not another install.
+    assert f"Ray workers import benchmarks and rl_adapters from {REPO}" in ray_out, ray_out
+    assert "2 to run on Ray" in ray_out and "2 to run" in pool_out
+    pool, ray = _cell_results(tmp_path / "pool"), _cell_results(tmp_path / "ray")
+    assert sorted(pool) == ["bc__tiny_pendulum_mixed-v0__s0", "td3bc__tiny_pendulum_mixed-v0__s0"]
+    assert all(r["status"] == "finished" and r["final_normalized_score"] is not None for r in pool.values())
+    assert ray == pool
+    # Both paths leave the same layout: results, runs, logs, table (Ray adds its dotfile STORAGE_ID).
+    def layout(root: Path) -> set[tuple[str, ...]]:
+        return {p.relative_to(root).parts[:2] for p in root.rglob("*") if not p.name.startswith(".")}
+
+    assert layout(tmp_path / "pool") == layout(tmp_path / "ray")
+
+
+def _trainers(marker: str) -> list[int]:
+    """Pids of live processes whose command line contains ``marker`` (the grid's unique --out)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if marker in cmd and "rl_adapters" in cmd:
+                pids.append(int(d.name))
+    return pids
+
+
+STEPS = 4000  # ~10 s per cell: the kill lands well inside the second cell
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("path", ["ray", "pool"])
+def test_killed_grid_finishes_only_the_missing_cells(path: str, tiny_dataset: str, tmp_path: Path) -> None:
+    """SIGKILL the runner while its second cell trains (after that cell's first checkpoint), start the same
+    command again: the first cell is reused untouched, the second resumes from its checkpoint, the third runs;
+    no training process outlives the killed runner."""
+    ray = ["--ray", "--ray-cpus", "1"] if path == "ray" else []
+    if ray:
+        pytest.importorskip("ray", reason='Ray is the optional "sweep" extra: pip install -e ".[sweep]"')
+    out = tmp_path / "grid"
+    cmd = [sys.executable, "-m", "benchmarks.offline_rl",
+           *_grid_argv(tiny_dataset, out, algos="bc", seeds="0,1,2", steps=STEPS), *ray,
+           "--workers", "1", "--eval-every", "0", "--checkpoint-every", "200", "--log-every", "100"]
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    first = out / "bc__tiny_pendulum_mixed-v0__s0.json"
+    second = out / "runs" / "bc__tiny_pendulum_mixed-v0__s1" / "checkpoint.pt"
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 240
+    while not (first.exists() and second.exists()):
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        assert time.monotonic() < deadline, "the grid did not reach its second cell's checkpoint"
+        time.sleep(0.1)
+    assert _trainers(str(out)), "the second cell is not training at the kill: the test would prove nothing"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    first_mtime = first.stat().st_mtime_ns
+    assert not (out / "bc__tiny_pendulum_mixed-v0__s1.json").exists()
+    deadline = time.monotonic() + 30
+    while _trainers(str(out)) and time.monotonic() < deadline:  # the kill reaches the trainer (through Ray)
+        time.sleep(0.2)
+    # A surviving trainer would still be running now or would have finished its run (summary.json).
+    assert _trainers(str(out)) == [], "a training process outlived the killed runner"
+    assert not (second.parent / "summary.json").exists(), "the second cell kept training after the kill"
+    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "3 cells: 1 finished earlier, 2 to run" in again.stdout, again.stdout
+    assert "bc__tiny_pendulum_mixed-v0__s1: resuming from its checkpoint" in again.stdout, again.stdout
+    assert first.stat().st_mtime_ns == first_mtime
+    assert sorted(p.name for p in out.glob("*__s*.json")) == [f"bc__tiny_pendulum_mixed-v0__s{s}.json" for s in range(3)]
+    assert all(json.loads(p.read_text())["steps"] == STEPS for p in out.glob("*__s*.json"))
+
+
+def test_trained_cell_without_result_is_not_trained_again(tiny_dataset: str, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """A runner killed between a cell's last update and its result file: the next run writes the result from
+    the finished run (``--resume`` of a finished run is refused) instead of failing the cell."""
+    argv = _grid_argv(tiny_dataset, tmp_path / "g", algos="bc")
+    assert offline_rl.main(argv) == 0
+    result = tmp_path / "g" / "bc__tiny_pendulum_mixed-v0__s0.json"
+    before = json.loads(result.read_text())
+    log = tmp_path / "g" / "logs" / "bc__tiny_pendulum_mixed-v0__s0.log"
+    log_size = log.stat().st_size
+    result.unlink()
+    capsys.readouterr()
+    assert offline_rl.main(argv) == 0
+    assert "bc__tiny_pendulum_mixed-v0__s0: trained by an earlier invocation" in capsys.readouterr().out
+    assert json.loads(result.read_text()) == before
+    assert log.stat().st_size == log_size  # no training process ran
