@@ -179,8 +179,9 @@ def _plot(results: list[dict[str, Any]], png: Path) -> None:
 
     datasets = sorted({r["dataset"] for r in results})
     fig, axes = plt.subplots(2, len(datasets), figsize=(5.5 * len(datasets), 6.5), squeeze=False)
-    colors = {"one_step": "C0", "k_step": "C1", "implicit": "C2"}
-    styles = {m: s for m, s in zip(MECHANISMS, ("-", "--", ":", "-.", (0, (1, 3)), (0, (5, 1))))}
+    # colour = mechanism, line style = solver: the question is which mechanism keeps every solver's weights up
+    colors = {m: f"C{i}" for i, m in enumerate(MECHANISMS)}
+    styles = {"one_step": "-", "k_step": "--", "implicit": ":"}
     for col, ds in enumerate(datasets):
         for mech in MECHANISMS:
             for solver in SOLVERS:
@@ -190,8 +191,9 @@ def _plot(results: list[dict[str, Any]], png: Path) -> None:
                 steps = [x["step"] for x in rs[0]["log"]]
                 for row, key in ((0, "w_raw_mean"), (1, "w_ess")):
                     vals = np.mean([[x[key] for x in r["log"]] for r in rs], axis=0)
-                    axes[row][col].plot(steps, vals, linestyle=styles[mech], color=colors[solver],
-                                        label=f"{mech}, {solver}" if row == 0 else None)
+                    axes[row][col].plot(steps, vals, linestyle=styles[solver], color=colors[mech],
+                                        label=f"{mech}, {solver} ({len(rs)} seeds)" if row == 1 else None)
+        axes[1][col].legend(fontsize=6, loc="lower left", ncol=2)
         axes[0][col].set_title(_slug(ds))
         axes[0][col].set_ylabel("batch mean of sigmoid weight")
         axes[1][col].set_ylabel("effective sample fraction")
@@ -199,7 +201,6 @@ def _plot(results: list[dict[str, Any]], png: Path) -> None:
         for row in (0, 1):
             axes[row][col].set_xlabel("bi-level updates")
             axes[row][col].grid(alpha=0.3)
-    axes[0][0].legend(fontsize=6, ncol=1)
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=110)

@@ -1,5 +1,8 @@
 """A conditional score-based behaviour model ``s_psi(a | s)`` (VP-SDE), its sampler and its likelihood.
 
+(Over the ~350-line budget on purpose: training, sampling and the probability-flow likelihood share the
+SDE's coefficients and time grid, and splitting them would scatter one set of formulas over three files.)
+
 This is the explicit behaviour clone of ARQ (paper 003, "Know your boundaries", Appendix A.2), which
 follows Song et al. (2021), "Score-based generative modeling through stochastic differential equations".
 Actions are modelled in the normalised box ``[-1, 1]^d`` (``a_n = (a - c) / h`` with the action bounds'

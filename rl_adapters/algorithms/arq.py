@@ -1,5 +1,8 @@
 """ARQ: action-restricted Q-learning with an explicit score-based behaviour model (paper 003, SPEC section 3).
 
+(Over the ~350-line budget on purpose: like CORL's single-file algorithms, the three phases read top to
+bottom here; the behaviour model itself lives in :mod:`rl_adapters.behavior_model`.)
+
 One run has three phases (``--steps`` counts all of them):
 
 1. **Behaviour model** (updates ``1 .. bm_steps``): denoising score matching of ``s_psi(a | s)`` on the
