@@ -175,12 +175,16 @@ def learning_curves(results: list[dict], algos: list[str], datasets: list[str], 
                 continue
             steps = sorted(set.intersection(*(set(c) for c in curves)))
             mean = [float(np.mean([c[s] for c in curves])) for s in steps]
-            ax.plot(steps, mean, marker="o", ms=3, label=f"{algo} ({len(curves)} seeds)")
+            # One colour per algorithm across panels, so a panel with fewer finished cells reads the same.
+            ax.plot(steps, mean, marker="o", ms=3, color=f"C{algos.index(algo) % 10}",
+                    label=f"{algo} ({len(curves)} seeds)")
         ax.set_title(ds.replace("suite/", ""), fontsize=10)
         ax.set_xlabel("policy updates")
         ax.set_ylabel("normalised score")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    for ax in axes[0]:
+        if ax.lines:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=110)
@@ -243,7 +247,7 @@ def vaco_weight_stats(results: list[dict], out_dir: Path, png: Path) -> bool:
     for label, pts in curves:
         axes[0].plot([x[0] for x in pts], [x[1] for x in pts], label=label)
         axes[1].plot([x[0] for x in pts], [x[2] for x in pts], label=label)
-    axes[0].set_ylabel("batch mean of the sigmoid (before normalisation)")
+    axes[0].set_ylabel("raw sigmoid weight, batch mean")
     axes[1].set_ylabel("effective sample fraction")
     for ax in axes:
         ax.set_xlabel("policy (bi-level) updates")
@@ -456,7 +460,7 @@ def table(results: list[dict], algos: list[str], datasets: list[str]) -> str:
             ]
             if not rows:
                 partial = [r for r in results if r.get("algo") == algo and r.get("dataset") == ds and r.get("in_progress")]
-                state = ("in progress: " + ", ".join(f"seed {r['seed']} at {r['in_progress']}/{r['total_steps']} updates"
+                state = ("unfinished: " + ", ".join(f"seed {r['seed']} at {r['in_progress']}/{r['total_steps']} updates"
                                                      for r in partial)) if partial else "not started"
                 lines.append(f"| {ds} | {algo} | ({state}) | | 0 | | | |")
                 continue
