@@ -93,6 +93,7 @@ class VACO(Algorithm):
             self.value_steps = 0
         self.bilevel_steps = max(1, self.total_steps - self.value_steps)
         self._scorer_numel = sum(p.numel() for p in self.scorer.parameters())
+        self._last_raw: torch.Tensor | None = None
         self._last_weights: torch.Tensor | None = None
         self._last_bc: torch.Tensor | None = None
 
@@ -123,11 +124,12 @@ class VACO(Algorithm):
     # ------------------------------------------------------------------ the two losses
     def inner_loss(self, inner: bilevel.InnerView, outer: nn.Module, batch: VACOBatch) -> torch.Tensor:
         """``J_w(phi) = mean_b w_alpha(s_b, a_b, q_b) ||pi_phi(s_b) - a_b||^2``."""
-        w = outer(batch.obs, batch.actions, batch.q_in)
+        raw = outer.raw(batch.obs, batch.actions, batch.q_in)
+        w = outer.normalise(raw)
         bc = (inner(batch.obs) - batch.actions).pow(2).sum(-1)
         # Kept for the metrics so they cost no second scorer / policy pass (plain tensors, not under a
         # torch.func transform: forward mode recomputes them instead, see ``update``).
-        self._last_weights, self._last_bc = w.detach(), bc.detach()
+        self._last_raw, self._last_weights, self._last_bc = raw.detach(), w.detach(), bc.detach()
         return (w * bc).mean()
 
     def outer_loss(self, inner: bilevel.InnerView, outer: nn.Module, batch: VACOBatch) -> torch.Tensor:
@@ -196,17 +198,16 @@ class VACO(Algorithm):
             target_q = self.critic_target.min_q(batch.obs, batch.actions)
         sigma = self.sigma_at(self.step)
         vb = self.make_bilevel_batch(batch, target_q, sigma)
-        self._last_weights = self._last_bc = None
+        self._last_raw = self._last_weights = self._last_bc = None
         info = self.solver.step(vb)
-        w, bc = self._last_weights, self._last_bc
-        if w is None or bc is None or bilevel.escaped_transform(w):
+        raw, w, bc = self._last_raw, self._last_weights, self._last_bc
+        if raw is None or w is None or bc is None or bilevel.escaped_transform(w):
             # Forward-mode K-step evaluated the losses under torch.func.jvp; recompute outside it
             # (with the pre-step alpha the inner loss used: scorer params are restored after jvp).
             with torch.no_grad():
-                w = self.scorer(vb.obs, vb.actions, vb.q_in)
+                raw = self.scorer.raw(vb.obs, vb.actions, vb.q_in)
+                w = self.scorer.normalise(raw)
                 bc = (self.actor(vb.obs) - vb.actions).pow(2).sum(-1)
-        with torch.no_grad():
-            raw = self.scorer.raw(vb.obs, vb.actions, vb.q_in) if self.config.weight_norm != "none" else w
         qs = torch.tensor(WEIGHT_QUANTILES, dtype=w.dtype, device=w.device)
         packed = torch.cat(
             [torch.stack([w.mean(), w.std(unbiased=False), bc.mean(), raw.mean(), effective_sample_fraction(raw)]),

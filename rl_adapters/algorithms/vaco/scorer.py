@@ -32,11 +32,12 @@ class MetaScorer(nn.Module):
         """``sigmoid(f_alpha([s, a, q]))`` per pair, shape ``(B,)``, before any normalisation."""
         return torch.sigmoid(self.net(torch.cat([obs, actions, q.unsqueeze(-1)], dim=-1)).squeeze(-1))
 
+    def normalise(self, raw: torch.Tensor) -> torch.Tensor:
+        """The weights from the raw sigmoids of one batch (divided by their mean with ``batch_mean``)."""
+        return raw / raw.mean() if self.weight_norm == "batch_mean" else raw
+
     def forward(self, obs: torch.Tensor, actions: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-        w = self.raw(obs, actions, q)
-        if self.weight_norm == "batch_mean":
-            w = w / w.mean()
-        return w
+        return self.normalise(self.raw(obs, actions, q))
 
 
 class VACOBatch(NamedTuple):
