@@ -79,6 +79,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> set[str]:
     p.add_argument("--dataset", help="Minari id, 'a+b' to concatenate, or '<ns>/<env>/medium-expert'")
     p.add_argument("--steps", type=int, default=100_000, help="gradient updates (default 100000)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default=None, metavar="LIST",
+                   help="train several seeds in one process, e.g. 0,1,2,3 or 0-3 (BC, TD3+BC, IQL); each seed "
+                        "writes a single run's files into OUT/seed<k>")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--out", default=None, help="output dir (default runs/<algo>-<dataset>-s<seed>)")
     p.add_argument(
@@ -233,6 +236,10 @@ def _check_resume_flags(args: argparse.Namespace, explicit: set[str], cfg: Any) 
             continue
         if dest == "out":
             value, saved = str(Path(value).resolve()), str(Path(cfg.out).resolve())
+        if dest == "seeds":
+            from .training.config import parse_seeds
+
+            value = parse_seeds(value)
         if value != saved:
             conflicts.append((f"--{dest.replace('_', '-')} {value}", f"{dest}={saved}"))
     for k, v in sorted(given_hp.items()):
@@ -277,12 +284,22 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         if not args.algo or not args.dataset:
             raise UsageError("--algo and --dataset are required (or --resume DIR); e.g. --algo iql "
                              "--dataset suite/hopper/medium-v0")
-        out = args.out or f"runs/{args.algo}-{args.dataset.replace('/', '_')}-s{args.seed}"
+        seeds = None
+        if args.seeds is not None:
+            from .training.config import parse_seeds
+
+            if "seed" in _explicit_train_flags(argv):
+                raise UsageError(f"--seed {args.seed} with --seeds {args.seeds}: give one of them (--seeds lists "
+                                 f"every seed of a multi-seed run)")
+            seeds = parse_seeds(args.seeds)
+        tag = f"s{args.seed}" if seeds is None else "s" + "_".join(map(str, seeds))
+        out = args.out or f"runs/{args.algo}-{args.dataset.replace('/', '_')}-{tag}"
         cfg = TrainConfig(
             algo=args.algo,
             dataset=args.dataset,
             steps=args.steps,
-            seed=args.seed,
+            seed=args.seed if seeds is None else seeds[0],
+            seeds=seeds,
             device=args.device,
             out=out,
             eval_every=args.eval_every,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import copy
 import dataclasses
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -46,6 +47,11 @@ class Algorithm(abc.ABC):
     #: not modules, optimizers or schedulers, e.g. diagnostics an update reports again when it skips a
     #: step.  :meth:`state_dict` saves them, so a resumed run reports what an uninterrupted one does.
     checkpoint_attrs: ClassVar[tuple[str, ...]] = ()
+    #: True when :meth:`update` changes parameters only through :meth:`optimize`, draws noise only through
+    #: :meth:`normal` and reports through :meth:`metrics`, with every loss a function of the registered
+    #: modules and tensor inputs: then :class:`~rl_adapters.training.seed_stack.SeedStack` can train N seeds
+    #: of it in one process.
+    stackable: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -69,6 +75,8 @@ class Algorithm(abc.ABC):
         self.schedulers: dict[str, Any] = {}
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(self.seed + 1)
+        #: Set by :class:`~rl_adapters.training.seed_stack.SeedStack` on the instance holding stacked parameters.
+        self.seed_stack: Any = None
         self.obs_mean = torch.as_tensor(stats.obs_mean, dtype=torch.float32, device=self.device)
         self.obs_std = torch.as_tensor(stats.obs_std, dtype=torch.float32, device=self.device)
         with torch.random.fork_rng(devices=[]):
@@ -95,6 +103,43 @@ class Algorithm(abc.ABC):
     def policy(self, obs: torch.Tensor) -> torch.Tensor:
         """Deterministic action for *normalised* observations (default: ``self.modules['actor']``)."""
         return self.modules["actor"](obs)
+
+    # ------------------------------------------------------------------ update building blocks
+    def optimize(
+        self, optimizer: str, loss_fn: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]], *inputs: Any
+    ) -> dict[str, torch.Tensor]:
+        """One step of ``self.optimizers[optimizer]`` on ``loss, out = loss_fn(*inputs)``; returns ``out`` detached.
+
+        The gradient is taken with respect to that optimizer's parameters only (``torch.autograd.grad``): an
+        actor step through the critic computes no critic weight gradients, and no ``.grad`` of another
+        network is touched.  ``loss_fn`` reads the networks through ``self`` and must draw no random numbers
+        (pass noise from :meth:`normal` as an input): under a :class:`SeedStack` it is vmapped over the seeds,
+        and the step is taken on ``sum_k loss_k``, whose gradient with respect to seed ``k``'s parameters is
+        ``d loss_k / d theta_k`` since the seeds share nothing.
+        """
+        if self.seed_stack is not None:
+            loss, out = self.seed_stack.per_seed(loss_fn, inputs)
+            loss = loss.sum()
+        else:
+            loss, out = loss_fn(*inputs)
+        params = [p for group in self.optimizers[optimizer].param_groups for p in group["params"]]
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        for p, g in zip(params, grads):
+            p.grad = g
+        self.optimizers[optimizer].step()
+        return {k: v.detach() for k, v in out.items()}
+
+    def normal(self, like: torch.Tensor) -> torch.Tensor:
+        """Standard normal noise shaped like ``like``, from this algorithm's generator (one per seed when stacked)."""
+        if self.seed_stack is not None:
+            return self.seed_stack.normal(like)
+        return torch.randn(like.shape, device=self.device, generator=self.generator)
+
+    def metrics(self, out: dict[str, Any]) -> dict[str, Any]:
+        """Diagnostics as Python floats (under a :class:`SeedStack`: as they are, one entry per seed)."""
+        if self.seed_stack is not None:
+            return dict(out)
+        return {k: v.item() if isinstance(v, torch.Tensor) else float(v) for k, v in out.items()}
 
     # ------------------------------------------------------------------ shared
     def normalize(self, obs: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ class BCConfig(BaseConfig):
 
 class BC(Algorithm):
     name = "bc"
+    stackable = True
     Config = BCConfig
     config: BCConfig
 
@@ -37,9 +38,10 @@ class BC(Algorithm):
         self.optimizers = {"actor": self.actor_opt}
 
     def update(self, batch: Batch) -> dict[str, float]:
-        loss = (self.actor(batch.obs) - batch.actions).pow(2).sum(-1).mean()
-        self.actor_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.actor_opt.step()
+        out = self.optimize("actor", self.actor_loss, batch)
         self.step += 1
-        return {"actor_loss": loss.item()}
+        return self.metrics(out)
+
+    def actor_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        loss = (self.actor(batch.obs) - batch.actions).pow(2).sum(-1).mean()
+        return loss, {"actor_loss": loss}

@@ -37,6 +37,7 @@ class IQLConfig(BaseConfig):
 
 class IQL(Algorithm):
     name = "iql"
+    stackable = True
     Config = IQLConfig
     config: IQLConfig
 
@@ -62,20 +63,18 @@ class IQL(Algorithm):
 
     def value_critic_update(self, batch: Batch) -> tuple[dict[str, float], torch.Tensor]:
         """The value learning step (:meth:`IQLValue.update`): diagnostics and the detached advantage."""
-        return self.values.update(batch)
+        return self.values.update(self, batch)
 
     def actor_update(self, batch: Batch, adv: torch.Tensor) -> dict[str, float]:
         """One advantage-weighted regression step (subclasses replace it)."""
+        out = self.optimize("actor", self.actor_loss, batch, adv)
+        self.actor_sched.step()
+        return self.metrics(out) | {"actor_lr": self.actor_sched.get_last_lr()[0]}
+
+    def actor_loss(self, batch: Batch, adv: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``mean min(exp(beta A), w_max) ||pi(s) - a||^2``."""
         c = self.config
         weight = torch.exp(c.beta * adv).clamp(max=c.max_weight)
         bc = (self.actor(batch.obs) - batch.actions).pow(2).sum(-1)
-        actor_loss = (weight * bc).mean()
-        self.actor_opt.zero_grad(set_to_none=True)
-        actor_loss.backward()
-        self.actor_opt.step()
-        self.actor_sched.step()
-        return {
-            "actor_loss": actor_loss.item(),
-            "bc_loss": bc.mean().item(),
-            "actor_lr": self.actor_sched.get_last_lr()[0],
-        }
+        loss = (weight * bc).mean()
+        return loss, {"actor_loss": loss, "bc_loss": bc.mean()}

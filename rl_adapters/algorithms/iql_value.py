@@ -63,31 +63,33 @@ class IQLValue:
         self.value_opt = torch.optim.Adam(self.value.parameters(), lr=self.config.value_lr)
         return {"critic": self.critic_opt, "value": self.value_opt}
 
-    def update(self, batch: Batch) -> tuple[dict[str, Any], torch.Tensor]:
-        """Expectile value step, TD critic step and target update; returns diagnostics and the detached
-        advantage ``min_i Q'_i(s,a) - V(s)`` (V before its step), IQL's actor input."""
-        c = self.config
-        rewards = batch.rewards * self.reward_scale
-        # --- value: expectile of the target critic's min-Q
+    def update(self, host: Any, batch: Batch) -> tuple[dict[str, Any], torch.Tensor]:
+        """Expectile value step, TD critic step and target update, taken through ``host.optimize`` (the
+        :class:`~rl_adapters.algorithms.base.Algorithm` that registered these optimizers as ``value`` and
+        ``critic``); returns diagnostics and the detached advantage ``min_i Q'_i(s,a) - V(s)`` (V before its
+        step), IQL's actor input."""
+        out = host.optimize("value", self.value_loss, batch)
+        adv = out.pop("advantage")
+        out |= host.optimize("critic", self.critic_loss, batch)
+        soft_update(self.critic_target, self.critic, self.config.tau)
+        return host.metrics(out), adv
+
+    def value_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Expectile regression of ``V(s)`` on the target critic's ``min_i Q'_i(s, a)``."""
         with torch.no_grad():
             target_q = self.critic_target.min_q(batch.obs, batch.actions)
-        v = self.value(batch.obs)
-        adv = target_q - v
-        value_loss = expectile_loss(adv, c.expectile)
-        self.value_opt.zero_grad(set_to_none=True)
-        value_loss.backward()
-        self.value_opt.step()
-        # --- critic: one-step TD target through V(s') (no max over actions)
+        adv = target_q - self.value(batch.obs)
+        loss = expectile_loss(adv, self.config.expectile)
+        return loss, {"value_loss": loss, "adv": adv.mean(), "advantage": adv}
+
+    def critic_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One-step TD regression through ``V(s')`` (no max over actions)."""
+        c = self.config
         with torch.no_grad():
-            y = rewards + c.discount * (1.0 - batch.dones) * self.value(batch.next_obs)
+            y = batch.rewards * self.reward_scale + c.discount * (1.0 - batch.dones) * self.value(batch.next_obs)
         q1, q2 = self.critic(batch.obs, batch.actions)
-        critic_loss = F.mse_loss(q1, y) + F.mse_loss(q2, y)
-        self.critic_opt.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        self.critic_opt.step()
-        soft_update(self.critic_target, self.critic, c.tau)
-        info = {"value_loss": value_loss.item(), "critic_loss": critic_loss.item(), "adv": adv.mean().item()}
-        return info, adv.detach()
+        loss = F.mse_loss(q1, y) + F.mse_loss(q2, y)
+        return loss, {"critic_loss": loss}
 
 
 def build_iql_networks(algo: Any) -> None:

@@ -67,6 +67,7 @@ class TD3BCConfig(BaseConfig):
 
 class TD3BC(Algorithm):
     name = "td3bc"
+    stackable = True
     Config = TD3BCConfig
     config: TD3BCConfig
     # Steps without an actor update report the last actor update's losses.
@@ -113,26 +114,27 @@ class TD3BC(Algorithm):
 
     def critic_update(self, batch: Batch) -> dict[str, float]:
         """One clipped double-Q step on the twin critic (subclasses reuse it)."""
+        return self.metrics(self.optimize("critic", self.critic_loss, batch, self.normal(batch.actions)))
+
+    def critic_loss(self, batch: Batch, xi: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """:func:`clipped_double_q_loss` with target-policy noise ``sigma h xi``, ``xi ~ N(0, I)``."""
         c = self.config
-        half_range = self.actor.action_scale
-        noise = torch.randn(batch.actions.shape, device=self.device, generator=self.generator)
-        critic_loss, q1 = clipped_double_q_loss(
+        center, half_range = self.actor.action_center, self.actor.action_scale
+        loss, q1 = clipped_double_q_loss(
             self.critic, self.critic_target, self.actor_target, batch.obs, batch.actions, batch.rewards,
-            batch.next_obs, batch.dones, noise * c.policy_noise * half_range, c.noise_clip * half_range,
-            self.actor.action_center - half_range, self.actor.action_center + half_range, c.discount)
-        self.critic_opt.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        self.critic_opt.step()
-        return {"critic_loss": critic_loss.item(), "q1": q1.mean().item()}
+            batch.next_obs, batch.dones, xi * c.policy_noise * half_range, c.noise_clip * half_range,
+            center - half_range, center + half_range, c.discount)
+        return loss, {"critic_loss": loss, "q1": q1.mean()}
 
     def actor_update(self, batch: Batch) -> dict[str, float]:
-        """One step on ``-lambda mean Q1(s, pi(s)) + mse(pi(s), a)`` (subclasses replace it)."""
+        """One step on :meth:`actor_loss` (subclasses replace it)."""
+        return self.metrics(self.optimize("actor", self.actor_loss, batch))
+
+    def actor_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``-lambda mean Q1(s, pi(s)) + mse(pi(s), a)``, ``lambda = alpha / sg(mean |Q1(s, pi(s))|)``."""
         pi = self.actor(batch.obs)
         q = self.critic.q1_only(batch.obs, pi)
         lmbda = self.config.alpha / q.abs().mean().detach()
         bc_loss = F.mse_loss(pi, batch.actions)
         actor_loss = -lmbda * q.mean() + bc_loss
-        self.actor_opt.zero_grad(set_to_none=True)
-        actor_loss.backward()
-        self.actor_opt.step()
-        return {"actor_loss": actor_loss.item(), "bc_loss": bc_loss.item(), "lambda": lmbda.item()}
+        return actor_loss, {"actor_loss": actor_loss, "bc_loss": bc_loss, "lambda": lmbda}

@@ -41,6 +41,8 @@ class TrainConfig:
     progress: bool = True
     plot: bool = True
     threads: int | None = DEFAULT_THREADS  # None: leave torch's thread count alone
+    #: Train these seeds in one process (``--seeds 0,1,2,3``), each in ``out/seed<k>``; ``seed`` is then unused.
+    seeds: list[int] | None = None
     hparams: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -53,6 +55,20 @@ class TrainConfig:
         """A copy with the automatic defaults filled in (what ``config.json`` records)."""
         every = default_eval_every(self.steps) if self.eval_every is None else self.eval_every
         return dataclasses.replace(self, eval_every=every, hparams=dict(self.hparams))
+
+    def check_seeds(self) -> None:
+        from .seed_stack import stackable_algorithms
+
+        seeds = self.seeds or []
+        text = ",".join(map(str, seeds))
+        if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 2**32 for s in seeds):
+            raise UsageError(f"--seeds {text!r}: give non-negative integers, e.g. --seeds 0,1,2,3")
+        if len(set(seeds)) != len(seeds):
+            raise UsageError(f"--seeds {text}: a seed is repeated; give distinct seeds, e.g. --seeds 0,1,2,3")
+        if self.algo not in stackable_algorithms():
+            raise UsageError(f"--seeds with --algo {self.algo}: this algorithm trains one seed per process (its "
+                             f"update goes through a bi-level solver's own optimiser state or precomputes per run); "
+                             f"--seeds works for {', '.join(stackable_algorithms())}. Run one process per seed")
 
     def validate(self, check_dataset: bool = True) -> None:
         """Raise :class:`~rl_adapters.errors.UsageError` naming the flag, the value and a fix for the
@@ -74,6 +90,8 @@ class TrainConfig:
         need_int("--checkpoint-every", self.checkpoint_every, 0, "0: checkpoint only at the end", 10_000)
         need_int("--log-every", self.log_every, 1, "steps per line of metrics.jsonl", 1_000)
         need_int("--threads", self.threads, 1, "torch CPU threads", DEFAULT_THREADS, none_ok=True)
+        if self.seeds is not None:
+            self.check_seeds()
         if not isinstance(self.dataset, str) or not self.dataset.strip():
             raise UsageError(f"--dataset {self.dataset!r}: must name a Minari dataset, e.g. "
                              f"--dataset suite/hopper/medium-v0")
@@ -87,6 +105,19 @@ class TrainConfig:
                 raise UsageError(f"--algo {self.algo}: {e}") from e
         if check_dataset:
             check_dataset_available(self.dataset)
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2,3"`` -> ``[0, 1, 2, 3]`` (also ``"0-3"``); a :class:`UsageError` naming ``--seeds`` otherwise."""
+    try:
+        seeds: list[int] = []
+        for part in text.split(","):
+            lo, sep, hi = part.strip().partition("-")
+            seeds += list(range(int(lo), int(hi) + 1)) if sep else [int(lo)]
+    except ValueError:
+        raise UsageError(f"--seeds {text!r}: give comma-separated integers or a range, e.g. --seeds 0,1,2,3 or "
+                         f"--seeds 0-3") from None
+    return seeds
 
 
 def default_eval_every(steps: int) -> int:

@@ -99,8 +99,18 @@ def train(
                          f"e.g. --max-steps-this-session 1000")
     cfg = cfg.resolved()
     device = resolve_device(cfg.device)
-    saved: dict[str, Any] | None = None
-    if resume:
+    saved: Any = None
+    if resume and cfg.seeds is not None:
+        saved = [read_checkpoint(Path(cfg.out) / f"seed{s}" / CHECKPOINT, device) for s in cfg.seeds]
+        if len({st["step"] for st in saved}) != 1:
+            raise CheckpointError(f"--resume {cfg.out}: the seeds' checkpoints are at different steps "
+                                  f"({', '.join(str(st['step']) for st in saved)}); resume each seed on its own "
+                                  f"(--resume {cfg.out}/seed{cfg.seeds[0]}) or start again without --resume")
+        if saved[0]["step"] >= cfg.steps:
+            raise UsageError(f"--resume {cfg.out}: the run already finished ({saved[0]['step']} of {cfg.steps} "
+                             f"steps); to train longer start a new run, e.g. --out {cfg.out}-longer "
+                             f"--steps {2 * cfg.steps}")
+    elif resume:
         saved = read_checkpoint(Path(cfg.out) / CHECKPOINT, device)
         if saved["step"] >= cfg.steps:
             raise UsageError(f"--resume {cfg.out}: the run already finished ({saved['step']} of {cfg.steps} "
@@ -153,10 +163,12 @@ def _run(
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / CHECKPOINT
     try:
+        if cfg.seeds is not None:
+            return _loop_seeds(cfg, device, saved, max_steps_this_session, data, out)
         return _loop(cfg, device, saved, max_steps_this_session, data, out)
     except BaseException:
         # A run that never wrote a checkpoint cannot be resumed: leave no directory it created behind.
-        if created is not None and not ckpt_path.exists():
+        if created is not None and not ckpt_path.exists() and not any(out.glob(f"seed*/{CHECKPOINT}")):
             shutil.rmtree(created, ignore_errors=True)
         raise
 
@@ -172,6 +184,143 @@ def _build_algorithm(cfg: TrainConfig, data: OfflineData, device: torch.device) 
         raise UsageError(f"--algo {cfg.algo}: {e}") from e
 
 
+class _RunRecord:
+    """One seed's files and bookkeeping: ``config.json``, ``metrics.jsonl``, ``checkpoint.pt``,
+    ``summary.json``, figures, TensorBoard; shared by single runs and every seed of a multi-seed run."""
+
+    def __init__(self, cfg: TrainConfig, out: Path, saved: dict[str, Any] | None, data: OfflineData,
+                 extra_config: dict[str, Any] | None = None) -> None:
+        self.cfg, self.out = cfg, out
+        self.metrics_path, self.ckpt_path = out / "metrics.jsonl", out / CHECKPOINT
+        self.train_time, self.prev_wall, self.last_eval, self.last_ckpt = 0.0, 0.0, None, None
+        window_state: dict[str, Any] = {}
+        if saved is not None:
+            self.train_time, self.prev_wall = saved["train_time_s"], saved["wall_time_s"]
+            self.last_eval, self.last_ckpt = saved.get("last_eval"), saved["step"]
+            window_state = saved.get("log_window", {})
+            truncate_metrics(self.metrics_path, saved["step"])
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+            self.metrics_path.write_text("")
+            for stale in (out / "summary.json", self.ckpt_path):
+                stale.unlink(missing_ok=True)
+            atomic_write_json(out / "config.json", dataclasses.asdict(cfg) | {
+                "resolved_device": str(data.device), "dataset_size": len(data)} | (extra_config or {}))
+        self.window = MetricsWindow(window_state, self.train_time)
+        self.writer = None
+        if cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(out / "tb"), purge_step=saved["step"] + 1 if saved else None)
+
+    def log(self, row: dict[str, Any]) -> None:
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.writer is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)) and v is not None:
+                    self.writer.add_scalar(k, v, row["step"])
+
+    def add(self, step: int, info: dict[str, float], seconds: float) -> dict[str, Any] | None:
+        """Record one update's diagnostics; the logged row when this step ends a logging window."""
+        cfg = self.cfg
+        self.train_time += seconds
+        bad = [k for k, v in info.items() if not math.isfinite(v)]
+        if bad:
+            kept = (
+                f"Last good checkpoint kept at {self.ckpt_path} (step {self.last_ckpt})"
+                if self.last_ckpt is not None
+                else "No checkpoint had been written yet (nothing to resume)"
+            )
+            raise NonFiniteLossError(
+                f"step {step}: non-finite {', '.join(f'{k}={info[k]}' for k in bad)} for {cfg.algo} on "
+                f"{cfg.dataset} (seed {cfg.seed}); stopped. {kept}; lower the learning rates or check the data."
+            )
+        self.window.add(info)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            row = self.window.flush(step, self.train_time)
+            self.log(row)
+            return row
+        return None
+
+    def evaluate(self, algo: Algorithm, data: OfflineData, step: int) -> None:
+        row = _evaluate(algo, data, self.cfg, step)
+        self.last_eval = row["eval_normalized_score"] if self.cfg.normalized_score else row["eval_return"]
+        self.log(row)
+
+    def checkpoint(self, step: int, algo: Algorithm, sampler: torch.Generator, session_start: float) -> None:
+        save_checkpoint(
+            self.ckpt_path,
+            algo,
+            sampler,
+            {
+                "step": step,
+                "train_time_s": self.train_time,
+                "last_eval": self.last_eval,
+                "wall_time_s": self.prev_wall + time.perf_counter() - session_start,
+                "config": dataclasses.asdict(self.cfg),
+                "log_window": self.window.state(),
+            },
+        )
+        self.last_ckpt = step
+
+    def finish(self, step: int, status: str, algo: Algorithm, sampler: torch.Generator, data: OfflineData,
+               device: torch.device, session_start: float, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Final evaluation, checkpoint, ``summary.json`` and figures (when finished); the summary dict."""
+        cfg = self.cfg
+        summary: dict[str, Any] = {
+            "status": status,
+            "algo": cfg.algo,
+            "dataset": cfg.dataset,
+            "seed": cfg.seed,
+            "steps": step,
+            "device": str(device),
+            "threads": torch.get_num_threads(),
+            "updates_per_s": (step / self.train_time) if self.train_time > 0 else None,
+            **(extra or {}),
+        }
+        if status == "finished":
+            final = _evaluate(algo, data, cfg, step) if cfg.eval_episodes > 0 else {}
+            if final:
+                self.log(final)
+                summary.update(
+                    final_normalized_score=final["eval_normalized_score"],
+                    final_return=final["eval_return"],
+                    final_return_std=final["eval_return_std"],
+                )
+                self.last_eval = final["eval_normalized_score"] if cfg.normalized_score else final["eval_return"]
+            self.checkpoint(step, algo, sampler, session_start)
+        summary["wall_time_s"] = self.prev_wall + time.perf_counter() - session_start
+        summary["hparams"] = dataclasses.asdict(algo.config)
+        if self.writer is not None:
+            self.writer.close()
+        if status == "finished":
+            atomic_write_json(self.out / "summary.json", summary)
+            if cfg.plot:
+                write_run_figures(algo, self.metrics_path, self.out, f"{cfg.algo} on {cfg.dataset}, seed {cfg.seed}")
+        return summary
+
+    def due(self, step: int) -> tuple[bool, bool]:
+        """Whether ``step`` (not the last) evaluates and whether it checkpoints."""
+        cfg = self.cfg
+        assert cfg.eval_every is not None  # resolved()
+        last = step == cfg.steps
+        return (cfg.eval_episodes > 0 and cfg.eval_every > 0 and step % cfg.eval_every == 0 and not last,
+                cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0 and not last)
+
+
+def _progress_bar(cfg: TrainConfig, start: int, desc: str) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=cfg.steps, initial=start, disable=not cfg.progress, desc=desc, dynamic_ncols=True,
+                file=sys.stderr)
+
+
+def _postfix(row: dict[str, Any], last_eval: float | None) -> dict[str, str]:
+    return ({k: f"{row[k]:.3g}" for k in row if k.endswith("loss")}
+            | ({"score": f"{last_eval:.1f}"} if last_eval is not None else {}))
+
+
 def _loop(
     cfg: TrainConfig,
     device: torch.device,
@@ -180,160 +329,144 @@ def _loop(
     data: OfflineData,
     out: Path,
 ) -> dict[str, Any]:
-    resume = saved is not None
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
     algo = _build_algorithm(cfg, data, device)
     sampler = data.make_generator(cfg.seed)
     batch_size = algo.config.batch_size
-    metrics_path, ckpt_path = out / "metrics.jsonl", out / CHECKPOINT
-    start, train_time, prev_wall, last_eval = 0, 0.0, 0.0, None
-    window_state: dict[str, Any] = {}
-    last_ckpt: int | None = None
+    start = 0
     if saved is not None:
         try:
             restore_checkpoint(saved, algo, sampler)
         except (KeyError, ValueError, RuntimeError, TypeError) as e:
-            raise CheckpointError(f"{ckpt_path}: does not fit this run's config.json ({type(e).__name__}: "
+            raise CheckpointError(f"{out / CHECKPOINT}: does not fit this run's config.json ({type(e).__name__}: "
                                   f"{first_line(e)}); start the run again without --resume") from e
-        start, train_time, prev_wall = saved["step"], saved["train_time_s"], saved["wall_time_s"]
-        last_eval, last_ckpt = saved.get("last_eval"), saved["step"]
-        window_state = saved.get("log_window", {})
-        truncate_metrics(metrics_path, start)
-    else:
-        metrics_path.write_text("")
-        for stale in (out / "summary.json", ckpt_path):
-            stale.unlink(missing_ok=True)
-        atomic_write_json(
-            out / "config.json",
-            dataclasses.asdict(cfg) | {"resolved_device": str(device), "dataset_size": len(data)},
-        )
+        start = saved["step"]
+    record = _RunRecord(cfg, out, saved, data)
     if hasattr(algo, "attach_data"):  # algorithms that precompute over the whole dataset (ARQ's candidates)
         algo.attach_data(data, out, progress=cfg.progress)
 
-    writer = None
-    if cfg.tensorboard:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(out / "tb"), purge_step=start + 1 if resume else None)
-
-    from tqdm.auto import tqdm
-
-    bar = tqdm(
-        total=cfg.steps,
-        initial=start,
-        disable=not cfg.progress,
-        desc=f"{cfg.algo} {cfg.dataset}",
-        dynamic_ncols=True,
-        file=sys.stderr,
-    )
+    bar = _progress_bar(cfg, start, f"{cfg.algo} {cfg.dataset}")
     session_start = time.perf_counter()
-    window = MetricsWindow(window_state, train_time)
-
-    def log(row: dict[str, Any]) -> None:
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        if writer is not None:
-            for k, v in row.items():
-                if k != "step" and isinstance(v, (int, float)) and v is not None:
-                    writer.add_scalar(k, v, row["step"])
-
-    def checkpoint(step: int) -> None:
-        nonlocal last_ckpt
-        save_checkpoint(
-            ckpt_path,
-            algo,
-            sampler,
-            {
-                "step": step,
-                "train_time_s": train_time,
-                "last_eval": last_eval,
-                "wall_time_s": prev_wall + time.perf_counter() - session_start,
-                "config": dataclasses.asdict(cfg),
-                "log_window": window.state(),
-            },
-        )
-        last_ckpt = step
-
     step = start
     status = "finished"
     try:
         for step in range(start + 1, cfg.steps + 1):
             t0 = time.perf_counter()
             info = algo.update(data.sample(batch_size, sampler))
-            train_time += time.perf_counter() - t0
-            bad = [k for k, v in info.items() if not math.isfinite(v)]
-            if bad:
-                kept = (
-                    f"Last good checkpoint kept at {ckpt_path} (step {last_ckpt})"
-                    if last_ckpt is not None
-                    else "No checkpoint had been written yet (nothing to resume)"
-                )
-                raise NonFiniteLossError(
-                    f"step {step}: non-finite {', '.join(f'{k}={info[k]}' for k in bad)} for {cfg.algo} on "
-                    f"{cfg.dataset}; stopped. {kept}; lower the learning rates or check the data."
-                )
-            window.add(info)
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                row = window.flush(step, train_time)
-                log(row)
-                bar.set_postfix(
-                    {k: f"{row[k]:.3g}" for k in row if k.endswith("loss")}
-                    | ({"score": f"{last_eval:.1f}"} if last_eval is not None else {}),
-                    refresh=False,
-                )
-            assert cfg.eval_every is not None  # resolved()
-            if (
-                cfg.eval_episodes > 0
-                and cfg.eval_every > 0
-                and step % cfg.eval_every == 0
-                and step != cfg.steps
-            ):
-                row = _evaluate(algo, data, cfg, step)
-                last_eval = row["eval_normalized_score"] if cfg.normalized_score else row["eval_return"]
-                log(row)
-            if cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0 and step != cfg.steps:
-                checkpoint(step)
+            row = record.add(step, info, time.perf_counter() - t0)
+            if row is not None:
+                bar.set_postfix(_postfix(row, record.last_eval), refresh=False)
+            evaluate, checkpoint = record.due(step)
+            if evaluate:
+                record.evaluate(algo, data, step)
+            if checkpoint:
+                record.checkpoint(step, algo, sampler, session_start)
             bar.update(1)
-            if (
-                max_steps_this_session is not None
-                and step - start >= max_steps_this_session
-                and step < cfg.steps
-            ):
-                checkpoint(step)
+            if max_steps_this_session is not None and step - start >= max_steps_this_session and step < cfg.steps:
+                record.checkpoint(step, algo, sampler, session_start)
                 status = "interrupted"
                 break
     finally:
         bar.close()
+    return record.finish(step, status, algo, sampler, data, device, session_start)
 
-    summary: dict[str, Any] = {
+
+def _seed_config(cfg: TrainConfig, seed: int) -> TrainConfig:
+    """Seed ``seed``'s part of a multi-seed run: the config a single run with that seed would have."""
+    return dataclasses.replace(cfg, seed=seed, seeds=None, out=str(Path(cfg.out) / f"seed{seed}"),
+                               hparams=dict(cfg.hparams))
+
+
+def _loop_seeds(
+    cfg: TrainConfig,
+    device: torch.device,
+    saved: list[dict[str, Any]] | None,
+    max_steps_this_session: int | None,
+    data: OfflineData,
+    out: Path,
+) -> dict[str, Any]:
+    """:func:`_loop` for ``cfg.seeds`` trained together by a :class:`~rl_adapters.training.seed_stack.SeedStack`;
+    seed ``k`` writes a single run's files into ``out/seed<k>`` (its checkpoint resumes as a single run too)."""
+    from .seed_stack import SeedStack
+
+    seeds = list(cfg.seeds or [])
+    torch.manual_seed(seeds[0])
+    np.random.seed(seeds[0])
+    random.seed(seeds[0])
+    try:
+        stack = SeedStack.build(cfg.algo, seeds, data.obs_dim, data.act_dim, data.stats, device=device,
+                                total_steps=cfg.steps, **cfg.hparams)
+    except ValueError as e:
+        raise UsageError(f"--algo {cfg.algo}: {e}") from e
+    samplers = [data.make_generator(s) for s in seeds]
+    batch_size = stack.algo.config.batch_size
+    start = 0
+    if saved is not None:
+        try:
+            for state, member, sampler in zip(saved, stack.members, samplers):
+                restore_checkpoint(state, member, sampler)
+            stack.restack()
+        except (KeyError, ValueError, RuntimeError, TypeError) as e:
+            raise CheckpointError(f"{out}/seed*/{CHECKPOINT}: does not fit this run's config.json "
+                                  f"({type(e).__name__}: {first_line(e)}); start the run again without --resume") from e
+        start = saved[0]["step"]
+    else:
+        atomic_write_json(out / "config.json", dataclasses.asdict(cfg) | {"resolved_device": str(device),
+                                                                          "dataset_size": len(data)})
+    together = {"seeds_in_process": seeds}
+    records = [_RunRecord(_seed_config(cfg, s), out / f"seed{s}", saved[k] if saved else None, data, together)
+               for k, s in enumerate(seeds)]
+
+    bar = _progress_bar(cfg, start, f"{cfg.algo} {cfg.dataset} x{len(seeds)} seeds")
+    session_start = time.perf_counter()
+    step = start
+    status = "finished"
+
+    def checkpoint_all(step: int) -> None:
+        stack.sync_members()
+        for record, member, sampler in zip(records, stack.members, samplers):
+            record.checkpoint(step, member, sampler, session_start)
+
+    try:
+        for step in range(start + 1, cfg.steps + 1):
+            t0 = time.perf_counter()
+            infos = stack.update(_sample_many(data, batch_size, samplers))
+            seconds = time.perf_counter() - t0
+            rows = [record.add(step, info, seconds) for record, info in zip(records, infos)]
+            if rows[0] is not None:
+                bar.set_postfix(_postfix(rows[0], records[0].last_eval), refresh=False)
+            evaluate, checkpoint = records[0].due(step)
+            if evaluate:
+                stack.sync_members()
+                for record, member in zip(records, stack.members):
+                    record.evaluate(member, data, step)
+            if checkpoint:
+                checkpoint_all(step)
+            bar.update(1)
+            if max_steps_this_session is not None and step - start >= max_steps_this_session and step < cfg.steps:
+                checkpoint_all(step)
+                status = "interrupted"
+                break
+    finally:
+        bar.close()
+    stack.sync_members()
+    runs = [record.finish(step, status, member, sampler, data, device, session_start, together)
+            for record, member, sampler in zip(records, stack.members, samplers)]
+    train_time = records[0].train_time
+    return {
         "status": status,
         "algo": cfg.algo,
         "dataset": cfg.dataset,
-        "seed": cfg.seed,
+        "seeds": seeds,
         "steps": step,
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-        "updates_per_s": (step / train_time) if train_time > 0 else None,
+        "seed_updates_per_s": (len(seeds) * step / train_time) if train_time > 0 else None,
+        "final_normalized_scores": [r.get("final_normalized_score") for r in runs],
+        "runs": runs,
     }
-    if status == "finished":
-        final = _evaluate(algo, data, cfg, step) if cfg.eval_episodes > 0 else {}
-        if final:
-            log(final)
-            summary.update(
-                final_normalized_score=final["eval_normalized_score"],
-                final_return=final["eval_return"],
-                final_return_std=final["eval_return_std"],
-            )
-            last_eval = final["eval_normalized_score"] if cfg.normalized_score else final["eval_return"]
-        checkpoint(step)
-    summary["wall_time_s"] = prev_wall + time.perf_counter() - session_start
-    summary["hparams"] = dataclasses.asdict(algo.config)
-    if writer is not None:
-        writer.close()
-    if status == "finished":
-        atomic_write_json(out / "summary.json", summary)
-        if cfg.plot:
-            write_run_figures(algo, metrics_path, out, f"{cfg.algo} on {cfg.dataset}, seed {cfg.seed}")
-    return summary
+
+
+def _sample_many(data: OfflineData, batch_size: int, samplers: list[torch.Generator]) -> Any:  # MERGE: use data.sample_many
+    from ..data import Batch
+    return Batch(*[torch.stack(f) for f in zip(*[data.sample(batch_size, g) for g in samplers])])

@@ -92,6 +92,8 @@ class ASPC(AdaptiveScale, TD3BC):
     """TD3+BC + robust critic + learned constraint scale ``alpha`` (see the module docstring)."""
 
     name = "aspc"
+    # The actor steps through the solver's own differentiable Adam state, which SeedStack does not stack.
+    stackable = False
     Config = ASPCConfig
     config: ASPCConfig
     scale_name = "alpha"
@@ -135,6 +137,7 @@ class ASPCIQL(AdaptiveScale, IQL):
     """IQL whose AWR temperature ``beta`` is learned like ASPC's alpha (see the module docstring)."""
 
     name = "aspc-iql"
+    stackable = False
     Config = ASPCIQLConfig
     config: ASPCIQLConfig
     scale_name = "beta"

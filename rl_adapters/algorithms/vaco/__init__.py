@@ -152,7 +152,7 @@ class VACO(Algorithm):
     def value_update(self, batch: Batch) -> dict[str, float]:
         """One IQL value step (expectile V, TD Q, Polyak target): the :class:`IQLValue` IQL itself uses. The
         advantage it also returns is IQL's actor input and is not needed here."""
-        info, _ = self.values.update(batch)
+        info, _ = self.values.update(self, batch)
         return info
 
     def sigma_at(self, step: int) -> float:
