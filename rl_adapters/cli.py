@@ -117,6 +117,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> set[str]:
         help="torch CPU threads (default 1: more threads speed small MLPs up at best 1.5x on an idle "
         "machine but slow them down many times when the cores are busy; see docs/rl.md)",
     )
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the losses of each update (opt-in: minutes of compilation first; "
+                        "docs/benchmarks.md measures what it buys)")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     p.add_argument(
         "--resume",
@@ -300,6 +303,7 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
             steps=args.steps,
             seed=args.seed if seeds is None else seeds[0],
             seeds=seeds,
+            compile=args.compile,
             device=args.device,
             out=out,
             eval_every=args.eval_every,

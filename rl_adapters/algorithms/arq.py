@@ -53,7 +53,7 @@ from torch import nn
 from ..behavior_model import GRIDS, ODE_METHODS, TRACES, BehaviorModel, generate_candidates
 from ..data import Batch
 from ..networks import TwinCritic, mlp, soft_update
-from .base import Algorithm, BaseConfig
+from .base import Algorithm, BaseConfig, adam
 
 __all__ = ["ARQ", "POLICIES", "ARQConfig", "GaussianActor", "awr_weights", "kth_max"]
 
@@ -204,9 +204,9 @@ class ARQ(Algorithm):
 
     def build_optimizers(self) -> None:
         c = self.config
-        self.bm_opt = torch.optim.Adam(self.behavior.net.parameters(), lr=c.bm_lr)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=c.critic_lr)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=c.actor_lr)
+        self.bm_opt = adam(self.behavior.net.parameters(), lr=c.bm_lr)
+        self.critic_opt = adam(self.critic.parameters(), lr=c.critic_lr)
+        self.actor_opt = adam(self.actor.parameters(), lr=c.actor_lr)
         self.optimizers = {"behavior": self.bm_opt, "critic": self.critic_opt, "actor": self.actor_opt}
         # Acting with the implicit policy draws from its own generator, so evaluation never moves training's.
         self.act_generator = torch.Generator(device=self.device)

@@ -19,7 +19,18 @@ from torch import nn
 
 from ..data import Batch, DatasetStats
 
-__all__ = ["Algorithm", "BaseConfig"]
+__all__ = ["Algorithm", "BaseConfig", "adam"]
+
+
+def adam(params: Any, lr: float, **kwargs: Any) -> torch.optim.Adam:
+    """``torch.optim.Adam`` with torch's fused kernel where it has one (CPU and CUDA float tensors).
+
+    The default CPU implementation loops over the parameters in Python; the fused one is a single kernel with
+    the same arithmetic (2.7x faster steps on 256-wide MLPs on one CPU thread, ``benchmarks/throughput.py``).
+    """
+    params = list(params)
+    fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    return torch.optim.Adam(params, lr=lr, fused=fused or None, **kwargs)
 
 
 @dataclasses.dataclass
@@ -77,6 +88,7 @@ class Algorithm(abc.ABC):
         self.generator.manual_seed(self.seed + 1)
         #: Set by :class:`~rl_adapters.training.seed_stack.SeedStack` on the instance holding stacked parameters.
         self.seed_stack: Any = None
+        self._compiled: dict[Any, Any] | None = None  # compile_losses() turns it on
         self.obs_mean = torch.as_tensor(stats.obs_mean, dtype=torch.float32, device=self.device)
         self.obs_std = torch.as_tensor(stats.obs_std, dtype=torch.float32, device=self.device)
         with torch.random.fork_rng(devices=[]):
@@ -118,16 +130,29 @@ class Algorithm(abc.ABC):
         ``d loss_k / d theta_k`` since the seeds share nothing.
         """
         if self.seed_stack is not None:
-            loss, out = self.seed_stack.per_seed(loss_fn, inputs)
+            loss, out = self.seed_stack.per_seed(loss_fn, inputs, compiled=self._compiled is not None)
             loss = loss.sum()
+        elif self._compiled is not None:
+            key = getattr(loss_fn, "__func__", loss_fn)  # one compiled function per loss, not per bound method
+            if key not in self._compiled:
+                self._compiled[key] = torch.compile(loss_fn)
+            loss, out = self._compiled[key](*inputs)
         else:
             loss, out = loss_fn(*inputs)
         params = [p for group in self.optimizers[optimizer].param_groups for p in group["params"]]
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         for p, g in zip(params, grads):
-            p.grad = g
+            # Gradients through vmap come back with the batch dimension's strides permuted; torch 2.13's fused
+            # CPU Adam then updates the wrong elements (silently: tests/test_seed_stack.py catches it).
+            p.grad = g if g is None or g.stride() == p.stride() else g.contiguous()
         self.optimizers[optimizer].step()
         return {k: v.detach() for k, v in out.items()}
+
+    def compile_losses(self) -> None:
+        """Opt in to ``torch.compile`` of every loss passed to :meth:`optimize` (each compiled on first use;
+        forward and backward graphs, the optimizer step stays the fused eager kernel).  Losses an algorithm
+        computes outside :meth:`optimize` (a ``bilevel`` solver's inner and outer losses) stay eager."""
+        self._compiled = {}
 
     def normal(self, like: torch.Tensor) -> torch.Tensor:
         """Standard normal noise shaped like ``like``, from this algorithm's generator (one per seed when stacked)."""

@@ -8,7 +8,7 @@ import torch
 
 from ..data import Batch
 from ..networks import DeterministicActor
-from .base import Algorithm, BaseConfig
+from .base import Algorithm, BaseConfig, adam
 
 
 @dataclasses.dataclass
@@ -34,7 +34,7 @@ class BC(Algorithm):
         self.modules = {"actor": self.actor}
 
     def build_optimizers(self) -> None:
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=self.config.actor_lr)
+        self.actor_opt = adam(self.actor.parameters(), lr=self.config.actor_lr)
         self.optimizers = {"actor": self.actor_opt}
 
     def update(self, batch: Batch) -> dict[str, float]:

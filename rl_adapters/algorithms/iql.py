@@ -18,7 +18,7 @@ import dataclasses
 import torch
 
 from ..data import Batch
-from .base import Algorithm, BaseConfig
+from .base import Algorithm, BaseConfig, adam
 from .iql_value import build_iql_networks, expectile_loss
 
 __all__ = ["IQL", "IQLConfig", "expectile_loss"]
@@ -47,7 +47,7 @@ class IQL(Algorithm):
 
     def build_optimizers(self) -> None:
         c = self.config
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=c.actor_lr)
+        self.actor_opt = adam(self.actor.parameters(), lr=c.actor_lr)
         self.actor_sched = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.actor_opt, T_max=max(1, self.total_steps)
         )

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from ..data import Batch
 from ..networks import DeterministicActor, TwinCritic, ValueNet, soft_update
+from .base import adam
 
 __all__ = ["IQLValue", "ValueConfig", "build_iql_networks", "expectile_loss"]
 
@@ -59,8 +60,8 @@ class IQLValue:
 
     def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         """Adam on ``Q`` and on ``V``; returned under the checkpoint names every host uses."""
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=self.config.critic_lr)
-        self.value_opt = torch.optim.Adam(self.value.parameters(), lr=self.config.value_lr)
+        self.critic_opt = adam(self.critic.parameters(), lr=self.config.critic_lr)
+        self.value_opt = adam(self.value.parameters(), lr=self.config.value_lr)
         return {"critic": self.critic_opt, "value": self.value_opt}
 
     def update(self, host: Any, batch: Batch) -> tuple[dict[str, Any], torch.Tensor]:

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..data import Batch
 from ..networks import CRITIC_INITS, DeterministicActor, TwinCritic, soft_update
-from .base import Algorithm, BaseConfig
+from .base import Algorithm, BaseConfig, adam
 
 
 def clipped_double_q_loss(
@@ -96,8 +96,8 @@ class TD3BC(Algorithm):
         }
 
     def build_optimizers(self) -> None:
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=self.config.actor_lr)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=self.config.critic_lr)
+        self.actor_opt = adam(self.actor.parameters(), lr=self.config.actor_lr)
+        self.critic_opt = adam(self.critic.parameters(), lr=self.config.critic_lr)
         self.optimizers = {"actor": self.actor_opt, "critic": self.critic_opt}
 
     def update(self, batch: Batch) -> dict[str, float]:

@@ -43,6 +43,8 @@ class TrainConfig:
     threads: int | None = DEFAULT_THREADS  # None: leave torch's thread count alone
     #: Train these seeds in one process (``--seeds 0,1,2,3``), each in ``out/seed<k>``; ``seed`` is then unused.
     seeds: list[int] | None = None
+    #: ``torch.compile`` the losses of every update (``--compile``); see Algorithm.compile_losses.
+    compile: bool = False
     hparams: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

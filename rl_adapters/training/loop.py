@@ -333,6 +333,8 @@ def _loop(
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
     algo = _build_algorithm(cfg, data, device)
+    if cfg.compile:
+        algo.compile_losses()
     sampler = data.make_generator(cfg.seed)
     batch_size = algo.config.batch_size
     start = 0
@@ -400,6 +402,8 @@ def _loop_seeds(
                                 total_steps=cfg.steps, **cfg.hparams)
     except ValueError as e:
         raise UsageError(f"--algo {cfg.algo}: {e}") from e
+    if cfg.compile:
+        stack.algo.compile_losses()
     samplers = [data.make_generator(s) for s in seeds]
     batch_size = stack.algo.config.batch_size
     start = 0

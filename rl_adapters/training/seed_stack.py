@@ -90,6 +90,7 @@ class SeedStack:
         template.build_optimizers()  # over the stacked parameters
         template.seed_stack = self
         self._tree = _Call(template.modules)
+        self._vmapped: dict[Any, Any] = {}
         self.restack()  # optimizer states and carried attributes from the members
 
     @classmethod
@@ -114,15 +115,18 @@ class SeedStack:
         return cls(members, template)
 
     # ------------------------------------------------------------------ what Algorithm calls back
-    def per_seed(self, loss_fn: Callable[..., Any], inputs: tuple[Any, ...]) -> tuple[torch.Tensor, Any]:
+    def per_seed(self, loss_fn: Callable[..., Any], inputs: tuple[Any, ...], compiled: bool = False
+                 ) -> tuple[torch.Tensor, Any]:
         """``loss_fn(*inputs)`` for every seed at once: inputs and parameters sliced along dim 0."""
-        params = dict(self._tree.named_parameters())
-        buffers = dict(self._tree.named_buffers())
+        key = (getattr(loss_fn, "__func__", loss_fn), compiled)
+        if key not in self._vmapped:
 
-        def one_seed(p: dict[str, torch.Tensor], b: dict[str, torch.Tensor], args: tuple[Any, ...]) -> Any:
-            return torch.func.functional_call(self._tree, (p, b), (loss_fn, *args))
+            def one_seed(p: dict[str, torch.Tensor], b: dict[str, torch.Tensor], args: tuple[Any, ...]) -> Any:
+                return torch.func.functional_call(self._tree, (p, b), (loss_fn, *args))
 
-        return torch.func.vmap(one_seed, randomness="error")(params, buffers, inputs)
+            batched = torch.func.vmap(one_seed, randomness="error")
+            self._vmapped[key] = torch.compile(batched) if compiled else batched
+        return self._vmapped[key](dict(self._tree.named_parameters()), dict(self._tree.named_buffers()), inputs)
 
     def normal(self, like: torch.Tensor) -> torch.Tensor:
         """Seed ``k``'s slice from member ``k``'s generator, as a single run with that seed draws it."""

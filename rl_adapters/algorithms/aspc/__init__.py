@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from bilevel.functional import InnerView
 
 from ...data import Batch
+from ..base import adam
 from ..iql import IQL
 from ..td3bc import TD3BC
 from .config import EMA_INITS, SOLVERS, AdaptiveScaleConfig, ASPCConfig, ASPCIQLConfig
@@ -104,7 +105,7 @@ class ASPC(AdaptiveScale, TD3BC):
 
     def build_optimizers(self) -> None:
         # The actor has no torch optimizer: its Adam is the solver's functional (differentiable) one.
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=self.config.critic_lr)
+        self.critic_opt = adam(self.critic.parameters(), lr=self.config.critic_lr)
         self.optimizers = {"critic": self.critic_opt}
         self.schedulers = {}
         self.build_bilevel()

@@ -14,6 +14,7 @@ from torch import nn
 import bilevel
 from bilevel.functional import InnerView
 
+from ..base import adam
 from .losses import ADAM_EPS_ROOT, OUTER_TERMS, ConstraintScale, OuterTerms, ScaleBatch, StopGrad, outer_terms
 from .plots import plot_scale_curve
 
@@ -73,7 +74,7 @@ class AdaptiveScale(abc.ABC):
         """Outer Adam + exponential decay, the bi-level problem and its solver (call in ``build_optimizers``)."""
         c = self.config
         self.use_eq2, self.use_eq3 = OUTER_TERMS[c.outer_terms]
-        self.rho_opt = torch.optim.Adam(self.scale.parameters(), lr=c.outer_lr * c.update_interval / 10)
+        self.rho_opt = adam(self.scale.parameters(), lr=c.outer_lr * c.update_interval / 10)
         # Outer updates in the fixed horizon: int(1e6 / (2 * 10)) = 50000 for TD3+BC, as the authors'.
         n_outer = max(1, c.outer_lr_horizon // (self.steps_per_actor_update() * c.update_interval))
         self.rho_sched = torch.optim.lr_scheduler.ExponentialLR(

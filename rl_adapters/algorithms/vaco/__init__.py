@@ -37,7 +37,7 @@ from torch import nn
 import bilevel
 
 from ...data import Batch
-from ..base import Algorithm
+from ..base import Algorithm, adam
 from ..iql_value import build_iql_networks
 from .config import (
     Q_STD_EPS,
@@ -105,7 +105,7 @@ class VACO(Algorithm):
         PyTorch 1.12) does; ``torchopt.adamw`` would be the decoupled variant the paper does not name.
         """
         c = self.config
-        self.scorer_opt = torch.optim.Adam(
+        self.scorer_opt = adam(
             self.scorer.parameters(), lr=c.scorer_lr, eps=c.adam_eps, weight_decay=c.weight_decay
         )
         self.optimizers = {**self.values.build_optimizers(), "scorer": self.scorer_opt}
