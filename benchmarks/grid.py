@@ -58,10 +58,13 @@ class Cell:
     seed: int
     base_algo: str  # the registered algorithm it trains
     variant_sets: tuple[str, ...] = ()  # the variant's ``--set`` items
-    steps: int = 0  # total updates, for the progress line
+    steps: int = 0  # total updates, for the progress line (all seeds of a group)
+    group: tuple[int, ...] = ()  # seeds trained together in one process (``bilevel-rl train --seeds``)
 
     @property
     def name(self) -> str:
+        if self.group:  # its seeds keep their own result files, under their single-cell names
+            return f"{self.algo}__{self.dataset.replace('/', '_')}__s{'_'.join(map(str, self.group))}"
         return cell_name(self.algo, self.dataset, self.seed)
 
 
@@ -120,6 +123,8 @@ def gpus_per_cell(args: argparse.Namespace) -> float:
 def last_step(run_dir: Path) -> int:
     """The step of the last row of ``run_dir/metrics.jsonl`` (0 without one): a running cell's progress."""
     path = run_dir / "metrics.jsonl"
+    if not path.exists():  # a group of seeds: they advance together
+        path = next(iter(sorted(run_dir.glob("seed*/metrics.jsonl"))), path)
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
@@ -156,8 +161,8 @@ class Progress:
 
     def updates(self, running: Sequence[Cell]) -> int:
         done = sum(c.steps for c in self.cells if c.name in self.finished)
-        return done + sum(min(c.steps, last_step(self.out / "runs" / c.name)) for c in running
-                          if c.name not in self.finished)
+        return done + sum(min(c.steps, last_step(self.out / "runs" / c.name) * max(1, len(c.group)))
+                          for c in running if c.name not in self.finished)
 
     def cell_done(self, cell: Cell, result: dict[str, Any], t_cell: float | None = None) -> None:
         self.finished[cell.name] = result
@@ -239,7 +244,8 @@ def _run(cell: Cell, args: argparse.Namespace) -> dict[str, Any]:
     from benchmarks.offline_rl import run_cell
 
     try:
-        return run_cell(cell.algo, cell.dataset, cell.seed, args, variant=(cell.base_algo, list(cell.variant_sets)))
+        return run_cell(cell.algo, cell.dataset, cell.seed, args, variant=(cell.base_algo, list(cell.variant_sets)),
+                        group=list(cell.group) or None)
     except Exception as e:  # noqa: BLE001 - one broken cell must not take the rest of the grid down with it
         return {"algo": cell.algo, "dataset": cell.dataset, "seed": cell.seed, "failed": True,
                 "error": f"{type(e).__name__}: {e}"}

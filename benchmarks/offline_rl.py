@@ -340,17 +340,38 @@ def make_cells(cells: list[tuple[str, str, int]], args: argparse.Namespace) -> l
     return out
 
 
+def group_seeds(cells: list[grid.Cell], args: argparse.Namespace) -> list[grid.Cell]:
+    """Unfinished cells of one stackable algorithm variant on one dataset merged into one cell per group
+    (``--seeds-per-process``); the others as they are."""
+    from rl_adapters.training.seed_stack import stackable_algorithms
+
+    out, groups, rest = Path(args.out), {}, []
+    for c in cells:
+        finished = (out / f"{c.name}.json").exists()
+        if c.base_algo in stackable_algorithms() and not finished:
+            groups.setdefault((c.algo, c.dataset, c.base_algo, c.variant_sets), []).append(c)
+        else:
+            rest.append(c)
+    merged = [grid.Cell(a, d, members[0].seed, base, sets, sum(m.steps for m in members),
+                        group=tuple(m.seed for m in members)) if len(members) > 1 else members[0]
+              for (a, d, base, sets), members in groups.items()]
+    return merged + rest
+
+
 def run_cell(algo: str, dataset: str, seed: int, args: argparse.Namespace,
-             variant: tuple[str, list[str]] | None = None) -> dict:
+             variant: tuple[str, list[str]] | None = None, group: list[int] | None = None) -> dict:
     """Train one cell (or resume it from its checkpoint, or reuse its finished result) and write
     ``<out>/<cell>.json`` atomically; the cell function of both grid paths (benchmarks/grid.py).
     ``variant``: ``(registered algorithm, --set items)``, looked up in :data:`VARIANTS` when not given (a
-    Ray worker gets it from the driver, whose table the vaco/aspc scripts extend)."""
+    Ray worker gets it from the driver, whose table the vaco/aspc scripts extend).  ``group``: seeds trained
+    together in one process (``bilevel-rl train --seeds``, ``--seeds-per-process``); each still writes the
+    result file of its own cell, and the return value is the first seed's result."""
     out = Path(args.out)
-    name = cell_name(algo, dataset, seed)
-    result_path = out / f"{name}.json"
-    if result_path.exists():
-        return json.loads(result_path.read_text()) | {"skipped": True}
+    seeds = group or [seed]
+    names = [cell_name(algo, dataset, s) for s in seeds]
+    if all((out / f"{n}.json").exists() for n in names):
+        return json.loads((out / f"{names[0]}.json").read_text()) | {"skipped": True}
+    name = grid.Cell(algo, dataset, seed, algo, group=tuple(group)).name if group else names[0]
     run_dir = out / "runs" / name
     log = out / "logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -362,7 +383,8 @@ def run_cell(algo: str, dataset: str, seed: int, args: argparse.Namespace,
         variant_sets = variant_sets + [f"bm_steps={value_steps}"]
     threads = int(getattr(args, "threads", 1))  # vaco_bench / aspc_bench have no --threads: one per cell
     cmd = [sys.executable, "-m", "rl_adapters", "train", "--no-progress"]
-    if (run_dir / "checkpoint.pt").exists() and (run_dir / "config.json").exists():
+    checkpointed = (run_dir / "checkpoint.pt").exists() or any(run_dir.glob("seed*/checkpoint.pt"))
+    if checkpointed and (run_dir / "config.json").exists():
         cmd += ["--resume", str(run_dir)]  # with the threads its config.json recorded
     else:
         cmd += [
@@ -372,8 +394,7 @@ def run_cell(algo: str, dataset: str, seed: int, args: argparse.Namespace,
             base_algo,
             "--dataset",
             dataset,
-            "--seed",
-            str(seed),
+            *(["--seeds", ",".join(map(str, seeds))] if group else ["--seed", str(seed)]),
             "--steps",
             str(steps),
             "--device",
@@ -398,7 +419,8 @@ def run_cell(algo: str, dataset: str, seed: int, args: argparse.Namespace,
     )
     from benchmarks.grid import run_child
 
-    if (run_dir / "summary.json").exists():
+    seed_dirs = [run_dir / f"seed{s}" for s in seeds] if group else [run_dir]
+    if all((d / "summary.json").exists() for d in seed_dirs):
         # Trained to the end by an invocation killed before it wrote the result (the trainer writes
         # summary.json last): only the result is missing, and --resume of a finished run is refused.
         rc = 0
@@ -407,11 +429,21 @@ def run_cell(algo: str, dataset: str, seed: int, args: argparse.Namespace,
             rc = run_child(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     if rc != 0:
         return {"algo": algo, "dataset": dataset, "seed": seed, "failed": True, "error": f"exit {rc}; see {log}"}
+    results = [_write_result(algo, base_algo, d, out / f"{n}.json", value_steps, steps, seeds if group else None)
+               for d, n in zip(seed_dirs, names)]
+    return results[0]
+
+
+def _write_result(algo: str, base_algo: str, run_dir: Path, result_path: Path, value_steps: int, steps: int,
+                  group: list[int] | None) -> dict:
+    """A finished run's summary with the grid's additions, written atomically to ``result_path``."""
     summary = json.loads((run_dir / "summary.json").read_text())
     summary["algo"] = algo  # the variant name, so that the table keeps variants apart
     summary["host"] = host_description()  # a grid may be spread over machines; updates/s is per host
     summary["value_steps"] = value_steps
     summary["policy_updates"] = steps - value_steps
+    if group:
+        summary["seeds_in_process"] = group  # its updates_per_s counts updates of the whole group
     if base_algo == "vaco":
         from rl_adapters.vaco_analysis import analyze_weights
 
@@ -506,6 +538,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="cells at once (default: cores - 1 on the local pool; with --ray, as many as the cluster fits)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads per cell (default 1; keep workers x threads <= cores, see docs/rl.md)")
+    p.add_argument("--seeds-per-process", action="store_true",
+                   help="train the seeds of a BC / TD3+BC / IQL cell together in one process (bilevel-rl train "
+                        "--seeds; docs/benchmarks.md 'Throughput' measures what it buys); each seed keeps its result")
     p.add_argument("--eval-every", type=int, default=10_000)
     p.add_argument("--eval-episodes", type=int, default=10)
     p.add_argument("--checkpoint-every", type=int, default=5_000)
@@ -544,6 +579,9 @@ def main(argv: list[str] | None = None) -> int:
     cells.sort(key=lambda c: -COST_MS.get(c.algo, max(COST_MS.values())))
     t0 = time.perf_counter()
     if args.report_only:
+        results = [cell_state(c.algo, c.dataset, c.seed, args) for c in cells]
+    elif args.seeds_per_process:
+        grid.run_grid(group_seeds(cells, args), args, "offline_rl")
         results = [cell_state(c.algo, c.dataset, c.seed, args) for c in cells]
     else:
         results = grid.run_grid(cells, args, "offline_rl")

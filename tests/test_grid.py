@@ -171,3 +171,29 @@ def test_trained_cell_without_result_is_not_trained_again(tiny_dataset: str, tmp
     assert "bc__tiny_pendulum_mixed-v0__s0: trained by an earlier invocation" in capsys.readouterr().out
     assert json.loads(result.read_text()) == before
     assert log.stat().st_size == log_size  # no training process ran
+
+
+def test_seeds_per_process_writes_each_seeds_result(tiny_dataset: str, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """--seeds-per-process: the seeds of a BC / TD3+BC cell train in one process and keep their own results;
+    seed k's run starts from seed k's weights, so its loss curve matches the separate cell's to float rounding."""
+    sep, grouped = tmp_path / "separate", tmp_path / "grouped"
+    assert offline_rl.main(_grid_argv(tiny_dataset, sep, algos="bc", seeds="0,1", steps=20)) == 0
+    argv = [*_grid_argv(tiny_dataset, grouped, algos="bc,td3bc", seeds="0,1", steps=20), "--seeds-per-process"]
+    assert offline_rl.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "2 cells: 0 finished earlier, 2 to run" in out  # two groups of two seeds
+    for algo in ("bc", "td3bc"):
+        for s in (0, 1):
+            r = json.loads((grouped / f"{algo}__tiny_pendulum_mixed-v0__s{s}.json").read_text())
+            assert r["seed"] == s and r["seeds_in_process"] == [0, 1] and r["status"] == "finished"
+            assert (grouped / "runs" / f"{algo}__tiny_pendulum_mixed-v0__s0_1" / f"seed{s}" / "summary.json").exists()
+    for s in (0, 1):
+        losses = lambda root, run: [r["actor_loss"] for r in map(json.loads, (root / "runs" / run / "metrics.jsonl")
+                                                                 .read_text().splitlines()) if "actor_loss" in r]
+        a = losses(sep, f"bc__tiny_pendulum_mixed-v0__s{s}")
+        b = losses(grouped, f"bc__tiny_pendulum_mixed-v0__s0_1/seed{s}")
+        assert a == pytest.approx(b, rel=1e-3)
+    # a second invocation finds every seed's result and trains nothing
+    assert offline_rl.main(argv) == 0
+    assert "4 cells: 4 finished earlier, 0 to run" in capsys.readouterr().out
