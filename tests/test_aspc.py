@@ -213,11 +213,10 @@ def test_ablation_switches_change_the_loss_as_documented(tiny_dataset):
 def test_robust_critic_and_td3bc_option(tiny_dataset):
     data = load_dataset(tiny_dataset)
     for algo in (_aspc(data), _aspc(data, "td3bc", critic_hidden_layers=3, critic_layer_norm=True)):
-        layers = list(algo.critic.q1)
-        assert sum(isinstance(m, torch.nn.Linear) for m in layers) == 4
-        assert sum(isinstance(m, torch.nn.LayerNorm) for m in layers) == 3
+        assert len(algo.critic.net.linears) == 4
+        assert algo.critic.net.norms is not None and len(algo.critic.net.norms) == 3
     plain = _aspc(data, "td3bc")
-    assert not any(isinstance(m, torch.nn.LayerNorm) for m in plain.critic.q1)
+    assert plain.critic.net.norms is None
 
 
 @pytest.mark.parametrize("name,key", [("aspc", "alpha"), ("aspc-iql", "beta")])

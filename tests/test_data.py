@@ -163,3 +163,48 @@ def test_load_time_and_memory_scale(make_tiny_dataset):
     per_row = 4 * 4 * 2 + 4 + 4 + 4 + 1 + 8 + 4
     assert data.nbytes == per_row * len(data)
     assert data.load_time_s > 0
+
+
+def _reference_batch(data, idx):
+    """What sampling computed before the normalised arrays were cached: normalise the gathered rows."""
+    return (data.normalize(data.observations[idx]), data.actions[idx], data.rewards[idx],
+            data.normalize(data.next_observations[idx]), data.dones[idx], data.episode_ids[idx], data.returns[idx])
+
+
+def test_cached_normalisation_gives_bit_identical_batches(tiny_dataset):
+    data = load_dataset(tiny_dataset)
+    g = data.make_generator(3)
+    b = data.sample(300, g)
+    idx = torch.randint(0, len(data), (300,), generator=data.make_generator(3))
+    assert torch.equal(b.indices, idx)
+    for got, want in zip(b, _reference_batch(data, idx)):
+        assert got.dtype == want.dtype and torch.equal(got, want)
+    assert b._fields == ("obs", "actions", "rewards", "next_obs", "dones", "episode_ids", "returns", "indices")
+    # The cache follows in-place changes and replacements of the data or of the statistics.
+    data.observations.mul_(2.0)
+    data.obs_std = data.obs_std * 3.0
+    b2 = data.batch_at(idx)
+    for got, want in zip(b2, _reference_batch(data, idx)):
+        assert torch.equal(got, want)
+
+
+def test_sample_many_is_sample_per_generator(tiny_dataset):
+    data = load_dataset(tiny_dataset)
+    seeds = [0, 5, 11, 5]
+    many = data.sample_many(64, [data.make_generator(s) for s in seeds])
+    assert many.obs.shape == (4, 64, data.obs_dim) and many.actions.shape == (4, 64, data.act_dim)
+    assert many.rewards.shape == many.dones.shape == many.indices.shape == (4, 64)
+    for k, s in enumerate(seeds):
+        one = data.sample(64, data.make_generator(s))
+        for name, a, b in zip(one._fields, many, one):
+            assert torch.equal(a[k], b), name
+    # Generators advance exactly as sample() advances them.
+    gens = [data.make_generator(s) for s in seeds]
+    data.sample_many(64, gens)
+    again = data.sample_many(32, gens)
+    ref = [data.make_generator(s) for s in seeds]
+    for k, g in enumerate(ref):
+        data.sample(64, g)
+        assert torch.equal(again.obs[k], data.sample(32, g).obs)
+    with pytest.raises(ValueError):
+        data.sample_many(8, [])

@@ -90,12 +90,13 @@ def test_aspc_first_outer_update_starts_the_q_ema_at_zero_like_the_reference() -
 
 def test_aspc_critic_uses_the_reference_initialisation() -> None:
     algo = make_algorithm("aspc", OBS, ACT, _stats(), seed=0, total_steps=10, hidden_dim=32)
-    for net in (algo.critic.q1, algo.critic.q2):
-        linears = [m for m in net if isinstance(m, torch.nn.Linear)]
-        assert len(linears) == 4
+    linears = algo.critic.net.linears  # both members fused: weight (2, in, out), bias (2, out)
+    assert len(linears) == 4
+    for e in range(2):  # Q1, then Q2
         for lin in linears[:-1]:
-            assert torch.all(lin.bias == 0.1)
-            assert float(lin.weight.detach().abs().max()) <= 1.0 / np.sqrt(lin.in_features)
-        assert float(linears[-1].weight.detach().abs().max()) <= 3e-3 and float(linears[-1].bias.detach().abs().max()) <= 3e-3
+            assert torch.all(lin.bias[e] == 0.1)
+            assert float(lin.weight[e].detach().abs().max()) <= 1.0 / np.sqrt(lin.in_features)
+        last = linears[-1]
+        assert float(last.weight[e].detach().abs().max()) <= 3e-3 and float(last.bias[e].detach().abs().max()) <= 3e-3
     plain = make_algorithm("td3bc", OBS, ACT, _stats(), seed=0, total_steps=10, hidden_dim=32)
-    assert not torch.all(plain.critic.q1[0].bias == 0.1)
+    assert not torch.all(plain.critic.net.linears[0].bias[0] == 0.1)
