@@ -8,9 +8,8 @@ Q ensembles (:class:`TwinCritic`, :class:`EnsembleMLP`) keep every member's weig
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch

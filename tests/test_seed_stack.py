@@ -9,7 +9,7 @@ import torch
 
 from rl_adapters.algorithms import make_algorithm
 from rl_adapters.cli import main
-from rl_adapters.data import Batch, load_dataset
+from rl_adapters.data import load_dataset
 from rl_adapters.errors import UsageError
 from rl_adapters.training import TrainConfig, train
 from rl_adapters.training.seed_stack import SeedStack, stackable_algorithms
@@ -26,7 +26,7 @@ def _cfg(dataset, out, algo="td3bc", steps=40, **kw):
 
 
 def _stacked_batch(data, gens):
-    return Batch(*[torch.stack(f) for f in zip(*[data.sample(64, g) for g in gens])])
+    return data.sample_many(64, gens)
 
 
 @pytest.mark.parametrize("algo", ["bc", "td3bc", "iql"])

@@ -436,7 +436,7 @@ def _loop_seeds(
     try:
         for step in range(start + 1, cfg.steps + 1):
             t0 = time.perf_counter()
-            infos = stack.update(_sample_many(data, batch_size, samplers))
+            infos = stack.update(data.sample_many(batch_size, samplers))
             seconds = time.perf_counter() - t0
             rows = [record.add(step, info, seconds) for record, info in zip(records, infos)]
             if rows[0] is not None:
@@ -470,7 +470,3 @@ def _loop_seeds(
         "runs": runs,
     }
 
-
-def _sample_many(data: OfflineData, batch_size: int, samplers: list[torch.Generator]) -> Any:  # MERGE: use data.sample_many
-    from ..data import Batch
-    return Batch(*[torch.stack(f) for f in zip(*[data.sample(batch_size, g) for g in samplers])])
