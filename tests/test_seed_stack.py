@@ -145,3 +145,25 @@ def test_stackable_algorithms():
     assert stackable_algorithms() == ["bc", "iql", "td3bc"]
     with pytest.raises(UsageError, match="--seeds"):
         TrainConfig(algo="aspc", dataset="x", seeds=[0, 1]).check_seeds()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stacked", [False, True])
+def test_compiled_losses_take_the_eager_steps(tiny_dataset, stacked):
+    """--compile changes how a loss is computed, not what: compiled and eager updates agree to rounding."""
+    data = load_dataset(tiny_dataset, "cpu")
+
+    def build():
+        if stacked:
+            return SeedStack.build("td3bc", [0, 1], data.obs_dim, data.act_dim, data.stats, total_steps=50, **HP)
+        return make_algorithm("td3bc", data.obs_dim, data.act_dim, data.stats, seed=0, total_steps=50, **HP)
+
+    eager, compiled = build(), build()
+    (compiled.algo if stacked else compiled).compile_losses()
+    gens = [[data.make_generator(s) for s in (0, 1)] for _ in range(2)]
+    for _ in range(4):
+        for algo, g in ((eager, gens[0]), (compiled, gens[1])):
+            algo.update(data.sample_many(64, g) if stacked else data.sample(64, g[0]))
+    flat = lambda a: torch.cat([p.detach().reshape(-1) for m in (a.algo if stacked else a).modules.values()
+                                for p in m.parameters()])
+    assert (flat(eager) - flat(compiled)).abs().max() < 1e-5
