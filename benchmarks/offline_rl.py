@@ -539,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads per cell (default 1; keep workers x threads <= cores, see docs/rl.md)")
     p.add_argument("--seeds-per-process", action="store_true",
-                   help="train the seeds of a BC / TD3+BC / IQL cell together in one process (bilevel-rl train "
+                   help="train the seeds of a BC / TD3+BC / IQL / ASPC cell together in one process (bilevel-rl train "
                         "--seeds; docs/benchmarks.md 'Throughput' measures what it buys); each seed keeps its result")
     p.add_argument("--eval-every", type=int, default=10_000)
     p.add_argument("--eval-episodes", type=int, default=10)

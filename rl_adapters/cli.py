@@ -80,7 +80,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> set[str]:
     p.add_argument("--steps", type=int, default=100_000, help="gradient updates (default 100000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seeds", default=None, metavar="LIST",
-                   help="train several seeds in one process, e.g. 0,1,2,3 or 0-3 (BC, TD3+BC, IQL); each seed "
+                   help="train several seeds in one process, e.g. 0,1,2,3 or 0-3 (BC, TD3+BC, IQL, ASPC); each seed "
                         "writes a single run's files into OUT/seed<k>")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--out", default=None, help="output dir (default runs/<algo>-<dataset>-s<seed>)")

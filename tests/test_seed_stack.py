@@ -29,14 +29,20 @@ def _stacked_batch(data, gens):
     return data.sample_many(64, gens)
 
 
-@pytest.mark.parametrize("algo", ["bc", "td3bc", "iql"])
+# ASPC's outer update every actor update, so that six updates take several hypergradient steps.
+EXTRA = {"aspc": {"update_interval": 1}, "aspc-iql": {"update_interval": 1}}
+
+
+@pytest.mark.parametrize("algo", ["bc", "td3bc", "iql", "aspc", "aspc-iql"])
 def test_each_seed_follows_its_single_run(tiny_dataset, algo):
     """Seed k of a stack starts from exactly seed k's single-run weights and, fed the same batches and noise,
-    takes the same updates up to float rounding (batched matmuls sum in another order)."""
+    takes the same updates up to float rounding (batched matmuls sum in another order); for ASPC that
+    includes the differentiable actor step and the hypergradient step on its own constraint scale."""
     data = load_dataset(tiny_dataset, "cpu")
     seeds = [3, 5, 8]
-    stack = SeedStack.build(algo, seeds, data.obs_dim, data.act_dim, data.stats, total_steps=50, **HP)
-    singles = [make_algorithm(algo, data.obs_dim, data.act_dim, data.stats, seed=s, total_steps=50, **HP)
+    hp = HP | EXTRA.get(algo, {})
+    stack = SeedStack.build(algo, seeds, data.obs_dim, data.act_dim, data.stats, total_steps=50, **hp)
+    singles = [make_algorithm(algo, data.obs_dim, data.act_dim, data.stats, seed=s, total_steps=50, **hp)
                for s in seeds]
     stack.sync_members()
     for member, single in zip(stack.members, singles):
@@ -76,12 +82,13 @@ def test_member_state_round_trip_is_exact(tiny_dataset):
         float(stack.algo._last_actor["lambda"][1]))
 
 
-@pytest.mark.parametrize("algo", ["td3bc", "iql"])
+@pytest.mark.parametrize("algo", ["td3bc", "iql", "aspc"])
 def test_multi_seed_resume_is_bitwise_identical(tiny_dataset, tmp_path, algo):
-    full = train(_cfg(tiny_dataset, tmp_path / "full", algo))
-    part = train(_cfg(tiny_dataset, tmp_path / "part", algo), max_steps_this_session=15)
+    kw = {"hparams": HP | EXTRA.get(algo, {})}
+    full = train(_cfg(tiny_dataset, tmp_path / "full", algo, **kw))
+    part = train(_cfg(tiny_dataset, tmp_path / "part", algo, **kw), max_steps_this_session=15)
     assert full["status"] == "finished" and part["status"] == "interrupted"
-    resumed = train(_cfg(tiny_dataset, tmp_path / "part", algo), resume=True)
+    resumed = train(_cfg(tiny_dataset, tmp_path / "part", algo, **kw), resume=True)
     assert resumed["status"] == "finished" and resumed["steps"] == 40
     for s in (3, 5):
         a = torch.load(tmp_path / "full" / f"seed{s}" / "checkpoint.pt", weights_only=True)
@@ -128,7 +135,7 @@ def test_cli_seeds(tiny_dataset, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("argv", "needle"),
     [
-        (["--algo", "vaco", "--seeds", "0,1"], "--seeds works for bc, iql, td3bc"),
+        (["--algo", "vaco", "--seeds", "0,1"], "--seeds works for aspc, aspc-iql, bc, iql, td3bc"),
         (["--algo", "bc", "--seeds", "0,0"], "a seed is repeated"),
         (["--algo", "bc", "--seeds", "a,b"], "--seeds 'a,b'"),
         (["--algo", "bc", "--seeds", "0,1", "--seed", "3"], "give one of them"),
@@ -142,9 +149,9 @@ def test_cli_refuses_bad_seeds(tiny_dataset, tmp_path, capsys, argv, needle):
 
 
 def test_stackable_algorithms():
-    assert stackable_algorithms() == ["bc", "iql", "td3bc"]
+    assert stackable_algorithms() == ["aspc", "aspc-iql", "bc", "iql", "td3bc"]
     with pytest.raises(UsageError, match="--seeds"):
-        TrainConfig(algo="aspc", dataset="x", seeds=[0, 1]).check_seeds()
+        TrainConfig(algo="vaco", dataset="x", seeds=[0, 1]).check_seeds()
 
 
 @pytest.mark.slow

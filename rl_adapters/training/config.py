@@ -68,8 +68,7 @@ class TrainConfig:
         if len(set(seeds)) != len(seeds):
             raise UsageError(f"--seeds {text}: a seed is repeated; give distinct seeds, e.g. --seeds 0,1,2,3")
         if self.algo not in stackable_algorithms():
-            raise UsageError(f"--seeds with --algo {self.algo}: this algorithm trains one seed per process (its "
-                             f"update goes through a bi-level solver's own optimiser state or precomputes per run); "
+            raise UsageError(f"--seeds with --algo {self.algo}: this algorithm trains one seed per process; "
                              f"--seeds works for {', '.join(stackable_algorithms())}. Run one process per seed")
 
     def validate(self, check_dataset: bool = True) -> None:

@@ -21,8 +21,8 @@ evaluation seeds and the optimizer arithmetic are the same; the matrix products 
 ``bmm`` sums in a different order than ``mm``), so parameters agree to float rounding after one update and
 then drift apart the way two runs on different hardware do.  Seed ``k`` is statistically the same
 experiment as a single run with seed ``k``.  Works for algorithms with ``stackable = True`` (BC, TD3+BC,
-TD3+BC-rc, IQL); not for those whose actor step goes through a ``bilevel`` solver's own differentiable
-optimiser state (ASPC, VACO) or that precompute per-dataset state (ARQ).
+TD3+BC-rc, IQL, ASPC, ASPC-IQL: ASPC's ``bilevel`` solver steps the stacked actor and constraint scales on
+the sum of the per-seed losses, see :mod:`rl_adapters.algorithms.aspc.scale`); not for VACO or ARQ.
 """
 
 from __future__ import annotations
@@ -91,6 +91,7 @@ class SeedStack:
         template.seed_stack = self
         self._tree = _Call(template.modules)
         self._vmapped: dict[Any, Any] = {}
+        self.inside = False
         self.restack()  # optimizer states and carried attributes from the members
 
     @classmethod
@@ -115,18 +116,29 @@ class SeedStack:
         return cls(members, template)
 
     # ------------------------------------------------------------------ what Algorithm calls back
-    def per_seed(self, loss_fn: Callable[..., Any], inputs: tuple[Any, ...], compiled: bool = False
-                 ) -> tuple[torch.Tensor, Any]:
-        """``loss_fn(*inputs)`` for every seed at once: inputs and parameters sliced along dim 0."""
-        key = (getattr(loss_fn, "__func__", loss_fn), compiled)
+    def per_seed(self, fn: Callable[..., Any], inputs: tuple[Any, ...], compiled: bool = False,
+                 overrides: dict[str, torch.Tensor] | None = None) -> Any:
+        """``fn(*inputs)`` for every seed at once: parameters, buffers and tensor inputs sliced along dim 0
+        (``None`` fields of an input tuple pass through).  ``overrides`` replaces stacked parameters by other
+        tensors of the same shape, named as in ``algo.modules`` (``"actor.net.0.weight"``): a ``bilevel``
+        solver's differentiable view of the actor, whose steps carry a graph to the outer variable."""
+        dims = (0, 0, tuple(_in_dims(x) for x in inputs))  # which inputs are None differs between calls
+        key = (getattr(fn, "__func__", fn), compiled, repr(dims))
         if key not in self._vmapped:
 
             def one_seed(p: dict[str, torch.Tensor], b: dict[str, torch.Tensor], args: tuple[Any, ...]) -> Any:
-                return torch.func.functional_call(self._tree, (p, b), (loss_fn, *args))
+                return torch.func.functional_call(self._tree, (p, b), (fn, *args))
 
-            batched = torch.func.vmap(one_seed, randomness="error")
+            batched = torch.func.vmap(one_seed, in_dims=dims, randomness="error")
             self._vmapped[key] = torch.compile(batched) if compiled else batched
-        return self._vmapped[key](dict(self._tree.named_parameters()), dict(self._tree.named_buffers()), inputs)
+        params = dict(self._tree.named_parameters())
+        for name, t in (overrides or {}).items():
+            params[f"nets.{name}"] = t
+        self.inside = True  # the algorithm's own losses, called inside, take their single-seed branch
+        try:
+            return self._vmapped[key](params, dict(self._tree.named_buffers()), inputs)
+        finally:
+            self.inside = False
 
     def normal(self, like: torch.Tensor) -> torch.Tensor:
         """Seed ``k``'s slice from member ``k``'s generator, as a single run with that seed draws it."""
@@ -147,6 +159,7 @@ class SeedStack:
         state["modules"] = {key: {n: t[k].clone() for n, t in sd.items()} for key, sd in state["modules"].items()}
         state["optimizers"] = {key: self._slice_optimizer(sd, k) for key, sd in state["optimizers"].items()}
         state["attrs"] = _slice_attrs(state["attrs"], k)
+        state["extra"] = _slice_like(state["extra"], self.members[k].extra_state(), k)
         state["generator"] = self.members[k].generator.get_state()
         return state
 
@@ -166,14 +179,14 @@ class SeedStack:
                                for key in state["optimizers"]}
         state["schedulers"] = states[0]["schedulers"]
         state["attrs"] = _stack_attrs([s["attrs"] for s in states])
-        state["extra"] = states[0]["extra"]
+        state["extra"] = _stack_like([s["extra"] for s in states], state["extra"])
         self.algo.load_state_dict(state)
 
     @staticmethod
     def _slice_optimizer(sd: dict[str, Any], k: int) -> dict[str, Any]:
-        # Per-parameter state (Adam's moments) has the stacked parameter's shape; 0-d entries (the step
-        # count) are shared by all seeds.
-        state = {i: {n: (t[k].clone() if isinstance(t, torch.Tensor) and t.dim() > 0 else t) for n, t in st.items()}
+        # Per-parameter state (Adam's moments) has the stacked parameter's shape; the step count is shared
+        # by all seeds (told apart by name: a scalar parameter's moments are 0-d too).
+        state = {i: {n: (t[k].clone() if isinstance(t, torch.Tensor) and n != "step" else t) for n, t in st.items()}
                  for i, st in sd["state"].items()}
         return {"state": state, "param_groups": sd["param_groups"]}
 
@@ -182,8 +195,57 @@ class SeedStack:
         state = {}
         for i, st in sds[0]["state"].items():
             state[i] = {n: (torch.stack([sd["state"][i][n] for sd in sds])
-                            if isinstance(t, torch.Tensor) and t.dim() > 0 else t) for n, t in st.items()}
+                            if isinstance(t, torch.Tensor) and n != "step" else t) for n, t in st.items()}
         return {"state": state, "param_groups": sds[0]["param_groups"]}
+
+
+def _in_dims(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return 0
+    if isinstance(x, tuple):  # NamedTuples (Batch, ScaleBatch) keep their type: vmap matches in_dims by structure
+        dims = [_in_dims(v) for v in x]
+        return type(x)(*dims) if hasattr(x, "_fields") else tuple(dims)
+    return None
+
+
+def _slice_like(stacked: Any, single: Any, k: int) -> Any:
+    """Seed ``k``'s part of a stacked state, shaped like ``single`` (a member's own state of the same kind):
+    a tensor with one more dimension than its single counterpart is sliced; a per-seed float becomes seed
+    ``k``'s; what all seeds share (step counts) is kept.  Without a counterpart, tensors with a dimension are
+    sliced."""
+    if isinstance(stacked, dict):
+        ref = single if isinstance(single, dict) else {}
+        return {key: _slice_like(v, ref.get(key), k) for key, v in stacked.items()}
+    if isinstance(stacked, (list, tuple)):
+        ref = single if isinstance(single, (list, tuple)) and len(single) == len(stacked) else [None] * len(stacked)
+        items = [_slice_like(v, r, k) for v, r in zip(stacked, ref)]
+        return type(stacked)(*items) if hasattr(stacked, "_fields") else type(stacked)(items)
+    if isinstance(stacked, torch.Tensor):
+        if isinstance(single, float) and stacked.dim() == 1:
+            return stacked[k].item()
+        if isinstance(single, torch.Tensor) and stacked.dim() == single.dim():
+            return stacked.clone()
+        return stacked[k].clone() if stacked.dim() > 0 else stacked.clone()
+    return stacked
+
+
+def _stack_like(singles: list[Any], stacked: Any) -> Any:
+    """The inverse of :func:`_slice_like`: members' states stacked where the stacked state has a seed
+    dimension, per-seed floats as a tensor when they differ, shared values once."""
+    first = singles[0]
+    if isinstance(first, dict):
+        ref = stacked if isinstance(stacked, dict) else {}
+        return {key: _stack_like([s[key] for s in singles], ref.get(key)) for key in first}
+    if isinstance(first, (list, tuple)):
+        ref = stacked if isinstance(stacked, (list, tuple)) and len(stacked) == len(first) else [None] * len(first)
+        items = [_stack_like([s[i] for s in singles], r) for i, r in enumerate(ref)]
+        return type(first)(*items) if hasattr(first, "_fields") else type(first)(items)
+    if isinstance(first, torch.Tensor):
+        shared = isinstance(stacked, torch.Tensor) and stacked.dim() == first.dim() and first.dim() == 0
+        return first.clone() if shared else torch.stack(singles)
+    if isinstance(first, float) and any(s != first for s in singles):
+        return torch.tensor(singles)
+    return first
 
 
 def _slice_attrs(attrs: dict[str, Any], k: int) -> dict[str, Any]:

@@ -93,8 +93,7 @@ class ASPC(AdaptiveScale, TD3BC):
     """TD3+BC + robust critic + learned constraint scale ``alpha`` (see the module docstring)."""
 
     name = "aspc"
-    # The actor steps through the solver's own differentiable Adam state, which SeedStack does not stack.
-    stackable = False
+    stackable = True
     Config = ASPCConfig
     config: ASPCConfig
     scale_name = "alpha"
@@ -138,7 +137,7 @@ class ASPCIQL(AdaptiveScale, IQL):
     """IQL whose AWR temperature ``beta`` is learned like ASPC's alpha (see the module docstring)."""
 
     name = "aspc-iql"
-    stackable = False
+    stackable = True
     Config = ASPCIQLConfig
     config: ASPCIQLConfig
     scale_name = "beta"

@@ -81,7 +81,7 @@ class AdaptiveScale(abc.ABC):
             self.rho_opt, gamma=c.outer_lr_final_fraction ** (1.0 / n_outer))
         self.optimizers["rho"] = self.rho_opt
         self.schedulers["rho"] = self.rho_sched
-        self.problem = bilevel.Problem(inner=self.actor, outer=self.scale, inner_loss=self.inner_loss,
+        self.problem = bilevel.Problem(inner=self.actor, outer=self.scale, inner_loss=self._inner_loss,
                                        outer_loss=self._outer_loss)
         inner_opt = torchopt.adam(lr=self.inner_lr(), eps_root=ADAM_EPS_ROOT)
         # K = 1: every solver differentiates the same single Adam step.
@@ -91,8 +91,9 @@ class AdaptiveScale(abc.ABC):
         self.outer_updates = 0
         self.ema_q: torch.Tensor | None = None
         # Reported every step; the outer terms are 0.0 until the first outer update.
-        self.scale_log: dict[str, float] = {
-            self.scale_name: float(self.scale().detach()), "ema_q": 0.0, "eq1": 0.0, "delta_q": 0.0, "bc_sup": 0.0,
+        initial = self.scale().detach()
+        self.scale_log: dict[str, Any] = {
+            self.scale_name: initial.item() if initial.dim() == 0 else initial.clone(), "ema_q": 0.0, "eq1": 0.0, "delta_q": 0.0, "bc_sup": 0.0,
             "outer_loss": 0.0, "hypergrad_norm": 0.0, "bc_loss": 0.0,
         }
 
@@ -109,25 +110,69 @@ class AdaptiveScale(abc.ABC):
 
     def _outer_loss(self, actor: InnerView, scale: ConstraintScale, batch: ScaleBatch) -> torch.Tensor:
         # ``scale`` reaches this loss only through phi' (eq1 uses sg(scale)).
+        if self._seeds() is not None:
+            return self._for_each_seed(self._outer_one, batch, actor=actor, scale=scale).sum()
         return self.outer_objective(actor, batch, scale=scale).total
 
+    def _inner_loss(self, actor: InnerView, scale: ConstraintScale, batch: ScaleBatch) -> torch.Tensor:
+        if self._seeds() is not None:
+            losses = self._for_each_seed(self._inner_one, batch, actor=actor, scale=scale)
+            self._seed_inner_losses = losses.detach()
+            return losses.sum()
+        return self.inner_loss(actor, scale, batch)
+
+    # ------------------------------------------------------------------ many seeds in one process
+    # Under a SeedStack (rl_adapters.training.seed_stack) every network holds N seeds' parameters; the solver
+    # steps them all at once on the *sum* of the per-seed losses, whose derivative with respect to seed k's
+    # actor and rho is seed k's own (the seeds share nothing and Adam is elementwise). Each per-seed loss runs
+    # the single-seed code below through vmap, with the solver's differentiable actor view swapped in.
+    def _seeds(self) -> Any:
+        stack = getattr(self, "seed_stack", None)
+        return stack if stack is not None and not stack.inside else None
+
+    def _for_each_seed(self, fn: Any, *inputs: Any, actor: Any = None, scale: Any = None) -> Any:
+        overrides = {}
+        if actor is not None:
+            overrides |= {f"actor.{n}": t for n, t in actor.named_parameters()}
+        if scale is not None:
+            overrides |= {f"scale.{n}": t for n, t in scale.named_parameters()}
+        return self.seed_stack.per_seed(fn, inputs, overrides=overrides)
+
+    def _inner_one(self, batch: ScaleBatch) -> torch.Tensor:
+        return self.inner_loss(self.actor, self.scale, batch)
+
+    def _outer_one(self, batch: ScaleBatch) -> torch.Tensor:
+        return self.outer_objective(self.actor, batch).total
+
     # ------------------------------------------------------------------ steps
-    def outer_batch(self, obs: torch.Tensor, actions: torch.Tensor, adv: torch.Tensor | None = None) -> ScaleBatch:
-        """The batch for an outer update: the pre-step constants ``b_i`` and ``m_{t-1}`` from the current actor."""
+    def _pre_step(self, obs: torch.Tensor, actions: torch.Tensor, m_prev: torch.Tensor | None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
             pi0 = self.actor(obs)
             b_pre = (pi0 - actions).pow(2).mean(-1)
-            if self.ema_q is not None:
-                m_prev = self.ema_q
-            elif self.config.ema_init == "zero":
-                m_prev = torch.zeros((), dtype=obs.dtype, device=obs.device)
-            else:
-                m_prev = self.outer_q(obs, pi0).mean()
+            if m_prev is None:
+                m_prev = (torch.zeros((), dtype=obs.dtype, device=obs.device) if self.config.ema_init == "zero"
+                          else self.outer_q(obs, pi0).mean())
+        return b_pre, m_prev
+
+    def outer_batch(self, obs: torch.Tensor, actions: torch.Tensor, adv: torch.Tensor | None = None) -> ScaleBatch:
+        """The batch for an outer update: the pre-step constants ``b_i`` and ``m_{t-1}`` from the current actor."""
+        if self._seeds() is not None:
+            b_pre, m_prev = self._for_each_seed(self._pre_step, obs, actions, self.ema_q)
+        else:
+            b_pre, m_prev = self._pre_step(obs, actions, self.ema_q)
         return ScaleBatch(obs, actions, adv, b_pre, m_prev)
 
-    def plain_actor_step(self, batch: ScaleBatch) -> float:
+    def _post_terms(self, obs: torch.Tensor, batch: ScaleBatch, scale_before: torch.Tensor) -> OuterTerms:
+        with torch.no_grad():
+            pi = self.actor(obs)
+            return outer_terms(pi, self.outer_q(obs, pi), batch, self.q_weight(scale_before),
+                               self.config.ema_decay, self.use_eq2, self.use_eq3)
+
+    def plain_actor_step(self, batch: ScaleBatch) -> Any:
         """The inner Adam step without a hypergradient (same optimiser state as the solver's steps)."""
-        return float(self.solver.inner_update(batch))
+        loss = self.solver.inner_update(batch)
+        return self._seed_inner_losses if self._seeds() is not None else float(loss)
 
     def adaptive_actor_step(self, obs: torch.Tensor, actions: torch.Tensor,
                             adv: torch.Tensor | None = None) -> dict[str, float]:
@@ -141,14 +186,18 @@ class AdaptiveScale(abc.ABC):
         info = self.solver.step(batch)
         self.rho_sched.step()
         self.outer_updates += 1
-        with torch.no_grad():
-            # phi' is now the actor, so this re-evaluates exactly the outer terms the hypergradient used.
-            pi = self.actor(obs)
-            terms = outer_terms(pi, self.outer_q(obs, pi), batch, self.q_weight(scale_before),
-                                self.config.ema_decay, self.use_eq2, self.use_eq3)
+        # phi' is now the actor, so this re-evaluates exactly the outer terms the hypergradient used.
+        stacked = self._seeds() is not None
+        terms = (self._for_each_seed(self._post_terms, obs, batch, scale_before) if stacked
+                 else self._post_terms(obs, batch, scale_before))
         self.ema_q = terms.ema.detach()
-        values = torch.stack([self.scale().detach(), terms.ema, terms.eq1, terms.eq2, terms.eq3, terms.bc]).tolist()
-        self.scale_log = dict(zip([self.scale_name, "ema_q", "eq1", "delta_q", "bc_sup", "bc_loss"], values))
+        names = [self.scale_name, "ema_q", "eq1", "delta_q", "bc_sup", "bc_loss"]
+        values = torch.stack([self.scale().detach(), terms.ema, terms.eq1, terms.eq2, terms.eq3, terms.bc])
+        if stacked:  # one entry per seed; seed k's hypergradient is rho.grad[k] (the solver left it there)
+            self.scale_log = {n: v.clone() for n, v in zip(names, values)}
+            self.scale_log.update(outer_loss=terms.total.detach(), hypergrad_norm=self.scale.rho.grad.abs().clone())
+            return {"actor_loss": self._seed_inner_losses, **self.scale_log}
+        self.scale_log = dict(zip(names, values.tolist()))
         self.scale_log.update(outer_loss=info.outer_loss, hypergrad_norm=info.hypergrad_norm)
         return {"actor_loss": info.inner_loss, **self.scale_log}
 
@@ -166,7 +215,8 @@ class AdaptiveScale(abc.ABC):
         self.ema_q = None if state["ema_q"] is None else state["ema_q"].to(self.device)
         self.actor_updates = int(state["actor_updates"])
         self.outer_updates = int(state["outer_updates"])
-        self.scale_log = dict(state["scale_log"])
+        self.scale_log = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v
+                          for k, v in state["scale_log"].items()}
 
     def plot_metrics(self, metrics_path: Path, out_dir: Path) -> None:
         """Write ``<scale>_curve.png``: the scale and the Q EMA over training, from ``metrics.jsonl``."""
