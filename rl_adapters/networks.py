@@ -8,9 +8,9 @@ Q ensembles (:class:`TwinCritic`, :class:`EnsembleMLP`) keep every member's weig
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
+import itertools
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -186,7 +186,7 @@ class EnsembleMLP(nn.Module):
         dims = (self.in_dim, *self.hidden, self.out_dim)
         kw = {"device": device, "dtype": dtype}
         self.linears = nn.ModuleList(
-            EnsembleLinear(self.members, d_in, d_out, reset=False, **kw) for d_in, d_out in zip(dims[:-1], dims[1:])
+            EnsembleLinear(self.members, d_in, d_out, reset=False, **kw) for d_in, d_out in itertools.pairwise(dims)
         )
         self.norms = nn.ModuleList(EnsembleLayerNorm(self.members, h, **kw) for h in self.hidden) if layer_norm else None
         self.reset_parameters()
