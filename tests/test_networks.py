@@ -248,3 +248,22 @@ def test_ensemble_mlp_general_members_and_forward_each() -> None:
         _close(y[e], net(x))
         _close(ye[e], net(xe[e]))
         _close(ens.member(x, e), net(x))
+
+
+def test_ensemble_layer_norm_paths_agree() -> None:
+    """The per-member path (CPU) and the batched one (other devices) compute the same, values and gradients."""
+    torch.manual_seed(0)
+    ln = EnsembleMLP(3, 4, 1, (16,), layer_norm=True).double().norms[0]
+    with torch.no_grad():
+        ln.weight.uniform_(0.5, 1.5)
+        ln.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(3, 9, 16, dtype=torch.float64)
+    g = torch.randn(3, 9, 16, dtype=torch.float64)
+    outs = []
+    for path in (ln.forward_per_member, ln.forward_batched):
+        xr = x.clone().requires_grad_(True)
+        y = path(xr)
+        grads = torch.autograd.grad(y, (xr, ln.weight, ln.bias), g)
+        outs.append((y.detach(), *grads))
+    for a, b in zip(*outs):
+        _close(a, b)
