@@ -297,7 +297,9 @@ class TwinCritic(nn.Module):
     The two are one fused :class:`EnsembleMLP` (``self.net``, 2 members): one batched matmul per layer for
     both. ``init="aspc"`` re-initialises both with :func:`aspc_init_` (the ASPC reference critic).
     At a given RNG state the networks are the ones the former layout (two :func:`mlp` s, ``q1`` and ``q2``)
-    drew, and a state dict in that layout (``q1.0.weight`` ...) still loads.
+    drew, and a state dict in that layout (``q1.0.weight`` ...) still loads. An optimizer state saved over the
+    former layout does not load as it is (twice as many parameters): :meth:`is_former_optimizer_state` tells,
+    :meth:`convert_former_optimizer_state` converts it (a checkpoint loader calls them; see its docstring).
     Inputs may carry extra leading batch dimensions: ``obs (..., obs_dim)``, ``action (..., act_dim)``.
     """
 
@@ -369,6 +371,56 @@ class TwinCritic(nn.Module):
                     out[f"{q}.{ln_idx}.weight"] = ln.weight.detach()[e].clone()
                     out[f"{q}.{ln_idx}.bias"] = ln.bias.detach()[e].clone()
         return out
+
+    def _former_parameter_map(self) -> list[tuple[str, int, bool]]:
+        """For each former parameter in ``parameters()`` order (``q1``'s, then ``q2``'s): the name of the fused
+        parameter holding it, the member, and whether it is a ``(out, in)`` weight to transpose."""
+        out = []
+        for e in range(self.members):
+            for i in range(len(self.net.linears)):
+                out += [(f"net.linears.{i}.weight", e, True), (f"net.linears.{i}.bias", e, False)]
+                if self.net.norms is not None and i < len(self.hidden):
+                    out += [(f"net.norms.{i}.weight", e, False), (f"net.norms.{i}.bias", e, False)]
+        return out
+
+    def is_former_optimizer_state(self, state: dict) -> bool:
+        """Whether ``state`` (an optimizer ``state_dict`` over this critic's parameters only) is in the former
+        layout: twice as many parameters, since every fused tensor held one former tensor per member."""
+        n = sum(len(g["params"]) for g in state["param_groups"])
+        return n == 2 * len(list(self.parameters()))
+
+    def convert_former_optimizer_state(self, state: dict) -> dict:
+        """An optimizer ``state_dict`` over the former critic's parameters (``optim(critic.parameters())`` with
+        ``q1``/``q2``) converted to one over this critic's: per-parameter tensors of a member's shape are
+        stacked (weights transposed to ``(in, out)``), anything else (Adam's ``step``) is taken from member 0.
+        One parameter group over all of the critic, as every algorithm here builds it."""
+        if len(state["param_groups"]) != 1:
+            raise ValueError("convert_former_optimizer_state expects one parameter group over the critic")
+        group = state["param_groups"][0]
+        former_ids = list(group["params"])
+        mapping = self._former_parameter_map()
+        if len(former_ids) != len(mapping):
+            raise ValueError(f"expected {len(mapping)} former critic parameters, the state has {len(former_ids)}")
+        names = [n for n, _ in self.named_parameters()]
+        params = dict(self.named_parameters())
+        by_name: dict[str, list[tuple[int, bool, dict]]] = {n: [] for n in names}
+        for pid, (name, e, transpose) in zip(former_ids, mapping):
+            by_name[name].append((e, transpose, state["state"].get(pid, {})))
+        new_state: dict[int, dict] = {}
+        for idx, name in enumerate(names):
+            members = sorted(by_name[name], key=lambda t: t[0])
+            first = members[0][2]
+            if not first:
+                continue  # no state yet (the optimizer never stepped)
+            member_shape = params[name].shape[1:]
+            entry = {}
+            for key, val in first.items():
+                if torch.is_tensor(val) and val.dim() > 0 and (val.T if members[0][1] else val).shape == member_shape:
+                    entry[key] = torch.stack([m[2][key].T if m[1] else m[2][key] for m in members])
+                else:
+                    entry[key] = val.clone() if torch.is_tensor(val) else val  # never share a live ``step``
+            new_state[idx] = entry
+        return {"state": new_state, "param_groups": [{**group, "params": list(range(len(names)))}]}
 
 
 class ValueNet(nn.Module):

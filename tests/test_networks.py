@@ -267,3 +267,40 @@ def test_ensemble_layer_norm_paths_agree() -> None:
         outs.append((y.detach(), *grads))
     for a, b in zip(*outs):
         _close(a, b)
+
+
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_former_optimizer_state_converts_and_training_continues_identically(layer_norm: bool) -> None:
+    """Adam over the former critic (two mlps), a few steps, then both layouts continue from the same state."""
+    critic, q1, q2 = _pair(layer_norm)
+    former = torch.nn.ModuleDict({"q1": q1, "q2": q2})
+    opt_f = torch.optim.Adam(former.parameters(), lr=1e-2)
+    obs, act = _inputs()
+    y = torch.randn(32, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+
+    def former_loss() -> torch.Tensor:
+        x = torch.cat([obs, act], -1)
+        return ((q1(x).squeeze(-1) - y) ** 2).mean() + ((q2(x).squeeze(-1) - y) ** 2).mean()
+
+    for _ in range(3):
+        opt_f.zero_grad()
+        former_loss().backward()
+        opt_f.step()
+    critic.load_state_dict(former.state_dict())  # the former keys, through the pre-hook
+    opt_c = torch.optim.Adam(critic.parameters(), lr=1e-2)
+    saved = opt_f.state_dict()
+    assert critic.is_former_optimizer_state(saved)
+    converted = critic.convert_former_optimizer_state(saved)
+    assert not critic.is_former_optimizer_state(converted)
+    opt_c.load_state_dict(converted)
+    for _ in range(2):
+        opt_f.zero_grad()
+        former_loss().backward()
+        opt_f.step()
+        opt_c.zero_grad()
+        c1, c2 = critic(obs, act)
+        (((c1 - y) ** 2).mean() + ((c2 - y) ** 2).mean()).backward()
+        opt_c.step()
+    again = critic.former_state_dict()
+    for k, v in former.state_dict().items():
+        _close(again[k], v)
