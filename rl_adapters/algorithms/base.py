@@ -203,7 +203,12 @@ class Algorithm(abc.ABC):
         for k, m in self.modules.items():
             m.load_state_dict(state["modules"][k])
         for k, o in self.optimizers.items():
-            o.load_state_dict(state["optimizers"][k])
+            opt_state = state["optimizers"][k]
+            module = self.modules.get(k)
+            # Checkpoints from before the twin critic was fused hold Adam moments per former Q network.
+            if hasattr(module, "is_former_optimizer_state") and module.is_former_optimizer_state(opt_state):
+                opt_state = module.convert_former_optimizer_state(opt_state)
+            o.load_state_dict(opt_state)
         for k, s in self.schedulers.items():
             s.load_state_dict(state["schedulers"][k])
         self.generator.set_state(
