@@ -608,18 +608,77 @@ def measure_pair(name: str, data: Any, args: argparse.Namespace) -> Row:
                ours_cpu=cpu["ours"], plain_cpu=cpu["plain"])
 
 
-# -------------------------------------------------------------------------------------------- hook points
+# ----------------------------------------------------------------------------- many seeds, compiled updates
+STACKABLE = ("bc", "td3bc", "iql", "aspc")
+
+
+def stacked_step(name: str, data: Any, device: str, batch_size: int, seeds: list[int], total_steps: int,
+                 compiled: bool = False) -> Step:
+    """N seeds of ours in one process (:class:`~rl_adapters.training.seed_stack.SeedStack`), one stacked update."""
+    from rl_adapters.training.seed_stack import SeedStack
+
+    stack = SeedStack.build(name, seeds, data.obs_dim, data.act_dim, data.stats, device=device,
+                            total_steps=total_steps, **OURS_HPARAMS[name])
+    if compiled:
+        stack.algo.compile_losses()
+    gens = [data.make_generator(s) for s in seeds]
+    return lambda: stack.update(data.sample_many(batch_size, gens))
+
+
+def _interleaved(name: str, steps: dict[str, Step], args: argparse.Namespace, scale: dict[str, float]
+                 ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    for step in steps.values():
+        for _ in range(args.warmup):
+            step()
+    res: dict[str, list[float]] = {k: [] for k in steps}
+    cpu: dict[str, list[float]] = {k: [] for k in steps}
+    keys = list(steps)
+    for r in range(args.repeats):
+        for k in (keys if r % 2 == 0 else keys[::-1]):
+            wall, per_cpu = updates_per_second(steps[k], args.seconds, args.device)
+            res[k].append(wall * scale[k])
+            cpu[k].append(per_cpu * scale[k])
+        print(f"  {name} repeat {r + 1}/{args.repeats}: " + ", ".join(f"{k} {res[k][-1]:.1f}/s" for k in keys),
+              flush=True)
+    return res, cpu
+
+
 def seeds_rows(data: Any, args: argparse.Namespace) -> list[Row]:
-    """HOOK (issue #17, to be filled in): "N seeds in one process" rows, seed-updates/s (N x updates/s) for
-    N = 1, 4, 16 seeds trained together (vmap over stacked per-seed parameters, ``data.sample_many``), each
-    beside N x the plain single-seed loop. Return :class:`Row` s with ``variant="N seeds"``; empty for now."""
-    return []
+    """Seed-updates/s (N x stacked updates/s) of N seeds trained in one process, beside our single-seed
+    process (one seed, ``make_algorithm(...).update``), for N in ``--seeds-n``."""
+    rows = []
+    total = 10_000_000
+    for name in [a for a in args.algos.split(",") if a in STACKABLE]:
+        for n in args.seeds_n:
+            steps = {"stack": stacked_step(name, data, args.device, args.batch_size, list(range(n)), total),
+                     "single": ours_step(name, data, args.device, args.batch_size, args.seed, total)}
+            res, cpu = _interleaved(f"{name} x{n}", steps, args, {"stack": float(n), "single": 1.0})
+            rows.append(Row(ALGO_LABELS[name], f"{n} seed{'s' if n > 1 else ''} in one process", res["stack"],
+                            res["single"], "ours, one seed per process", note="seed-updates/s",
+                            ours_cpu=cpu["stack"], plain_cpu=cpu["single"]))
+    return rows
 
 
 def compiled_rows(data: Any, args: argparse.Namespace) -> list[Row]:
-    """HOOK (issue #17, to be filled in): "compiled" rows (``torch.compile``'d updates) beside the plain loop.
-    Return :class:`Row` s with ``variant="compiled"``; empty for now."""
-    return []
+    """Ours with ``--compile`` (the losses through ``torch.compile``) beside ours eager, for ``--compile-algos``;
+    the compilation time (first updates) is in the note."""
+    rows = []
+    total = 10_000_000
+    for name in args.compile_algos:
+        compiled = stacked_step(name, data, args.device, args.batch_size, [args.seed], total, compiled=True) \
+            if name in STACKABLE else None
+        if compiled is None:
+            continue
+        t0 = time.perf_counter()
+        for _ in range(3):  # every loss of an update (TD3+BC's actor loss runs every 2nd update) compiles here
+            compiled()
+        t_compile = time.perf_counter() - t0
+        steps = {"compiled": compiled,
+                 "eager": stacked_step(name, data, args.device, args.batch_size, [args.seed], total)}
+        res, cpu = _interleaved(f"{name} compiled", steps, args, {"compiled": 1.0, "eager": 1.0})
+        rows.append(Row(ALGO_LABELS[name], "compiled (1 seed)", res["compiled"], res["eager"], "ours, eager (1 seed)",
+                        note=f"compilation {t_compile:.0f} s", ours_cpu=cpu["compiled"], plain_cpu=cpu["eager"]))
+    return rows
 
 
 EXTRA_ROWS: tuple[Callable[[Any, argparse.Namespace], list[Row]], ...] = (seeds_rows, compiled_rows)
@@ -661,8 +720,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds-n", default="1,4,16",
+                   help="seed counts for the 'N seeds in one process' rows ('' to skip them)")
+    p.add_argument("--compile-algos", default="td3bc",
+                   help="algorithms measured compiled vs eager ('' to skip; compiling takes minutes on a CPU)")
     p.add_argument("--write", action="store_true", help="replace the 'throughput' section of docs/benchmarks.md")
     args = p.parse_args(argv)
+    try:
+        args.seeds_n = [int(x) for x in args.seeds_n.split(",") if x.strip()]
+    except ValueError:
+        p.error(f"--seeds-n {args.seeds_n!r}: give comma-separated seed counts, e.g. --seeds-n 1,4,16")
+    if any(n < 1 for n in args.seeds_n):
+        p.error(f"--seeds-n {args.seeds_n}: seed counts must be >= 1")
+    args.compile_algos = [a for a in args.compile_algos.split(",") if a]
+    for a in args.compile_algos:
+        if a not in STACKABLE:
+            p.error(f"--compile-algos: {a!r} is not one of {','.join(STACKABLE)}")
     algos = [a for a in args.algos.split(",") if a]
     for a in algos:
         if a not in ALGOS:

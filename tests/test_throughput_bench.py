@@ -13,11 +13,14 @@ from benchmarks import throughput
 
 def test_throughput_smoke(capsys):
     rc = throughput.main(["--dataset", "synthetic", "--algos", ",".join(throughput.ALGOS), "--repeats", "2",
-                          "--seconds", "0.05", "--warmup", "2", "--batch-size", "32"])
+                          "--seconds", "0.05", "--warmup", "2", "--batch-size", "32", "--seeds-n", "1,3",
+                          "--compile-algos", ""])
     assert rc == 0
     out = capsys.readouterr().out
     for label in throughput.ALGO_LABELS.values():
         assert f"| {label} | single seed |" in out
+    for name in throughput.STACKABLE:
+        assert f"| {throughput.ALGO_LABELS[name]} | 3 seeds in one process |" in out
 
 
 @pytest.mark.parametrize("name", throughput.ALGOS)
