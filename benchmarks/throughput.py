@@ -680,6 +680,61 @@ def compiled_rows(data: Any, args: argparse.Namespace) -> list[Row]:
     return rows
 
 
+def matmul_share(name: str, data: Any, args: argparse.Namespace, updates: int = 60) -> float:
+    """Share of one single-seed update's CPU time spent in matrix products (``torch.profiler``, self time of
+    ``mm`` / ``addmm`` / ``bmm`` / ``baddbmm`` over all operators)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step = ours_step(name, data, args.device, args.batch_size, args.seed, 10_000_000)
+    for _ in range(args.warmup):
+        step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(updates):
+            step()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    mat = sum(e.self_cpu_time_total for e in events if e.key in ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"))
+    return mat / max(total, 1e-9)
+
+
+def batched_matmul_cost(n: int = 4, size: int = 256, repeats: int = 200) -> float:
+    """CPU time of one ``bmm`` over ``n`` products of ``size x size`` matrices, divided by ``n`` separate
+    ``mm`` s of the same shape: 1.0 means batching saves nothing per FLOP."""
+    a, b = torch.randn(n, size, size), torch.randn(n, size, size)
+
+    def timed(f: Callable[[], Any]) -> float:
+        for _ in range(10):
+            f()
+        c0 = time.process_time()
+        for _ in range(repeats):
+            f()
+        return time.process_time() - c0
+
+    ratios = []
+    for _ in range(3):  # interleaved, median
+        batched = timed(lambda: torch.bmm(a, b))
+        separate = timed(lambda: [a[i] @ b[i] for i in range(n)])
+        ratios.append(batched / separate)
+    return statistics.median(ratios)
+
+
+def ceiling_text(data: Any, args: argparse.Namespace) -> str:
+    """Why N seeds in one process cannot pay much on one CPU thread (measured), for the report."""
+    if args.device != "cpu":
+        return ""
+    lines = []
+    for name in [a for a in args.algos.split(",") if a in ("bc", "td3bc", "iql")]:
+        m = matmul_share(name, data, args)
+        lines.append(f"{ALGO_LABELS[name]} {100 * m:.0f}% (so at most {1 / m:.2f}x from removing every other "
+                     f"cost, and 1 / (m + (1 - m) / 4) = {1 / (m + (1 - m) / 4):.2f}x for 4 seeds)")
+    bmm = batched_matmul_cost()
+    return ("**CPU ceiling, measured in the same run.** Share of a single-seed update's CPU time spent in matrix "
+            "products (torch.profiler self time): " + "; ".join(lines) + f". One `bmm` over 4 products of 256 x 256 "
+            f"matrices costs {bmm:.2f}x the CPU time of 4 separate `mm` s: on one CPU thread a batched product does "
+            "the same work at the same speed, so stacking seeds can only amortise the remaining per-operation "
+            "overhead, and evaluating the stacked losses through `torch.func.vmap` adds overhead of its own.")
+
+
 EXTRA_ROWS: tuple[Callable[[Any, argparse.Namespace], list[Row]], ...] = (seeds_rows, compiled_rows)
 
 
@@ -749,6 +804,9 @@ def main(argv: list[str] | None = None) -> int:
         rows += hook(data, args)
     text = table(rows)
     print(text)
+    ceiling = ceiling_text(data, args) if args.seeds_n else ""
+    if ceiling:
+        print(ceiling)
     if args.write:
         from benchmarks._report import command_line, git_revision, machine_description, write_section
 
@@ -760,11 +818,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{load_at_start.replace('load average ', '')}. Dataset {data.name} ({len(data)} transitions), batch "
             f"{args.batch_size}, {args.device}, {args.threads} torch thread(s); {args.repeats} interleaved repeats "
             f"of {args.seconds:g} s per variant after {args.warmup} warm-up updates, all in one process.\n\n"
-            f"{text}\n\n"
+            f"{text}\n\n" + (f"{ceiling}\n\n" if ceiling else "") +
             "*ours*: `make_algorithm(name).update(data.sample(256, generator))`, diagnostics included. *plain*: the "
             "same algorithm written CORL's way inside `benchmarks/throughput.py` (module docstring: which loop for "
             "which algorithm; VACO one-step and ASPC have no CORL implementation, their plain loops are written "
-            "there). The ratio is of the medians of updates per wall second; the next column is the same ratio per CPU second "
+            "there). Rows \"N seeds in one process\": `SeedStack` of N seeds (`bilevel-rl train --seeds`), "
+            "seed-updates/s (N x stacked updates/s) against ours with one seed per process. Row \"--compile\": ours with `compile_losses()` "
+            "against ours eager, compilation time in the note. The ratio is of the medians of updates per wall "
+            "second; the next column is the same ratio per CPU second "
             "of the process (steadier on a shared machine). On a loaded machine read the ratios, not the absolute "
             "rates.\n"
         )
