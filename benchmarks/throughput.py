@@ -38,6 +38,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -739,6 +740,9 @@ EXTRA_ROWS: tuple[Callable[[Any, argparse.Namespace], list[Row]], ...] = (seeds_
 
 
 # ============================================================================================ report
+ROOT_NOTES = Path(__file__).resolve().parent / "notes"
+
+
 def table(rows: list[Row]) -> str:
     lines = [
         (
@@ -829,6 +833,9 @@ def main(argv: list[str] | None = None) -> int:
             "of the process (steadier on a shared machine). On a loaded machine read the ratios, not the absolute "
             "rates.\n"
         )
+        notes = ROOT_NOTES / "throughput.md"  # the readings, written by people; kept with every rerun
+        if notes.exists():
+            body += "\n" + notes.read_text()
         write_section("throughput", body)
         print("wrote the throughput section of docs/benchmarks.md")
     return 0
