@@ -91,6 +91,9 @@ class SeedStack:
         template.seed_stack = self
         self._tree = _Call(template.modules)
         self._vmapped: dict[Any, Any] = {}
+        # The stacked tensors are updated in place (optimizer steps, load_state_dict), so the maps stay valid.
+        self._params = dict(self._tree.named_parameters())
+        self._buffers = dict(self._tree.named_buffers())
         self.inside = False
         self.restack()  # optimizer states and carried attributes from the members
 
@@ -131,12 +134,12 @@ class SeedStack:
 
             batched = torch.func.vmap(one_seed, in_dims=dims, randomness="error")
             self._vmapped[key] = torch.compile(batched) if compiled else batched
-        params = dict(self._tree.named_parameters())
-        for name, t in (overrides or {}).items():
-            params[f"nets.{name}"] = t
+        params = self._params
+        if overrides:
+            params = params | {f"nets.{name}": t for name, t in overrides.items()}
         self.inside = True  # the algorithm's own losses, called inside, take their single-seed branch
         try:
-            return self._vmapped[key](params, dict(self._tree.named_buffers()), inputs)
+            return self._vmapped[key](params, self._buffers, inputs)
         finally:
             self.inside = False
 
