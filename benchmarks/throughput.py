@@ -23,9 +23,10 @@ machine moves both variants alike, so the ratio is the number to read.
   initialisation), a hand-written functional Adam for the actor and, every 10th actor update, a
   differentiable one-step update whose outer loss trains the scale ``alpha = softplus(rho)``.
 
-``--write`` replaces the "throughput" section of docs/benchmarks.md. Two row families are left to their own
-functions (hook points, not implemented here): :func:`seeds_rows` (N seeds in one process: seed-updates/s
-for N = 1, 4, 16) and :func:`compiled_rows` (``torch.compile``'d updates).
+``--write`` replaces the "throughput" section of docs/benchmarks.md. Besides the single-seed rows:
+:func:`seeds_rows` (N seeds of ours in one process, ``SeedStack``: seed-updates/s for N = 1, 4, 16),
+:func:`batched_plain_rows` (N TD3+BC seeds batched by hand in plain torch, :class:`PlainTD3BCBatched`: what
+stacking seeds can buy on this device at best) and :func:`compiled_rows` (``torch.compile``'d updates).
 """
 
 from __future__ import annotations
@@ -241,6 +242,88 @@ class PlainTD3BC:
             corl_soft_update(self.critic_1_target, self.critic_1, self.tau)
             corl_soft_update(self.critic_2_target, self.critic_2, self.tau)
             corl_soft_update(self.actor_target, self.actor, self.tau)
+        return log_dict
+
+
+class PlainTD3BCBatched:
+    """``n`` independent TD3+BC seeds written batched by hand: every layer's weights ``(members, in, out)``, one
+    ``baddbmm`` per layer for all seeds (and both critics of every seed), one fused Adam over the stacked
+    tensors, no framework (no ``vmap``, no ``functional_call``). The cheapest way this machine can run ``n``
+    seeds in one process: its seed-updates/s against one :class:`PlainTD3BC` is the ceiling that stacking seeds
+    has on this device, whatever the implementation. CORL's update otherwise (order, noise, ``policy_freq``,
+    target smoothing, lambda per seed, ``F.mse_loss`` means per seed)."""
+
+    def __init__(self, n: int, state_dim: int, action_dim: int, max_action: float, device: str) -> None:
+        self.n, self.max_action = n, max_action
+        self.actor = self._mlp(n, [state_dim, HIDDEN, HIDDEN, action_dim], device)
+        self.critic = self._mlp(2 * n, [state_dim + action_dim, HIDDEN, HIDDEN, 1], device)  # seed-major: (n, 2)
+        self.actor_target = [t.detach().clone() for t in self.actor]
+        self.critic_target = [t.detach().clone() for t in self.critic]
+        self.actor_optimizer = torch.optim.Adam(self.actor, lr=3e-4, fused=True)
+        self.critic_optimizer = torch.optim.Adam(self.critic, lr=3e-4, fused=True)
+        self.discount, self.tau = 0.99, 0.005
+        self.policy_noise, self.noise_clip = 0.2 * max_action, 0.5 * max_action
+        self.policy_freq, self.alpha = 2, 2.5
+        self.total_it = 0
+
+    @staticmethod
+    def _mlp(members: int, dims: list[int], device: str) -> list[torch.Tensor]:
+        params = []
+        for d_in, d_out in zip(dims[:-1], dims[1:]):
+            bound = 1 / math.sqrt(d_in)  # nn.Linear's law
+            params.append(nn.Parameter(torch.empty(members, d_in, d_out, device=device).uniform_(-bound, bound)))
+            params.append(nn.Parameter(torch.empty(members, 1, d_out, device=device).uniform_(-bound, bound)))
+        return params
+
+    @staticmethod
+    def _forward(params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """``x`` ``(members, B, in)`` -> ``(members, B, out)``; a 1-wide head as multiply-and-sum (faster on CPU)."""
+        last = len(params) // 2 - 1
+        for i in range(0, len(params), 2):
+            w, b = params[i], params[i + 1]
+            if i // 2 == last and w.shape[-1] == 1:
+                x = (x * w.transpose(-1, -2)).sum(-1, keepdim=True) + b
+            else:
+                x = torch.baddbmm(b, x, w)
+            if i // 2 < last:
+                x = torch.relu(x)
+        return x
+
+    def _q(self, params: list[torch.Tensor], state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        sa = torch.cat([state, action], -1)  # (n, B, in)
+        sa = sa.unsqueeze(1).expand(self.n, 2, *sa.shape[1:]).reshape(2 * self.n, *sa.shape[1:])
+        return self._forward(params, sa).reshape(self.n, 2, -1)  # (n, 2, B)
+
+    def train(self, batch: list[torch.Tensor]) -> dict[str, float]:
+        log_dict: dict[str, float] = {}
+        self.total_it += 1
+        state, action, reward, next_state, done = batch  # (n, B, .)
+        reward, done = reward.squeeze(-1), done.squeeze(-1)
+        with torch.no_grad():
+            noise = (torch.randn_like(action) * self.policy_noise).clamp(-self.noise_clip, self.noise_clip)
+            next_action = (self.max_action * torch.tanh(self._forward(self.actor_target, next_state)) + noise).clamp(
+                -self.max_action, self.max_action)
+            target_q = self._q(self.critic_target, next_state, next_action).min(1).values  # (n, B)
+            target_q = reward + (1 - done) * self.discount * target_q
+        q = self._q(self.critic, state, action)
+        critic_loss = ((q - target_q.unsqueeze(1)) ** 2).mean(-1).sum()  # sum over seeds of mse(Q1) + mse(Q2)
+        log_dict["critic_loss"] = critic_loss.item()
+        for p, g in zip(self.critic, torch.autograd.grad(critic_loss, self.critic)):
+            p.grad = g
+        self.critic_optimizer.step()
+        if self.total_it % self.policy_freq == 0:
+            pi = self.max_action * torch.tanh(self._forward(self.actor, state))
+            q1_params = [t.view(self.n, 2, *t.shape[1:])[:, 0] for t in self.critic]
+            q1 = self._forward(q1_params, torch.cat([state, pi], -1)).squeeze(-1)  # (n, B)
+            lmbda = self.alpha / q1.abs().mean(-1, keepdim=True).detach()
+            actor_loss = (-(lmbda * q1).mean(-1) + ((pi - action) ** 2).mean((-1, -2))).sum()
+            log_dict["actor_loss"] = actor_loss.item()
+            for p, g in zip(self.actor, torch.autograd.grad(actor_loss, self.actor)):
+                p.grad = g
+            self.actor_optimizer.step()
+            with torch.no_grad():
+                for tp, sp in zip(self.critic_target + self.actor_target, self.critic + self.actor):
+                    tp.lerp_(sp, self.tau)
         return log_dict
 
 
@@ -662,6 +745,34 @@ def seeds_rows(data: Any, args: argparse.Namespace) -> list[Row]:
                             ours_cpu=cpu["stack"], plain_cpu=cpu["single"]))
     return rows
 
+def batched_plain_step(data: Any, device: str, batch_size: int, n: int, seed: int) -> Step:
+    """:class:`PlainTD3BCBatched` of ``n`` seeds, sampling ``(n, batch)`` indices from one buffer."""
+    torch.manual_seed(seed)
+    max_action = float(np.max(np.abs(np.concatenate([data.action_low, data.action_high]))))
+    trainer = PlainTD3BCBatched(n, data.obs_dim, data.act_dim, max_action, device)
+    buffer = CORLReplayBuffer(data, seed)
+
+    def step() -> Any:
+        batch = buffer.sample(n * batch_size)
+        return trainer.train([b.reshape(n, batch_size, -1).to(device) for b in batch])
+
+    return step
+
+
+def batched_plain_rows(data: Any, args: argparse.Namespace) -> list[Row]:
+    """Seed-updates/s of :class:`PlainTD3BCBatched` (N seeds batched by hand) beside one plain single-seed loop."""
+    rows = []
+    if "td3bc" not in args.algos.split(","):
+        return rows
+    for n in [k for k in args.seeds_n if k > 1]:
+        steps = {"batched": batched_plain_step(data, args.device, args.batch_size, n, args.seed),
+                 "single": plain_step("td3bc", data, args.device, args.batch_size, args.seed, 10_000_000)}
+        res, cpu = _interleaved(f"td3bc hand-batched x{n}", steps, args, {"batched": float(n), "single": 1.0})
+        rows.append(Row(ALGO_LABELS["td3bc"], f"{n} seeds hand-batched (plain, no framework)", res["batched"],
+                        res["single"], "plain, one seed per process", note="seed-updates/s; the batching ceiling",
+                        ours_cpu=cpu["batched"], plain_cpu=cpu["single"]))
+    return rows
+
 
 def compiled_rows(data: Any, args: argparse.Namespace) -> list[Row]:
     """Ours with ``--compile`` (the losses through ``torch.compile``) beside ours eager, for ``--compile-algos``;
@@ -736,7 +847,8 @@ def ceiling_text(data: Any, args: argparse.Namespace) -> str:
             "overhead, and evaluating the stacked losses through `torch.func.vmap` adds overhead of its own.")
 
 
-EXTRA_ROWS: tuple[Callable[[Any, argparse.Namespace], list[Row]], ...] = (seeds_rows, compiled_rows)
+EXTRA_ROWS: tuple[Callable[[Any, argparse.Namespace], list[Row]], ...] = (seeds_rows, batched_plain_rows,
+                                                                         compiled_rows)
 
 
 # ============================================================================================ report
