@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import math
 import os
 import statistics
@@ -269,7 +270,7 @@ class PlainTD3BCBatched:
     @staticmethod
     def _mlp(members: int, dims: list[int], device: str) -> list[torch.Tensor]:
         params = []
-        for d_in, d_out in zip(dims[:-1], dims[1:]):
+        for d_in, d_out in itertools.pairwise(dims):
             bound = 1 / math.sqrt(d_in)  # nn.Linear's law
             params.append(nn.Parameter(torch.empty(members, d_in, d_out, device=device).uniform_(-bound, bound)))
             params.append(nn.Parameter(torch.empty(members, 1, d_out, device=device).uniform_(-bound, bound)))

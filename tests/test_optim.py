@@ -62,8 +62,8 @@ def test_params_without_gradient_are_left_alone_like_torch():
     ours, ours_opt = _run(lambda n: FusedAdam(n.parameters(), lr=1e-2), freeze_after=3)
     for a, b in zip(ref.parameters(), ours.parameters()):
         assert torch.equal(a, b)
-    last = list(ours.parameters())[-1]
-    assert int(ours_opt.state[last]["step"]) == 3  # stepped only while it had a gradient
+    last_ref, last = list(ref.parameters())[-1], list(ours.parameters())[-1]
+    assert int(ours_opt.state[last]["step"]) == int(ref_opt.state[last_ref]["step"]) == 3  # only while it had a gradient
 
 
 def test_state_dict_round_trip_continues_identically():
