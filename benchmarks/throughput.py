@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import itertools
+import json
 import math
 import os
 import statistics
@@ -896,6 +898,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile-algos", default="td3bc",
                    help="algorithms measured compiled vs eager ('' to skip; compiling takes minutes on a CPU)")
     p.add_argument("--write", action="store_true", help="replace the 'throughput' section of docs/benchmarks.md")
+    p.add_argument("--save", type=Path, default=None,
+                   help="where the measured rows go (JSON; default results/throughput/<device>.json)")
+    p.add_argument("--report-only", action="store_true",
+                   help="measure nothing: render the section from --save's JSON (e.g. a run copied from a GPU machine)")
     args = p.parse_args(argv)
     try:
         args.seeds_n = [int(x) for x in args.seeds_n.split(",") if x.strip()]
@@ -904,6 +910,8 @@ def main(argv: list[str] | None = None) -> int:
     if any(n < 1 for n in args.seeds_n):
         p.error(f"--seeds-n {args.seeds_n}: seed counts must be >= 1")
     args.compile_algos = [a for a in args.compile_algos.split(",") if a]
+    if args.save is None:
+        args.save = Path("results") / "throughput" / f"{args.device}.json"
     for a in args.compile_algos:
         if a not in ALGOS:
             p.error(f"--compile-algos: {a!r} is not one of {','.join(ALGOS)}")
@@ -911,6 +919,31 @@ def main(argv: list[str] | None = None) -> int:
     for a in algos:
         if a not in ALGOS:
             p.error(f"unknown algorithm {a!r}; choose from {','.join(ALGOS)}")
+    if args.report_only:
+        if not args.save.exists():
+            p.error(f"--report-only: {args.save} does not exist; run without --report-only first (or give --save PATH)")
+        run = json.loads(args.save.read_text())
+    else:
+        run = measure(args)
+        args.save.parent.mkdir(parents=True, exist_ok=True)
+        args.save.write_text(json.dumps(run, indent=1))
+        print(f"saved {args.save}")
+    rows = [Row(**r) for r in run["rows"]]
+    text = table(rows)
+    print(text)
+    if run["ceiling"]:
+        print(run["ceiling"])
+    if args.write or args.report_only:
+        write_section_from(run, text)
+        print(f"wrote the throughput section ({run['device']}) of docs/benchmarks.md")
+    return 0
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Every row of the run, with what the report's header needs (JSON-ready)."""
+    from benchmarks._report import command_line, git_revision, machine_description
+
+    algos = [a for a in args.algos.split(",") if a]
     torch.set_num_threads(args.threads)
     load_at_start = load_line()
     data = load_data(args.dataset, args.device)
@@ -919,39 +952,45 @@ def main(argv: list[str] | None = None) -> int:
     rows = [measure_pair(a, data, args) for a in algos]
     for hook in EXTRA_ROWS:
         rows += hook(data, args)
-    text = table(rows)
-    print(text)
     ceiling = ceiling_text(data, args) if args.seeds_n else ""
-    if ceiling:
-        print(ceiling)
-    if args.write:
-        from benchmarks._report import command_line, git_revision, machine_description, write_section
+    return {
+        "command": f"OMP_NUM_THREADS={args.threads} MINARI_DATASETS_PATH=../shared/datasets {command_line()}",
+        "git": git_revision(), "machine": machine_description(args.device), "load_start": load_at_start,
+        "load_end": load_line(), "dataset": f"{data.name} ({len(data)} transitions)", "device": args.device,
+        "batch_size": args.batch_size, "threads": args.threads, "repeats": args.repeats, "seconds": args.seconds,
+        "warmup": args.warmup, "rows": [dataclasses.asdict(r) for r in rows], "ceiling": ceiling,
+    }
 
-        body = (
-            "## Throughput (issue #17)\n\n"
-            f"Command: `OMP_NUM_THREADS={args.threads} MINARI_DATASETS_PATH=../shared/datasets {command_line()}` "
-            f"(git {git_revision()})\n\n"
-            f"Machine: {machine_description(args.device)}; {load_line().replace('at the start', 'at the end')}, "
-            f"{load_at_start.replace('load average ', '')}. Dataset {data.name} ({len(data)} transitions), batch "
-            f"{args.batch_size}, {args.device}, {args.threads} torch thread(s); {args.repeats} interleaved repeats "
-            f"of {args.seconds:g} s per variant after {args.warmup} warm-up updates, all in one process.\n\n"
-            f"{text}\n\n" + (f"{ceiling}\n\n" if ceiling else "") +
-            "*ours*: `make_algorithm(name).update(data.sample(256, generator))`, diagnostics included. *plain*: the "
-            "same algorithm written CORL's way inside `benchmarks/throughput.py` (module docstring: which loop for "
-            "which algorithm; VACO one-step and ASPC have no CORL implementation, their plain loops are written "
-            "there). Rows \"N seeds in one process\": `SeedStack` of N seeds (`bilevel-rl train --seeds`), "
-            "seed-updates/s (N x stacked updates/s) against ours with one seed per process. Row \"--compile\": ours with `compile_losses()` "
-            "against ours eager, compilation time in the note. The ratio is of the medians of updates per wall "
-            "second; the next column is the same ratio per CPU second "
-            "of the process (steadier on a shared machine). On a loaded machine read the ratios, not the absolute "
-            "rates.\n"
-        )
-        notes = ROOT_NOTES / "throughput.md"  # the readings, written by people; kept with every rerun
-        if notes.exists():
-            body += "\n" + notes.read_text()
-        write_section("throughput", body)
-        print("wrote the throughput section of docs/benchmarks.md")
-    return 0
+
+def write_section_from(run: dict[str, Any], text: str) -> None:
+    from benchmarks._report import write_section
+
+    ceiling, cpu = run["ceiling"], run["device"] == "cpu"
+    body = (
+        f"## Throughput{'' if cpu else ' on a GPU'} (issue #17)\n\nCommand: `{run['command']}` (git {run['git']})\n\n"
+        f"Machine: {run['machine']}; {run['load_end'].replace('at the start', 'at the end')}, "
+        f"{run['load_start'].replace('load average ', '')}. Dataset {run['dataset']}, batch "
+        f"{run['batch_size']}, {run['device']}, {run['threads']} torch thread(s); {run['repeats']} interleaved repeats "
+        f"of {run['seconds']:g} s per variant after {run['warmup']} warm-up updates, all in one process.\n\n"
+        f"{text}\n\n" + (f"{ceiling}\n\n" if ceiling else "") +
+        "*ours*: `make_algorithm(name).update(data.sample(256, generator))`, diagnostics included. *plain*: the "
+        "same algorithm written CORL's way inside `benchmarks/throughput.py` (module docstring: which loop for "
+        "which algorithm; VACO one-step and ASPC have no CORL implementation, their plain loops are written "
+        "there). Rows \"N seeds in one process\": `SeedStack` of N seeds (`bilevel-rl train --seeds`), "
+        "seed-updates/s (N x stacked updates/s) against ours with one seed per process. Rows \"N seeds "
+        "hand-batched\": `PlainTD3BCBatched`, N TD3+BC seeds written batched in plain torch (one batched product "
+        "per layer for every seed, one fused Adam, no `vmap`), seed-updates/s against the plain single-seed loop: "
+        "the most that stacking seeds buys on this device. Row \"--compile\": ours with `compile_losses()` "
+        "against ours eager, compilation time in the note. The ratio is of the medians of updates per wall "
+        "second; the next column is the same ratio per CPU second of the process (steadier on a shared machine). "
+        "On a loaded machine read the ratios, not the absolute rates. The measured rows are saved in "
+        "`results/throughput/<device>.json`; `--report-only` re-renders this section from them.\n"
+    )
+    # The readings, written by people, kept with every rerun; a GPU run is its own section beside the CPU one.
+    notes = ROOT_NOTES / ("throughput.md" if cpu else f"throughput_{run['device']}.md")
+    if notes.exists():
+        body += "\n" + notes.read_text()
+    write_section("throughput" if cpu else f"throughput-{run['device']}", body)
 
 
 if __name__ == "__main__":

@@ -11,12 +11,21 @@ import torch
 from benchmarks import throughput
 
 
-def test_throughput_smoke(capsys):
+def test_throughput_smoke(capsys, tmp_path, monkeypatch):
+    save = tmp_path / "cpu.json"
     rc = throughput.main(["--dataset", "synthetic", "--algos", ",".join(throughput.ALGOS), "--repeats", "2",
                           "--seconds", "0.05", "--warmup", "2", "--batch-size", "32", "--seeds-n", "1,3",
-                          "--compile-algos", ""])
+                          "--compile-algos", "", "--save", str(save)])
     assert rc == 0
     out = capsys.readouterr().out
+    # --report-only renders the saved rows without measuring (the section writer is stubbed: no docs touched).
+    written = []
+    monkeypatch.setattr(throughput, "write_section_from", lambda run, text: written.append((run, text)))
+    monkeypatch.setattr(throughput, "measure", lambda args: pytest.fail("--report-only measured"))
+    assert throughput.main(["--report-only", "--save", str(save)]) == 0
+    (run, text), = written
+    assert run["device"] == "cpu" and "| TD3+BC | single seed |" in text
+    assert text in out  # the same table as the measuring run printed
     for label in throughput.ALGO_LABELS.values():
         assert f"| {label} | single seed |" in out
     for name in throughput.STACKABLE:
