@@ -126,3 +126,28 @@ def test_closure_is_evaluated_with_gradients_on():
     loss = opt.step(closure)
     assert loss.requires_grad and loss.item() > 0
     assert all(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
+
+
+@pytest.mark.parametrize("former", [{"foreach": False}, {"foreach": True}, {}])
+def test_state_of_an_unfused_adam_is_taken_over(former):
+    """Checkpoints from before the optimizers were fused hold ``fused=None`` groups: they load and go on
+    exactly as torch's fused Adam goes on from the same state."""
+    net, opt = _run(lambda n: torch.optim.Adam(n.parameters(), lr=1e-2, **former), steps=3)
+    saved = copy.deepcopy(opt.state_dict())
+    assert not saved["param_groups"][0]["fused"]
+    results = []
+    for make in (lambda ps: torch.optim.Adam(ps, lr=1e-2, fused=True), lambda ps: FusedAdam(ps, lr=1e-2)):
+        twin = _net(9)
+        twin.load_state_dict(net.state_dict())
+        o = make(twin.parameters())
+        o.load_state_dict(copy.deepcopy(saved))
+        if isinstance(o, FusedAdam):
+            assert o.param_groups[0]["fused"] is True
+        else:
+            o.param_groups[0]["fused"], o.param_groups[0]["foreach"] = True, None  # what FusedAdam does
+        for p in twin.parameters():
+            p.grad = torch.full_like(p, 0.5)
+        o.step()
+        results.append(torch.cat([p.detach().flatten() for p in twin.parameters()]))
+    assert torch.equal(results[0], results[1])
+    assert not torch.equal(results[1], torch.cat([p.detach().flatten() for p in net.parameters()]))

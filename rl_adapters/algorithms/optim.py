@@ -39,6 +39,24 @@ class FusedAdam(torch.optim.Adam):
         kwargs.pop("fused", None)
         super().__init__(params, lr=lr, fused=True, **kwargs)
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """``Adam.load_state_dict``; a state saved by an unfused ``torch.optim.Adam`` (the checkpoints of runs
+        from before the optimizers were fused) is taken over: its groups become fused and their ``step``
+        counters move to the parameters' devices as float32, the layout the fused kernel reads (the moments
+        are the same tensors either way)."""
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            bad = [name for name in self._UNSUPPORTED if name != "foreach" and group.get(name)]
+            if bad:
+                raise ValueError(f"FusedAdam: the loaded state has {bad}; load it into torch.optim.Adam")
+            if group["fused"]:
+                continue
+            group["fused"], group["foreach"] = True, None
+            for p in group["params"]:
+                state = self.state.get(p)
+                if state and torch.is_tensor(state.get("step")):
+                    state["step"] = state["step"].to(device=p.device, dtype=torch.float32)
+
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:  # type: ignore[override]
         loss = None
