@@ -17,13 +17,13 @@ def _net(seed: int) -> nn.Module:
     return nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Linear(16, 2))
 
 
-def _run(opt_factory, steps: int = 7, schedule: bool = False, freeze_after: int | None = None):
-    net = _net(0)
+def _run(opt_factory, steps: int = 7, schedule: bool = False, freeze_after: int | None = None, device: str = "cpu"):
+    net = _net(0).to(device)
     opt = opt_factory(net)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=5) if schedule else None
     gen = torch.Generator().manual_seed(1)
     for t in range(steps):
-        x = torch.randn(32, 5, generator=gen)
+        x = torch.randn(32, 5, generator=gen).to(device)
         loss = net(x).pow(2).mean()
         params = list(net.parameters())
         if freeze_after is not None and t >= freeze_after:
@@ -50,6 +50,7 @@ def test_fused_adam_matches_torch_adam_bit_for_bit(kwargs, schedule):
     for p_ref, p_ours in zip(ref.parameters(), ours.parameters()):
         s_ref, s_ours = ref_opt.state[p_ref], ours_opt.state[p_ours]
         assert int(s_ref["step"]) == int(s_ours["step"]) == 7
+        assert torch.equal(s_ref["exp_avg"], s_ours["exp_avg"])
         assert torch.equal(s_ref["exp_avg_sq"], s_ours["exp_avg_sq"])
     # The unfused default would differ in the last bits somewhere: the comparison above is not vacuous.
     plain, _ = _run(lambda n: torch.optim.Adam(n.parameters(), lr=1e-2, foreach=False, **kwargs), schedule=schedule)
@@ -107,6 +108,10 @@ def test_adam_factory_picks_the_fused_optimizer_where_torch_has_the_kernel():
 def test_unsupported_options_are_refused_naming_them():
     with pytest.raises(ValueError, match="amsgrad=True; use torch.optim.Adam"):
         FusedAdam(_net(0).parameters(), lr=1e-3, amsgrad=True)
+    with pytest.raises(ValueError, match="maximize=True"):
+        FusedAdam([{"params": _net(0).parameters(), "maximize": True}], lr=1e-3)
+    with pytest.raises(ValueError, match="fused=False"):
+        FusedAdam(_net(0).parameters(), lr=1e-3, fused=False)
     opt = FusedAdam(_net(0).parameters(), lr=1e-3)
     opt.param_groups[0]["maximize"] = True
     with pytest.raises(ValueError, match="maximize"):
@@ -151,3 +156,18 @@ def test_state_of_an_unfused_adam_is_taken_over(former):
         results.append(torch.cat([p.detach().flatten() for p in twin.parameters()]))
     assert torch.equal(results[0], results[1])
     assert not torch.equal(results[1], torch.cat([p.detach().flatten() for p in net.parameters()]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fused_adam_on_cuda_matches_torch_and_takes_over_an_unfused_state():
+    ref, _ = _run(lambda n: torch.optim.Adam(n.parameters(), lr=1e-2, fused=True), device="cuda")
+    ours, _ = _run(lambda n: FusedAdam(n.parameters(), lr=1e-2), device="cuda")
+    for a, b in zip(ref.parameters(), ours.parameters()):
+        assert a.is_cuda and torch.equal(a, b)
+    net, opt = _run(lambda n: torch.optim.Adam(n.parameters(), lr=1e-2, foreach=False), steps=2, device="cuda")
+    taken = FusedAdam(net.parameters(), lr=1e-2)
+    taken.load_state_dict(copy.deepcopy(opt.state_dict()))
+    for p in net.parameters():
+        assert taken.state[p]["step"].device == p.device  # the fused CUDA kernel reads it there
+        p.grad = torch.ones_like(p)
+    taken.step()

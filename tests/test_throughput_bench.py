@@ -48,28 +48,43 @@ def test_plain_loops_train(name):
         assert "outer_loss" in logs[-1] and trainer.rho.grad is not None
 
 
-def test_hand_batched_td3bc_seed_is_the_single_seed_update():
-    """Seed 1 of the hand-batched loop (the batching ceiling's row) runs exactly the update a 1-seed instance
-    with seed 1's weights runs on seed 1's data: CORL's TD3+BC per seed, nothing shared between seeds."""
+def _copy_member(linears, params, member):
+    """Member ``member`` of a hand-batched network ``[w (m, in, out), b (m, 1, out), ...]`` into ``nn.Linear`` s."""
+    for lin, w, b in zip(linears, params[0::2], params[1::2]):
+        lin.weight.data.copy_(w.data[member].T)
+        lin.bias.data.copy_(b.data[member, 0])
+
+
+def test_hand_batched_td3bc_seed_is_corls_update(monkeypatch):
+    """Seed 1 of the hand-batched loop (the batching-ceiling rows) runs CORL's TD3+BC update: started from seed
+    1's weights, CORL's loop (``PlainTD3BC``) fed seed 1's batches ends at the same networks after 8 updates (four
+    actor steps, Polyak averaging included), while the other seeds' data never reaches seed 1."""
+    monkeypatch.setattr(torch, "randn_like", lambda x: torch.full_like(x, 0.7))  # the same smoothing noise in both
     torch.manual_seed(0)
-    n, b, obs_dim, act_dim = 3, 16, 5, 2
+    n, b, obs_dim, act_dim, k = 3, 16, 5, 2, 1
     many = throughput.PlainTD3BCBatched(n, obs_dim, act_dim, 1.0, "cpu")
-    one = throughput.PlainTD3BCBatched(1, obs_dim, act_dim, 1.0, "cpu")
-    for dst, src in ((one.actor, many.actor), (one.actor_target, many.actor_target)):
-        for d, s in zip(dst, src):
-            d.data.copy_(s.data[1:2])
-    for dst, src in ((one.critic, many.critic), (one.critic_target, many.critic_target)):
-        for d, s in zip(dst, src):
-            d.data.copy_(s.data[2:4])  # seed 1's two critics
-    for t in (many, one):
-        t.policy_noise = 0.0  # the noise is drawn per batch shape; the rest must agree exactly
+    corl = throughput.PlainTD3BC(obs_dim, act_dim, 1.0, "cpu")
+
+    def linears(m):
+        return [x for x in m.modules() if isinstance(x, torch.nn.Linear)]
+
+    _copy_member(linears(corl.actor), many.actor, k)
+    _copy_member(linears(corl.actor_target), many.actor_target, k)
+    for q, (net, target) in enumerate(((corl.critic_1, corl.critic_1_target), (corl.critic_2, corl.critic_2_target))):
+        _copy_member(linears(net), many.critic, 2 * k + q)  # seed-major: seed k's critics are members 2k, 2k+1
+        _copy_member(linears(target), many.critic_target, 2 * k + q)
+    before = many.actor[0].detach().clone()
     gen = torch.Generator().manual_seed(1)
-    for _ in range(6):  # three critic and three actor steps
+    for _ in range(8):
         batch = [torch.randn(n, b, d, generator=gen) for d in (obs_dim, act_dim, 1, obs_dim)]
         batch.append((torch.rand(n, b, 1, generator=gen) < 0.1).float())
         many.train(batch)
-        one.train([x[1:2] for x in batch])
-    for a, c in zip(many.actor + many.critic, one.actor + one.critic):
-        sel = a[1:2] if a.shape[0] == n else a[2:4]
-        torch.testing.assert_close(sel, c, rtol=1e-5, atol=1e-6)
-    assert not torch.allclose(many.actor[0][0], many.actor[0][1])  # the seeds differ
+        corl.train([x[k] for x in batch])
+    pairs = [(linears(corl.actor), many.actor, k), (linears(corl.actor_target), many.actor_target, k),
+             (linears(corl.critic_1), many.critic, 2 * k), (linears(corl.critic_2), many.critic, 2 * k + 1),
+             (linears(corl.critic_2_target), many.critic_target, 2 * k + 1)]
+    for lins, params, member in pairs:
+        for lin, w, bias in zip(lins, params[0::2], params[1::2]):
+            torch.testing.assert_close(w.data[member].T, lin.weight.data, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(bias.data[member, 0], lin.bias.data, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(before[k], many.actor[0][k])  # the networks moved: the comparison is not vacuous

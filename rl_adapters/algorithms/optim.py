@@ -36,8 +36,13 @@ class FusedAdam(torch.optim.Adam):
         for name in self._UNSUPPORTED:
             if kwargs.get(name):
                 raise ValueError(f"FusedAdam does not support {name}={kwargs[name]!r}; use torch.optim.Adam")
-        kwargs.pop("fused", None)
+        if kwargs.pop("fused", True) is False:
+            raise ValueError("FusedAdam is torch's fused Adam: fused=False is torch.optim.Adam")
         super().__init__(params, lr=lr, fused=True, **kwargs)
+        for group in self.param_groups:  # options given per parameter group are refused here too, not at step()
+            bad = [name for name in self._UNSUPPORTED if group.get(name)]
+            if bad:
+                raise ValueError(f"FusedAdam does not support {bad[0]}={group[bad[0]]!r}; use torch.optim.Adam")
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """``Adam.load_state_dict``; a state saved by an unfused ``torch.optim.Adam`` (the checkpoints of runs
