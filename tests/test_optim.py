@@ -84,16 +84,26 @@ def test_state_dict_round_trip_continues_identically():
         assert torch.equal(a, b)
 
 
-def test_step_hooks_still_run():
+def test_step_hooks_are_refused_not_ignored():
+    opt = FusedAdam(_net(0).parameters(), lr=1e-2)
+    for register in (opt.register_step_pre_hook, opt.register_step_post_hook):
+        with pytest.raises(NotImplementedError, match=r"use torch.optim.Adam\(fused=True\)"):
+            register(lambda *a: None)
+
+
+def test_a_scheduler_still_sees_the_steps_and_deepcopy_keeps_the_lean_step():
     net = _net(0)
     opt = FusedAdam(net.parameters(), lr=1e-2)
-    calls = []
-    opt.register_step_post_hook(lambda *a: calls.append(1))
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
     for p in net.parameters():
         p.grad = torch.ones_like(p)
-    opt.step()
-    opt.step()
-    assert calls == [1, 1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "lr_scheduler.step() before optimizer.step()" would raise here
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(5e-3)
+    twin = copy.deepcopy(opt)
+    assert twin.step.__self__ is twin  # bound to the copy, not to the original
 
 
 def test_adam_factory_picks_the_fused_optimizer_where_torch_has_the_kernel():
