@@ -25,8 +25,8 @@ machine moves both variants alike, so the ratio is the number to read.
 
 ``--write`` replaces the "throughput" section of docs/benchmarks.md. Besides the single-seed rows:
 :func:`seeds_rows` (N seeds of ours in one process, ``SeedStack``: seed-updates/s for N = 1, 4, 16),
-:func:`batched_plain_rows` (N TD3+BC seeds batched by hand in plain torch, :class:`PlainTD3BCBatched`: what
-stacking seeds can buy on this device at best) and :func:`compiled_rows` (``torch.compile``'d updates).
+:func:`batched_plain_rows` (N TD3+BC seeds batched by hand in plain torch, :class:`PlainTD3BCBatched`, against
+the same loop with one seed: what batching alone buys) and :func:`compiled_rows` (``torch.compile``'d updates).
 """
 
 from __future__ import annotations
