@@ -52,7 +52,7 @@ def test_fused_adam_matches_torch_adam_bit_for_bit(kwargs, schedule):
         assert int(s_ref["step"]) == int(s_ours["step"]) == 7
         assert torch.equal(s_ref["exp_avg"], s_ours["exp_avg"])
         assert torch.equal(s_ref["exp_avg_sq"], s_ours["exp_avg_sq"])
-    # The unfused default would differ in the last bits somewhere: the comparison above is not vacuous.
+    # And it is Adam's update, independently of the fused kernel: torch's unfused loop lands within 1e-5.
     plain, _ = _run(lambda n: torch.optim.Adam(n.parameters(), lr=1e-2, foreach=False, **kwargs), schedule=schedule)
     assert torch.allclose(torch.cat([p.flatten() for p in plain.parameters()]),
                           torch.cat([p.flatten() for p in ours.parameters()]), atol=1e-5)
