@@ -37,29 +37,30 @@ class FusedAdam(torch.optim.Adam):
 
     _UNSUPPORTED = ("amsgrad", "maximize", "capturable", "differentiable", "foreach", "decoupled_weight_decay")
 
+    _NO_HOOKS = "FusedAdam runs no step hooks (it skips torch's hook wrapper for speed); use torch.optim.Adam(fused=True)"
+
+    @classmethod
+    def _refuse_unsupported(cls, group: dict[str, Any], ignore: tuple[str, ...] = ()) -> None:
+        bad = [name for name in cls._UNSUPPORTED if name not in ignore and group.get(name)]
+        if bad:
+            raise ValueError(f"FusedAdam does not support {bad[0]}={group[bad[0]]!r}; use torch.optim.Adam")
+
     def __init__(self, params: Any, lr: float, **kwargs: Any) -> None:
-        for name in self._UNSUPPORTED:
-            if kwargs.get(name):
-                raise ValueError(f"FusedAdam does not support {name}={kwargs[name]!r}; use torch.optim.Adam")
         if kwargs.pop("fused", True) is False:
             raise ValueError("FusedAdam is torch's fused Adam: fused=False is torch.optim.Adam")
         super().__init__(params, lr=lr, fused=True, **kwargs)
-        for group in self.param_groups:  # options given per parameter group are refused here too, not at step()
-            bad = [name for name in self._UNSUPPORTED if group.get(name)]
-            if bad:
-                raise ValueError(f"FusedAdam does not support {bad[0]}={group[bad[0]]!r}; use torch.optim.Adam")
+        for group in self.param_groups:  # the keyword defaults and per-group options alike
+            self._refuse_unsupported(group)
         # torch wraps every Optimizer subclass's ``step`` in a profiling/hook wrapper at construction; the
         # instance attribute is looked up first, so ``opt.step()`` runs the lean step directly (learning-rate
         # schedulers wrap this attribute, as they wrap any optimizer's).
         self.step = self._lean_step  # type: ignore[method-assign]
 
     def register_step_pre_hook(self, hook: Any) -> Any:
-        raise NotImplementedError("FusedAdam runs no step hooks (it skips torch's hook wrapper for speed); "
-                                  "use torch.optim.Adam(fused=True) to register one")
+        raise RuntimeError(self._NO_HOOKS)  # refused, not silently never called
 
     def register_step_post_hook(self, hook: Any) -> Any:
-        raise NotImplementedError("FusedAdam runs no step hooks (it skips torch's hook wrapper for speed); "
-                                  "use torch.optim.Adam(fused=True) to register one")
+        raise RuntimeError(self._NO_HOOKS)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """``Adam.load_state_dict``; a state saved by an unfused ``torch.optim.Adam`` (the checkpoints of runs
@@ -68,9 +69,7 @@ class FusedAdam(torch.optim.Adam):
         are the same tensors either way)."""
         super().load_state_dict(state_dict)
         for group in self.param_groups:
-            bad = [name for name in self._UNSUPPORTED if name != "foreach" and group.get(name)]
-            if bad:
-                raise ValueError(f"FusedAdam: the loaded state has {bad}; load it into torch.optim.Adam")
+            self._refuse_unsupported(group, ignore=("foreach",))  # an unfused state's foreach is taken over below
             if group["fused"]:
                 continue
             group["fused"], group["foreach"] = True, None
@@ -92,9 +91,7 @@ class FusedAdam(torch.optim.Adam):
         if getattr(self, "grad_scale", None) is not None or getattr(self, "found_inf", None) is not None:
             raise RuntimeError("FusedAdam does not take a gradient scaler's grad_scale; use torch.optim.Adam")
         for group in self.param_groups:
-            bad = [name for name in self._UNSUPPORTED if group.get(name)]
-            if bad or not group["fused"]:
-                raise ValueError(f"FusedAdam: parameter group has {bad or 'fused=False'}; use torch.optim.Adam")
+            self._refuse_unsupported(group)  # a group edited after construction
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
