@@ -295,7 +295,7 @@ def run_grid(cells: Sequence[Cell], args: argparse.Namespace, tag: str) -> list[
     progress = Progress(tag, cells, out)
     todo = []
     for c in cells:
-        r = finished_result(out, c)
+        r = finished_result(Path(getattr(args, "store", None) or out), c)
         if r is None:
             todo.append(c)
             run_dir = out / "runs" / c.name

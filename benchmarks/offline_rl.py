@@ -60,12 +60,10 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-
-from benchmarks import grid
+from benchmarks import grid, store
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,6 +71,9 @@ DEFAULT_DATASETS = "suite/hopper/medium-v0,suite/halfcheetah/medium-replay-v0"
 
 # Grid cells that are one registered algorithm with fixed hyper-parameters: name -> (algo, --set items).
 VARIANTS: dict[str, tuple[str, list[str]]] = {
+    # Filtered BC ("%BC", Chen et al. 2021): BC on the best 10% / 25% of trajectories by return.
+    "bc-top10": ("bc", ["top_fraction=0.1"]),
+    "bc-top25": ("bc", ["top_fraction=0.25"]),
     "vaco-one_step": ("vaco", ["solver=one_step"]),
     "vaco-k_step": ("vaco", ["solver=k_step", "k=5", "mode=reverse"]),
     "vaco-implicit": ("vaco", ["solver=implicit"]),
@@ -87,7 +88,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
 
 # Mean milliseconds per update at one thread (2-core Xeon box, two-phase VACO averaged over its
 # phases): only used to start the longest cells first.
-COST_MS = {"vaco-k_step": 29.0, "vaco-implicit": 23.0, "vaco-one_step": 11.0, "iql": 10.8, "aspc": 9.5,
+COST_MS = {"bc-top10": 3.6, "bc-top25": 3.6, "vaco-k_step": 29.0, "vaco-implicit": 23.0, "vaco-one_step": 11.0, "iql": 10.8, "aspc": 9.5,
            "td3bc-rc": 9.5, "td3bc": 9.0, "bc": 3.6,
            "arq": 100.0}  # ARQ: ~11x TD3+BC per Q/policy update, plus ~20+ min of candidates per dataset
 
@@ -124,7 +125,7 @@ PRESETS: dict[str, dict[str, object]] = {
         "section": "offline_rl_full",
     },
     "equal": {
-        "algos": "bc,td3bc,iql,vaco,aspc,td3bc-rc",
+        "algos": "bc,bc-top10,bc-top25,td3bc,iql,vaco,aspc,td3bc-rc",
         "datasets": ",".join(f"suite/{env}/{kind}" for env in ("hopper", "halfcheetah")
                              for kind in ("medium-expert", "medium-replay-v0", "medium-v0")),
         "seeds": "0,1,2",
@@ -144,149 +145,6 @@ def expand_solvers(algos: list[str], solvers: list[str]) -> list[str]:
     for a in algos:
         out += [f"vaco-{s}" for s in solvers] if a == "vaco" else [a]
     return out
-
-
-def learning_curves(results: list[dict], algos: list[str], datasets: list[str], out_dir: Path, png: Path) -> None:
-    """Mean evaluation score over seeds against updates, one panel per dataset."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 3.6), squeeze=False)
-    for ax, ds in zip(axes[0], datasets):
-        for algo in algos:
-            curves = []
-            for r in results:
-                # Unfinished cells (--report-only) are drawn as far as they got.
-                if r.get("algo") != algo or r.get("dataset") != ds or (r.get("failed") and not r.get("in_progress")):
-                    continue
-                metrics = out_dir / "runs" / cell_name(algo, ds, int(r["seed"])) / "metrics.jsonl"
-                if not metrics.exists():
-                    continue
-                rows = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
-                # x = policy updates: a VACO cell's value-only phase is drawn before 0 and cut off.
-                off = int(r.get("value_steps", 0) or 0)
-                pts = {row["step"] - off: row["eval_normalized_score"] for row in rows
-                       if "eval_normalized_score" in row and row["step"] - off >= 0}
-                if pts:
-                    curves.append(pts)
-            if not curves:
-                continue
-            steps = sorted(set.intersection(*(set(c) for c in curves)))
-            mean = [float(np.mean([c[s] for c in curves])) for s in steps]
-            # One colour per algorithm across panels, so a panel with fewer finished cells reads the same.
-            ax.plot(steps, mean, marker="o", ms=3, color=f"C{algos.index(algo) % 10}",
-                    label=f"{algo} ({len(curves)} seeds)")
-        ax.set_title(ds.replace("suite/", ""), fontsize=10)
-        ax.set_xlabel("policy updates")
-        ax.set_ylabel("normalised score")
-        ax.grid(alpha=0.3)
-    for ax in axes[0]:
-        if ax.lines:
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-
-
-def _runs(results: list[dict], out_dir: Path, pred: Any) -> list[tuple[dict, Path]]:
-    return [(r, out_dir / "runs" / cell_name(r["algo"], r["dataset"], int(r["seed"])))
-            for r in results if (not r.get("failed") or r.get("in_progress")) and "seed" in r and pred(r)]
-
-
-def vaco_weight_scatter(results: list[dict], out_dir: Path, png: Path) -> bool:
-    """Trajectory mean meta-weight vs trajectory return for each VACO solver (seed 0 of each mixed
-    dataset the grid analysed), Pearson r in the panel titles. False when there is nothing to plot."""
-    cells = [(r, d) for r, d in _runs(results, out_dir, lambda r: str(r["algo"]).startswith("vaco")
-                                        and int(r["seed"]) == 0) if (d / "weights" / "weights.json").exists()]
-    if not cells:
-        return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(cells), figsize=(4 * len(cells), 3.4), squeeze=False)
-    for ax, (r, d) in zip(axes[0], cells):
-        w = json.loads((d / "weights" / "weights.json").read_text())
-        ax.scatter(w["episodes"]["mean_weight"], w["episodes"]["return"], s=6, alpha=0.6)
-        ax.set_title(f"{r['algo']} on {r['dataset'].replace('suite/', '')}\nPearson r = "
-                     f"{w['pearson_traj_weight_return']:.3f}", fontsize=9)
-        ax.set_xlabel("trajectory mean meta-weight")
-        ax.set_ylabel("trajectory return")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-    return True
-
-
-def vaco_weight_stats(results: list[dict], out_dir: Path, png: Path) -> bool:
-    """VACO's weight diagnostics over its bi-level phase, one line per (solver, dataset, seed): the batch mean
-    of the sigmoid before normalisation (falls toward 0 when the weights collapse) and the effective sample
-    fraction (falls toward 1/B when they sharpen)."""
-    curves = []
-    for r, d in _runs(results, out_dir, lambda r: str(r["algo"]).startswith("vaco")):
-        m = d / "metrics.jsonl"
-        if m.exists():
-            off = int(r.get("value_steps", 0) or 0)
-            rows = [json.loads(x) for x in m.read_text().splitlines() if x.strip()]
-            pts = [(row["step"] - off, row["w_raw_mean"], row["w_ess"]) for row in rows if "w_raw_mean" in row]
-            if pts:
-                curves.append((f"{r['algo']} {r['dataset'].replace('suite/', '')} s{r['seed']}", pts))
-    if not curves:
-        return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
-    for label, pts in curves:
-        axes[0].plot([x[0] for x in pts], [x[1] for x in pts], label=label)
-        axes[1].plot([x[0] for x in pts], [x[2] for x in pts], label=label)
-    axes[0].set_ylabel("raw sigmoid weight, batch mean")
-    axes[1].set_ylabel("effective sample fraction")
-    for ax in axes:
-        ax.set_xlabel("policy (bi-level) updates")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-    return True
-
-
-def aspc_alpha_curves(results: list[dict], out_dir: Path, png: Path) -> bool:
-    """ASPC's constraint scale alpha over training, mean over seeds, one line per dataset."""
-    by_ds: dict[str, list[list[tuple[int, float]]]] = {}
-    for r, d in _runs(results, out_dir, lambda r: r["algo"] == "aspc"):
-        m = d / "metrics.jsonl"
-        if m.exists():
-            rows = [json.loads(x) for x in m.read_text().splitlines() if x.strip()]
-            by_ds.setdefault(r["dataset"], []).append([(row["step"], row["alpha"]) for row in rows if "alpha" in row])
-    if not by_ds:
-        return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.4))
-    for ds, curves in by_ds.items():
-        steps = sorted(set.intersection(*({s for s, _ in c} for c in curves)))
-        mean = [float(np.mean([dict(c)[s] for c in curves])) for s in steps]
-        ax.plot(steps, mean, label=f"{ds.replace('suite/', '')} ({len(curves)} seeds)")
-    ax.set_xlabel("updates")
-    ax.set_ylabel("alpha = softplus(rho)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-    return True
 
 
 def host_description() -> str:
@@ -314,8 +172,22 @@ def hosts_line(results: list[dict], datasets: list[str]) -> str:
             + "; ".join(parts) + ".")
 
 
-def policy_budget(base_algo: str, args: argparse.Namespace) -> tuple[int, int]:
-    """``(total updates, value-only updates)`` of a cell: ``--steps`` policy updates for every algorithm;
+def inner_steps_per_update(base_algo: str, variant_sets: Sequence[str] = ()) -> int:
+    """Policy gradient steps one update of the cell takes: K for VACO K-step (it keeps theta_K), the implicit
+    solver's ``implicit_steps``, 1 otherwise. The equal-budget rule counts policy steps, so such a cell runs
+    ``--steps / K`` updates."""
+    if base_algo != "vaco":
+        return 1
+    from rl_adapters.algorithms import make_config
+    from rl_adapters.cli import _parse_literal
+
+    cfg = make_config("vaco", **{k: _parse_literal(v) for k, v in (kv.split("=", 1) for kv in variant_sets)})
+    return cfg.k if cfg.solver == "k_step" else cfg.implicit_steps if cfg.solver == "implicit" else 1
+
+
+def policy_budget(base_algo: str, args: argparse.Namespace, variant_sets: Sequence[str] = ()) -> tuple[int, int]:
+    """``(total updates, value-only updates)`` of a cell: ``--steps`` policy gradient steps for every algorithm
+    (``--steps / K`` updates for a solver taking K policy steps per update, see :func:`inner_steps_per_update`);
     a two-phase VACO cell adds ``--vaco-value-steps`` value-only updates in front when that is set, and
     otherwise splits ``--steps`` by its ``value_fraction`` (the older presets); an ARQ cell adds
     ``--arq-bm-steps`` behaviour-model updates in front."""
@@ -324,7 +196,7 @@ def policy_budget(base_algo: str, args: argparse.Namespace) -> tuple[int, int]:
         return args.steps + bm, bm
     extra = int(getattr(args, "vaco_value_steps", 0) or 0)
     if base_algo == "vaco" and extra > 0:
-        return args.steps + extra, extra
+        return args.steps // inner_steps_per_update(base_algo, variant_sets) + extra, extra
     return args.steps, 0
 
 
@@ -336,7 +208,7 @@ def make_cells(cells: list[tuple[str, str, int]], args: argparse.Namespace) -> l
     out = []
     for algo, dataset, seed in cells:
         base, sets = VARIANTS.get(algo, (algo, []))
-        out.append(grid.Cell(algo, dataset, seed, base, tuple(sets), policy_budget(base, args)[0]))
+        out.append(grid.Cell(algo, dataset, seed, base, tuple(sets), policy_budget(base, args, sets)[0]))
     return out
 
 
@@ -345,9 +217,9 @@ def group_seeds(cells: list[grid.Cell], args: argparse.Namespace) -> list[grid.C
     (``--seeds-per-process``); the others as they are."""
     from rl_adapters.training.seed_stack import stackable_algorithms
 
-    out, groups, rest = Path(args.out), {}, []
+    groups, rest = {}, []
     for c in cells:
-        finished = (out / f"{c.name}.json").exists()
+        finished = (result_dir(args) / f"{c.name}.json").exists()
         if c.base_algo in stackable_algorithms() and not finished:
             groups.setdefault((c.algo, c.dataset, c.base_algo, c.variant_sets), []).append(c)
         else:
@@ -367,16 +239,20 @@ def run_cell(algo: str, dataset: str, seed: int, args: argparse.Namespace,
     together in one process (``bilevel-rl train --seeds``, ``--seeds-per-process``); each still writes the
     result file of its own cell, and the return value is the first seed's result."""
     out = Path(args.out)
+    results_at = result_dir(args)
     seeds = group or [seed]
     names = [cell_name(algo, dataset, s) for s in seeds]
-    if all((out / f"{n}.json").exists() for n in names):
-        return json.loads((out / f"{names[0]}.json").read_text()) | {"skipped": True}
+    if all((results_at / f"{n}.json").exists() for n in names):
+        return json.loads((results_at / f"{names[0]}.json").read_text()) | {"skipped": True}
     name = grid.Cell(algo, dataset, seed, algo, group=tuple(group)).name if group else names[0]
     run_dir = out / "runs" / name
     log = out / "logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     base_algo, variant_sets = variant if variant is not None else VARIANTS.get(algo, (algo, []))
-    steps, value_steps = policy_budget(base_algo, args)
+    steps, value_steps = policy_budget(base_algo, args, variant_sets)
+    per_update = inner_steps_per_update(base_algo, variant_sets)
+    # Evaluations and checkpoints every --eval-every *policy* steps, whatever an update takes.
+    eval_every, ckpt_every = max(1, args.eval_every // per_update), max(1, args.checkpoint_every // per_update)
     if value_steps and base_algo == "vaco":
         variant_sets = variant_sets + [f"value_fraction={value_steps / steps!r}"]
     if base_algo == "arq":
@@ -402,11 +278,11 @@ def run_cell(algo: str, dataset: str, seed: int, args: argparse.Namespace,
             "--out",
             str(run_dir),
             "--eval-every",
-            str(args.eval_every),
+            str(eval_every),
             "--eval-episodes",
             str(args.eval_episodes),
             "--checkpoint-every",
-            str(args.checkpoint_every),
+            str(ckpt_every),
             "--log-every",
             str(args.log_every),
         ]
@@ -429,92 +305,147 @@ def run_cell(algo: str, dataset: str, seed: int, args: argparse.Namespace,
             rc = run_child(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     if rc != 0:
         return {"algo": algo, "dataset": dataset, "seed": seed, "failed": True, "error": f"exit {rc}; see {log}"}
-    results = [_write_result(algo, base_algo, d, out / f"{n}.json", value_steps, steps, seeds if group else None)
+    results = [_write_result(algo, base_algo, variant_sets, d, results_at / f"{n}.json", value_steps, steps,
+                             per_update, args, seeds if group else None)
                for d, n in zip(seed_dirs, names)]
     return results[0]
 
 
-def _write_result(algo: str, base_algo: str, run_dir: Path, result_path: Path, value_steps: int, steps: int,
+def _write_result(algo: str, base_algo: str, variant_sets: Sequence[str], run_dir: Path, result_path: Path,
+                  value_steps: int, steps: int, per_update: int, args: argparse.Namespace,
                   group: list[int] | None) -> dict:
-    """A finished run's summary with the grid's additions, written atomically to ``result_path``."""
+    """A finished run as a store record (benchmarks/store.py), written atomically to ``result_path``."""
     summary = json.loads((run_dir / "summary.json").read_text())
-    summary["algo"] = algo  # the variant name, so that the table keeps variants apart
-    summary["host"] = host_description()  # a grid may be spread over machines; updates/s is per host
-    summary["value_steps"] = value_steps
-    summary["policy_updates"] = steps - value_steps
+    rec = store.record_from_run(
+        run_dir, algo=algo, base_algo=base_algo, variant_sets=variant_sets, preset=getattr(args, "preset", None),
+        value_steps=value_steps, policy_steps=(steps - value_steps) * per_update, per_update=per_update,
+        eval_every=args.eval_every, eval_episodes=args.eval_episodes, host=host_description(), summary=summary)
     if group:
-        summary["seeds_in_process"] = group  # its updates_per_s counts updates of the whole group
-    if base_algo == "vaco":
-        from rl_adapters.vaco_analysis import analyze_weights
-
-        summary["weight_return_pearson"] = analyze_weights(run_dir)["pearson_traj_weight_return"]
-        rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
-        w = [(r["step"], r["w_raw_mean"], r["w_ess"]) for r in rows if "w_raw_mean" in r]
-        if w:
-            summary["weight_raw_mean_start_end"] = [w[0][1], w[-1][1]]
-            summary["weight_ess_end"] = w[-1][2]
-    if base_algo == "aspc":
-        rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
-        summary["final_alpha"] = [r["alpha"] for r in rows if "alpha" in r][-1]
-    tmp = result_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, result_path)
-    return summary
+        rec["seeds_in_process"] = group  # its updates_per_s counts updates of the whole group
+    store.write(result_path, rec)
+    return rec
 
 
-def cell_state(algo: str, dataset: str, seed: int, args: argparse.Namespace) -> dict:
-    """A cell's result without running it: the finished result, or how far an unfinished run got
-    (``in_progress`` updates, from its metrics), so that a report can be written while a grid is incomplete."""
-    out = Path(args.out)
-    name = cell_name(algo, dataset, seed)
-    if (out / f"{name}.json").exists():
-        return json.loads((out / f"{name}.json").read_text()) | {"skipped": True}
-    steps, value_steps = policy_budget(VARIANTS.get(algo, (algo, []))[0], args)
-    metrics = out / "runs" / name / "metrics.jsonl"
-    done = 0
-    if metrics.exists():
-        rows = [ln for ln in metrics.read_text().splitlines() if ln.strip()]
-        done = json.loads(rows[-1])["step"] if rows else 0
-    return {"algo": algo, "dataset": dataset, "seed": seed, "failed": True, "in_progress": done,
-            "total_steps": steps, "value_steps": value_steps}
+def result_dir(args: argparse.Namespace) -> Path:
+    """Where finished cells' records are: the committed store of a preset (``--store``), else ``--out``."""
+    return Path(getattr(args, "store", None) or args.out)
 
 
-def table(results: list[dict], algos: list[str], datasets: list[str]) -> str:
-    lines = [
-        ("| dataset | algorithm | normalised score (mean ± std) | final return | seeds | updates/s | wall time (s) | "
-         "VACO weight/return Pearson, ESS, raw weight mean start → end; ASPC final alpha |"),
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for ds in datasets:
-        for algo in algos:
-            rows = [
-                r for r in results if r.get("algo") == algo and r.get("dataset") == ds and not r.get("failed")
-            ]
-            if not rows:
-                partial = [r for r in results if r.get("algo") == algo and r.get("dataset") == ds and r.get("in_progress")]
-                state = ("unfinished: " + ", ".join(f"seed {r['seed']} at {r['in_progress']}/{r['total_steps']} updates"
-                                                     for r in partial)) if partial else "not started"
-                lines.append(f"| {ds} | {algo} | ({state}) | | 0 | | | |")
-                continue
-            scores = np.array([r["final_normalized_score"] for r in rows], dtype=float)
-            rets = np.array([r["final_return"] for r in rows], dtype=float)
-            ups = np.mean([r["updates_per_s"] for r in rows])
-            wall = np.mean([r["wall_time_s"] for r in rows])
-            parts = []
-            for key, fmt in (("weight_return_pearson", "r = {:.2f} ± {:.2f}"), ("final_alpha", "alpha = {:.3f} ± {:.3f}"),
-                             ("weight_ess_end", "ESS {:.2f} ± {:.2f}")):
-                vals = [r[key] for r in rows if r.get(key) is not None]
-                if vals:
-                    parts.append(fmt.format(np.mean(vals), np.std(vals)))
-            w = [r["weight_raw_mean_start_end"] for r in rows if r.get("weight_raw_mean_start_end")]
-            if w:
-                parts.append(f"w {np.mean([x[0] for x in w]):.2f} → {np.mean([x[1] for x in w]):.2f}")
-            extra = "; ".join(parts)
-            lines.append(
-                f"| {ds} | {algo} | {scores.mean():.1f} ± {scores.std():.1f} | {rets.mean():.0f} | "
-                f"{len(rows)} | {ups:.0f} | {wall:.0f} | {extra} |"
-            )
-    return "\n".join(lines)
+#: The order ``--next`` runs the equal preset in: first the cells of the VACO comparison (issue "VACO that
+#: reweights": BC, %BC-10, %BC-25 and VACO's three solvers on the medium-expert and medium-replay sets), seed
+#: by seed so that every method gets a first seed early; then the rest of the preset; ARQ last.
+ORDER_TIERS: dict[str, list[tuple[list[str], list[str]]]] = {
+    "equal": [
+        (["bc", "bc-top10", "bc-top25", "vaco-one_step", "vaco-k_step", "vaco-implicit"],
+         [f"suite/{e}/{k}" for k in ("medium-expert", "medium-replay-v0") for e in ("hopper", "halfcheetah")]),
+        (["bc", "bc-top10", "bc-top25", "td3bc", "iql", "aspc", "td3bc-rc", "vaco-one_step", "vaco-k_step",
+          "vaco-implicit"],
+         [f"suite/{e}/{k}" for k in ("medium-expert", "medium-replay-v0", "medium-v0") for e in ("hopper", "halfcheetah")]),
+        (["arq"], [f"suite/{e}/{k}" for k in ("medium-v0", "medium-replay-v0", "medium-expert") for e in ("hopper", "halfcheetah")]),
+    ],
+}
+
+
+def ordered(cells: list[grid.Cell], preset: str | None) -> list[grid.Cell]:
+    """``cells`` in the preset's priority order (:data:`ORDER_TIERS`): tier, then seed, then dataset, then
+    algorithm; cells of no tier come last, longest first."""
+    tiers = ORDER_TIERS.get(preset or "", [])
+
+    def key(c: grid.Cell) -> tuple:
+        for t, (algos, datasets) in enumerate(tiers):
+            if c.algo in algos and c.dataset in datasets:
+                return (t, c.seed, datasets.index(c.dataset), algos.index(c.algo))
+        return (len(tiers), -COST_MS.get(c.algo, max(COST_MS.values())), c.seed, c.dataset, c.algo)
+
+    return sorted(cells, key=key)
+
+
+def cell_status(c: grid.Cell, args: argparse.Namespace) -> tuple[str, str]:
+    """``("done" | "stale" | "todo", detail)`` of a cell against the store: stale when its record was made
+    with other settings or hyper-parameters than the code would use now."""
+    path = result_dir(args) / f"{c.name}.json"
+    if not path.exists():
+        return "todo", ""
+    rec = json.loads(path.read_text())
+    steps, value_steps = policy_budget(c.base_algo, args, c.variant_sets)
+    per = inner_steps_per_update(c.base_algo, c.variant_sets)
+    run = {"policy_steps": (steps - value_steps) * per, "value_steps": value_steps, "eval_every": args.eval_every,
+           "eval_episodes": args.eval_episodes}
+    sets = list(c.variant_sets) + list(args.set) + [f"bm_steps={value_steps}"] * (c.base_algo == "arq")
+    why = store.stale_reason(rec, c.base_algo, sets, run)
+    return ("stale", why) if why else ("done", f"score {rec.get('score_last3')}")
+
+
+def retire_stale(c: grid.Cell, args: argparse.Namespace) -> None:
+    """Move a stale cell's record to ``stale/`` in the store and its run folder aside: kept, not overwritten."""
+    res = result_dir(args) / f"{c.name}.json"
+    k = 0
+    while (res.parent / "stale" / f"{c.name}.{k}.json").exists():
+        k += 1
+    (res.parent / "stale").mkdir(exist_ok=True)
+    os.replace(res, res.parent / "stale" / f"{c.name}.{k}.json")
+    run = Path(args.out) / "runs" / c.name
+    if run.exists():
+        os.replace(run, run.with_name(f"{c.name}.stale{k}"))
+
+
+def render(args: argparse.Namespace, algos: list[str], datasets: list[str]) -> str:
+    """The report section from the stored records alone (no run folder, date or revision)."""
+    from benchmarks import grid_report
+    from benchmarks._report import REPORT
+
+    recs = store.load(result_dir(args))
+    cells = make_cells([(a, d, s) for d in datasets for a in algos for s in parse_seeds(args.seeds)], args)
+    current, stale = [], []
+    for c in cells:
+        st, why = cell_status(c, args)
+        if st == "done":
+            current.append(recs[c.name])
+        elif st == "stale":
+            stale.append(f"{c.name} ({why})")
+    body = grid_report.table(current, algos, datasets)
+    img = REPORT.parent / "img"
+    figs = ""
+    for kind, ok, caption in (
+        ("curves", lambda p: grid_report.learning_curves(current, algos, datasets, p), "learning curves"),
+        ("vaco_weights", lambda p: grid_report.vaco_weights(current, p), "VACO trajectory weight vs return"),
+        ("vaco_weight_stats", lambda p: grid_report.train_curve_panel(
+            current, [("w_ess", "batch ESS fraction"), ("w_raw_mean", "raw sigmoid weight, batch mean"),
+                      ("hypergrad_rms_over_eps", "hypergradient RMS / Adam eps")], "vaco", p), "VACO weight statistics"),
+        ("aspc_alpha", lambda p: grid_report.train_curve_panel(current, [("alpha", "alpha")], "aspc", p),
+         "ASPC alpha over training"),
+    ):
+        png = img / f"{args.section}_{kind}.png"
+        if ok(png):
+            figs += f"\n![{caption}](img/{png.name})\n"
+    revs = sorted({r.get("git_revision", "?") for r in current})
+    title = {"offline_rl": "Offline RL baselines"}.get(args.section, f"Offline RL grid ({args.preset or 'custom'} preset)")
+    notes_file = ROOT / "benchmarks" / "notes" / f"{args.section}.md"
+    store_rel = os.path.relpath(result_dir(args), ROOT)
+    return (
+        f"## {title}\n\n"
+        f"Rendered from the committed cell records in `{store_rel}/` alone "
+        f"(`python -m benchmarks.offline_rl{' --preset ' + args.preset if args.preset else ''} --report-only`); "
+        f"{len(current)} of {len(cells)} cells finished"
+        + (f", {len(stale)} stale (recorded with other settings; `--next` reruns them)" if stale else "")
+        + f". Cells ran at git {', '.join(revs) if revs else '-'}; each record names its machine.\n\n"
+        f"**Budget:** {args.steps} policy gradient steps per cell (equal budget = equal policy steps: VACO K-step "
+        "runs steps/K outer updates of K policy steps each); TD3+BC, TD3+BC-rc and ASPC update the actor every "
+        "second iteration, so their actor takes half as many steps"
+        + (f"; VACO cells first train {args.vaco_value_steps} IQL value-only updates (not policy steps)"
+           if args.vaco_value_steps else "")
+        + f". Batch 256. **Score:** the mean of a seed's last three evaluations ({args.eval_episodes} episodes "
+        f"each, every {args.eval_every} policy steps), then mean ± sample std (ddof 1) over seeds; n=1 shows no ±. "
+        "Normalised score = 100 (R - ref_min) / (ref_max - ref_min).\n"
+        + (f"\n{hosts_line(current, datasets)}\n" if hosts_line(current, datasets) else "")
+        + f"\n{body}\n"
+        + figs
+        + (f"\n{notes_file.read_text()}" if notes_file.exists() else "")
+    )
+
+
+def parse_seeds(text: str) -> list[int]:
+    return [int(s) for s in str(text).split(",")]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -548,11 +479,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="hyper-parameter for every cell"
     )
-    p.add_argument("--out", default="results/offline_rl")
-    p.add_argument("--report", action="store_true", help="write the table into docs/benchmarks.md")
+    p.add_argument("--out", default="results/offline_rl",
+                   help="run folders, checkpoints and logs (not committed)")
+    p.add_argument("--store", default=None,
+                   help="folder of the finished cells' records (default with --preset: the committed "
+                        "benchmarks/results/<preset>; without: --out)")
+    p.add_argument("--next", type=int, default=None, metavar="N",
+                   help="run only the next N unfinished (or stale) cells of the selection, in the preset's "
+                        "priority order (benchmarks/offline_rl.py ORDER_TIERS)")
+    p.add_argument("--plan", action="store_true",
+                   help="print every selected cell in priority order with its state (done / stale / todo) and exit")
+    p.add_argument("--report", action="store_true", help="write the section into docs/benchmarks.md")
     p.add_argument("--report-only", action="store_true",
-                   help="write the report from the cells already in --out without running any (unfinished cells "
-                        "are listed with how far they got; their curves are drawn as far as they go)")
+                   help="run nothing: render the section from the stored records alone (with --report: into "
+                        "docs/benchmarks.md)")
     p.add_argument("--note", default="", help="extra line for the report (e.g. 'smoke run')")
     p.add_argument("--section", default="offline_rl", help="docs/benchmarks.md section this grid writes")
     grid.add_arguments(p)
@@ -561,10 +501,10 @@ def main(argv: list[str] | None = None) -> int:
     pre = p.parse_known_args(argv)[0].preset
     if pre is not None:
         # Preset values become defaults, so any flag given explicitly still wins.
-        p.set_defaults(**PRESETS[pre], out=f"results/offline_rl_{pre}")
+        p.set_defaults(**PRESETS[pre], out=f"results/offline_rl_{pre}", store=str(store.STORE / pre))
     args = p.parse_args(argv)
     for flag, val in (("--steps", args.steps), ("--workers", args.workers), ("--log-every", args.log_every),
-                      ("--threads", args.threads)):
+                      ("--threads", args.threads), ("--next", args.next)):
         if val is not None and val < 1:
             p.error(f"{flag} must be >= 1, got {val}")
     grid.check_arguments(p, args)
@@ -572,73 +512,50 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--vaco-value-steps must be >= 0, got {args.vaco_value_steps}")
     os.environ.setdefault("MINARI_DATASETS_PATH", str(ROOT.parent / "shared" / "datasets"))
     algos = expand_solvers(args.algos.split(","), args.solvers.split(","))
+    unknown = [a for a in algos if VARIANTS.get(a, (a, []))[0] not in _registered()]
+    if unknown:
+        p.error(f"--algos: unknown {', '.join(unknown)}; choose from {', '.join(sorted(set(_registered()) | set(VARIANTS)))}")
     datasets = args.datasets.split(",")
-    seeds = [int(s) for s in args.seeds.split(",")]
-    cells = make_cells([(a, d, s) for d in datasets for a in algos for s in seeds], args)
-    # Longest cells first so the pool's tail is short (unknown variants count as the slowest).
-    cells.sort(key=lambda c: -COST_MS.get(c.algo, max(COST_MS.values())))
+    cells = ordered(make_cells([(a, d, s) for d in datasets for a in algos for s in parse_seeds(args.seeds)], args),
+                    args.preset)
+    if args.plan:
+        for c in cells:
+            st, why = cell_status(c, args)
+            print(f"{st:5s} {c.name}" + (f"  [{why}]" if why else ""))
+        counts = {k: sum(cell_status(c, args)[0] == k for c in cells) for k in ("done", "stale", "todo")}
+        print(f"[offline_rl] {len(cells)} cells: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+        return 0
     t0 = time.perf_counter()
-    if args.report_only:
-        results = [cell_state(c.algo, c.dataset, c.seed, args) for c in cells]
-    elif args.seeds_per_process:
-        grid.run_grid(group_seeds(cells, args), args, "offline_rl")
-        results = [cell_state(c.algo, c.dataset, c.seed, args) for c in cells]
-    else:
-        results = grid.run_grid(cells, args, "offline_rl")
+    if not args.report_only:
+        todo = cells
+        if args.next is not None:
+            todo = [c for c in cells if cell_status(c, args)[0] != "done"][: args.next]
+            print(f"[offline_rl] next {len(todo)} cells: {', '.join(c.name for c in todo) or 'none left'}", flush=True)
+        for c in todo:
+            if cell_status(c, args)[0] == "stale":
+                retire_stale(c, args)
+        if todo:
+            grid.run_grid(group_seeds(todo, args) if args.seeds_per_process else todo, args, "offline_rl")
     wall = time.perf_counter() - t0
-    body = table(results, algos, datasets)
-    (Path(args.out) / "table.md").write_text(body + "\n")
-    print(body)
-    print(f"[offline_rl] grid wall time {wall:.0f}s, {len(cells)} cells, {args.workers} workers"
-          + (" (Ray)" if args.ray else ""))
-    png = Path(args.out) / "learning_curves.png"
-    learning_curves(results, algos, datasets, Path(args.out), png)
+    section = render(args, algos, datasets)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "report.md").write_text(section)
+    print(section.split("\n\n| dataset")[1].split("\n\n")[0] if "| dataset" in section else section)
+    if not args.report_only:
+        print(f"[offline_rl] wall time {wall:.0f}s")
     if args.report:
-        import shutil
+        from benchmarks._report import write_section
 
-        from benchmarks._report import REPORT, command_line, git_revision, machine_description, write_section
-
-        img = REPORT.parent / "img" / f"{args.section}_curves.png"
-        reused = sum(bool(r.get("skipped")) for r in results)
-        extra = ""
-        for kind, fn, caption in (("vaco_weights", vaco_weight_scatter, "VACO meta-weights vs return"),
-                                  ("vaco_weight_stats", vaco_weight_stats, "VACO weight statistics over training"),
-                                  ("aspc_alpha", aspc_alpha_curves, "ASPC alpha over training")):
-            extra_png = REPORT.parent / "img" / f"{args.section}_{kind}.png"
-            if fn(results, Path(args.out), extra_png):
-                extra += f"\n![{caption}](img/{extra_png.name})\n"
-        # Hand-written findings about a grid (e.g. an investigation of a surprising cell) live beside the
-        # script, so that regenerating the section keeps them.
-        notes_file = ROOT / "benchmarks" / "notes" / f"{args.section}.md"
-        img.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(png, img)
-        title = {"offline_rl": "Offline RL baselines"}.get(
-            args.section, f"Offline RL grid ({args.preset or 'custom'} preset)")
-        section = (
-            f"## {title}\n\n"
-            f"Command: `MINARI_DATASETS_PATH=../shared/datasets {command_line()}`\n\n"
-            + (f"Rendered with --report-only from the cells in `{args.out}` (git {git_revision()}); the cells ran "
-               f"in earlier invocations, one torch thread each (see the notes below for where).\n\n"
-               if args.report_only else
-               f"Machine: {machine_description(args.device)}; {args.workers} "
-               + ("Ray tasks at once" if args.ray else "worker processes") + ", one torch "
-               f"thread each; git {git_revision()}. Grid wall time {wall:.0f}s"
-               + (f" ({reused} of {len(results)} cells reused from an earlier invocation)" if reused else "")
-               + ".\n\n")
-            + (f"{args.steps} policy updates per cell; VACO cells train {args.vaco_value_steps} IQL value-only "
-               f"updates first (not counted as policy updates, drawn before 0 in the curves). "
-               if args.vaco_value_steps else f"{args.steps} updates, ")
-            + f"batch 256, final evaluation {args.eval_episodes} episodes per seed "
-            f"(normalised score = 100 (R - ref_min) / (ref_max - ref_min) from the dataset metadata).\n"
-            + (f"\n{args.note}\n" if args.note else "")
-            + (f"\n{hosts_line(results, datasets)}\n" if hosts_line(results, datasets) else "")
-            + f"\n{body}\n\n![learning curves](img/{img.name})\n"
-            + extra
-            + (f"\n{notes_file.read_text()}" if notes_file.exists() else "")
-        )
         write_section(args.section, section)
-    return 0 if args.report_only or all(not r.get("failed") for r in results) else 1
+    failed = [c.name for c in cells if not args.report_only and cell_status(c, args)[0] != "done"
+              and (args.next is None or c in todo)]
+    return 1 if failed else 0
 
+
+def _registered() -> list[str]:
+    from rl_adapters.algorithms import ALGORITHMS
+
+    return list(ALGORITHMS)
 
 if __name__ == "__main__":
     sys.exit(main())

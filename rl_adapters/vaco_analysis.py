@@ -165,7 +165,8 @@ def analyze_weights(
     Either ``run_dir`` (a VACO run of ``bilevel-rl train``; ``dataset`` optionally overrides its data) or
     ``algo`` and ``data`` (in memory). ``out_dir`` defaults to ``run_dir/weights``; with neither ``run_dir``
     nor ``out_dir`` nothing is written. Keys of the result: ``pearson_traj_weight_return``,
-    ``pearson_weight_q``, ``weight`` (mean/std/quantiles over transitions), ``return_thirds`` (mean
+    ``pearson_weight_q``, ``top10_weight_lift`` (mean weight in the top-10%-return trajectories over the mean
+    weight; ``top10_transition_share`` is their share of transitions), ``ess_fraction`` (over the dataset), ``weight`` (mean/std/quantiles over transitions), ``return_thirds`` (mean
     trajectory weight of the bottom/middle/top third of the return range), ``episodes`` (per trajectory
     return, length and mean weight).
     """
@@ -201,6 +202,15 @@ def analyze_weights(
             "mean_weight": float(ep_w[m].mean()) if m.any() else None,
             "return_range": [a, min(b, hi)],
         }
+    # Lift: the mean weight of transitions in the best 10% of trajectories (the same selection as %BC-10,
+    # OfflineData.top_trajectories) over the mean weight of all transitions; 1.0 is no preference and
+    # 1 / top10_transition_share is %BC-10's own (all weight on those trajectories).
+    top_rows = data.top_trajectories(0.1).episode_ids.cpu().long()
+    top_mask = torch.zeros(n_ep, dtype=torch.bool)
+    top_mask[top_rows.unique()] = True
+    in_top = top_mask[ep_ids].numpy()
+    lift = float(w_np[in_top].mean() / w_np.mean()) if w_np.mean() > 0 else None
+    ess = float(w_np.sum() ** 2 / (len(w_np) * (w_np**2).sum())) if (w_np**2).sum() > 0 else None
     quant = np.quantile(w_np, [0.01, 0.1, 0.5, 0.9, 0.99])
     result: dict[str, Any] = {
         "dataset": data.name,
@@ -213,6 +223,9 @@ def analyze_weights(
             "std": float(w_np.std()),
             **{f"q{p:02d}": float(v) for p, v in zip((1, 10, 50, 90, 99), quant)},
         },
+        "top10_weight_lift": lift,
+        "top10_transition_share": float(in_top.mean()),
+        "ess_fraction": ess,
         "weight_norm": algo.config.weight_norm,
         "return_thirds": thirds,
         "episodes": {

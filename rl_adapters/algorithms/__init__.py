@@ -74,6 +74,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "expectile": (0, 1, True, True),
     "ema_decay": (0, 1, False, True),
     "value_fraction": (0, 1, False, True),
+    "top_fraction": (0, 1, True, False),
     "outer_lr_final_fraction": (0, 1, True, False),
     "policy_noise": _NON_NEGATIVE,
     "noise_clip": _NON_NEGATIVE,

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data import Batch, DatasetStats
+from ..data import Batch, DatasetStats, OfflineData
 from .optim import adam
 
 __all__ = ["Algorithm", "BaseConfig", "adam"]
@@ -101,6 +101,11 @@ class Algorithm(abc.ABC):
     @abc.abstractmethod
     def update(self, batch: Batch) -> dict[str, float]:
         """One gradient step on ``batch``; returns scalar diagnostics (losses) as floats."""
+
+    def training_data(self, data: OfflineData) -> OfflineData:
+        """The transitions the trainer samples batches from (default: all of ``data``; filtered BC keeps the
+        best trajectories).  Evaluation and the algorithm's statistics still use the whole ``data``."""
+        return data
 
     def policy(self, obs: torch.Tensor) -> torch.Tensor:
         """Deterministic action for *normalised* observations (default: ``self.modules['actor']``)."""

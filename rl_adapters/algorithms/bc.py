@@ -1,4 +1,9 @@
-"""Behaviour cloning: minimise ``E_(s,a)~D ||pi(s) - a||^2`` with a deterministic tanh actor."""
+"""Behaviour cloning: minimise ``E_(s,a)~D ||pi(s) - a||^2`` with a deterministic tanh actor.
+
+With ``top_fraction < 1`` it is filtered BC ("%BC", Chen et al. 2021, Decision Transformer, section 5.3):
+the same loss on the transitions of the best ``top_fraction`` of trajectories by return only, the ceiling
+a learned reweighting of the data (VACO) should approach on mixed-quality data.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +11,17 @@ import dataclasses
 
 import torch
 
-from ..data import Batch
+from ..data import Batch, OfflineData
 from ..networks import DeterministicActor
 from .base import Algorithm, BaseConfig, adam
 
 
 @dataclasses.dataclass
 class BCConfig(BaseConfig):
-    actor_lr: float = 3e-4
+    actor_lr: float = 3e-4  # Adam learning rate of the actor
+    # Share of trajectories, best return first, that BC trains on: 1.0 is plain BC, 0.1 is %BC-10
+    # (the whole dataset still sets the observation normalisation).
+    top_fraction: float = 1.0
 
 
 class BC(Algorithm):
@@ -36,6 +44,9 @@ class BC(Algorithm):
     def build_optimizers(self) -> None:
         self.actor_opt = adam(self.actor.parameters(), lr=self.config.actor_lr)
         self.optimizers = {"actor": self.actor_opt}
+
+    def training_data(self, data: OfflineData) -> OfflineData:
+        return data.top_trajectories(self.config.top_fraction)
 
     def update(self, batch: Batch) -> dict[str, float]:
         out = self.optimize("actor", self.actor_loss, batch)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -236,6 +237,40 @@ class OfflineData:
             returns=take(self.returns),
             indices=idx,
         )
+
+    def top_trajectories(self, fraction: float) -> OfflineData:
+        """The transitions of the ``ceil(fraction * num_episodes)`` episodes with the highest return (the
+        "%BC" selection of Chen et al. 2021, by trajectory; ties broken by episode index).
+
+        Normalisation statistics, episode ids and ``episode_returns`` stay those of the whole dataset, so a
+        batch drawn from the subset is normalised exactly as the algorithm (built on the whole data) expects.
+        """
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+        if fraction == 1.0:
+            return self
+        n_keep = max(1, math.ceil(fraction * self.num_episodes - 1e-9))
+        # Stable sort on -return: equal returns keep episode order, so the selection is deterministic.
+        order = torch.sort(-self.episode_returns.double().cpu(), stable=True).indices
+        keep_ep = torch.zeros(self.num_episodes, dtype=torch.bool)
+        keep_ep[order[:n_keep]] = True
+        rows = keep_ep.to(self.episode_ids.device)[self.episode_ids].nonzero().squeeze(1)
+        sub = OfflineData(
+            name=f"{self.name}[top {fraction:g} of episodes]",
+            action_low=self.action_low,
+            action_high=self.action_high,
+            env_spec=self.env_spec,
+            eval_env_spec=self.eval_env_spec,
+            ref_min_score=self.ref_min_score,
+            ref_max_score=self.ref_max_score,
+            source_ids=list(self.source_ids),
+            load_time_s=self.load_time_s,
+            episode_returns=self.episode_returns,
+            **{k: getattr(self, k)[rows] for k in ("observations", "actions", "rewards", "next_observations",
+                                                   "dones", "truncations", "episode_ids", "returns")},
+        )
+        sub.obs_mean, sub.obs_std = self.obs_mean, self.obs_std
+        return sub
 
     def to(self, device: str | torch.device) -> OfflineData:
         device = torch.device(device)

@@ -349,6 +349,7 @@ def _loop(
     if hasattr(algo, "attach_data"):  # algorithms that precompute over the whole dataset (ARQ's candidates)
         algo.attach_data(data, out, progress=cfg.progress)
 
+    train_data = algo.training_data(data)
     bar = _progress_bar(cfg, start, f"{cfg.algo} {cfg.dataset}")
     session_start = time.perf_counter()
     step = start
@@ -356,7 +357,7 @@ def _loop(
     try:
         for step in range(start + 1, cfg.steps + 1):
             t0 = time.perf_counter()
-            info = algo.update(data.sample(batch_size, sampler))
+            info = algo.update(train_data.sample(batch_size, sampler))
             row = record.add(step, info, time.perf_counter() - t0)
             if row is not None:
                 bar.set_postfix(_postfix(row, record.last_eval), refresh=False)
@@ -423,6 +424,7 @@ def _loop_seeds(
     records = [_RunRecord(_seed_config(cfg, s), out / f"seed{s}", saved[k] if saved else None, data, together)
                for k, s in enumerate(seeds)]
 
+    train_data = stack.algo.training_data(data)
     bar = _progress_bar(cfg, start, f"{cfg.algo} {cfg.dataset} x{len(seeds)} seeds")
     session_start = time.perf_counter()
     step = start
@@ -436,7 +438,7 @@ def _loop_seeds(
     try:
         for step in range(start + 1, cfg.steps + 1):
             t0 = time.perf_counter()
-            infos = stack.update(data.sample_many(batch_size, samplers))
+            infos = stack.update(train_data.sample_many(batch_size, samplers))
             seconds = time.perf_counter() - t0
             rows = [record.add(step, info, seconds) for record, info in zip(records, infos)]
             if rows[0] is not None:
