@@ -389,10 +389,10 @@ def retire_stale(c: grid.Cell, args: argparse.Namespace) -> None:
         os.replace(run, run.with_name(f"{c.name}.stale{k}"))
 
 
-def render(args: argparse.Namespace, algos: list[str], datasets: list[str]) -> str:
-    """The report section from the stored records alone (no run folder, date or revision)."""
+def render(args: argparse.Namespace, algos: list[str], datasets: list[str], img: Path) -> str:
+    """The report section from the stored records alone (no run folder, date or revision); figures go to
+    ``img`` and are linked as ``img/<name>``."""
     from benchmarks import grid_report
-    from benchmarks._report import REPORT
 
     recs = store.load(result_dir(args))
     cells = make_cells([(a, d, s) for d in datasets for a in algos for s in parse_seeds(args.seeds)], args)
@@ -404,7 +404,6 @@ def render(args: argparse.Namespace, algos: list[str], datasets: list[str]) -> s
         elif st == "stale":
             stale.append(f"{c.name} ({why})")
     body = grid_report.table(current, algos, datasets)
-    img = REPORT.parent / "img"
     figs = ""
     for kind, ok, caption in (
         ("curves", lambda p: grid_report.learning_curves(current, algos, datasets, p), "learning curves"),
@@ -537,7 +536,9 @@ def main(argv: list[str] | None = None) -> int:
         if todo:
             grid.run_grid(group_seeds(todo, args) if args.seeds_per_process else todo, args, "offline_rl")
     wall = time.perf_counter() - t0
-    section = render(args, algos, datasets)
+    from benchmarks._report import REPORT
+
+    section = render(args, algos, datasets, REPORT.parent / "img" if args.report else Path(args.out) / "img")
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "report.md").write_text(section)
     print(section.split("\n\n| dataset")[1].split("\n\n")[0] if "| dataset" in section else section)

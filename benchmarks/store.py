@@ -92,6 +92,7 @@ def record_from_run(run_dir: Path, *, algo: str, base_algo: str, variant_sets: S
         "dataset": summary["dataset"],
         "seed": int(summary["seed"]),
         "policy_steps": int(policy_steps),
+        "steps": summary.get("steps"),  # updates trained (value-only ones included)
         "value_steps": int(value_steps),
         "policy_steps_per_update": int(per_update),
         "eval_every": int(eval_every),
