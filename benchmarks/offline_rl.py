@@ -287,6 +287,9 @@ def run_cell(algo: str, dataset: str, seed: int, args: argparse.Namespace,
             str(args.log_every),
         ]
         cmd += [f"--set={kv}" for kv in variant_sets + args.set]
+        if base_algo == "vaco" and value_steps:
+            # The value phase is the same for every VACO solver at a dataset, seed and budget: train it once.
+            cmd += ["--value-cache", str(out / "value_cache")]
     env = dict(
         os.environ,
         OMP_NUM_THREADS=str(threads),

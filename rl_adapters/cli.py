@@ -120,6 +120,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> set[str]:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the losses of each update (opt-in: minutes of compilation first; "
                         "docs/benchmarks.md measures what it buys)")
+    p.add_argument("--value-cache", metavar="DIR", default=None,
+                   help="reuse the value-only first phase (VACO two_phase) of an earlier run with the same settings "
+                        "from DIR, or save this run's there (bit-identical result; saves that phase's time)")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     p.add_argument(
         "--resume",
@@ -304,6 +307,7 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
             seed=args.seed if seeds is None else seeds[0],
             seeds=seeds,
             compile=args.compile,
+            value_cache=args.value_cache,
             device=args.device,
             out=out,
             eval_every=args.eval_every,

@@ -20,7 +20,19 @@ from torch import nn
 from ..data import Batch, DatasetStats, OfflineData
 from .optim import adam
 
-__all__ = ["Algorithm", "BaseConfig", "adam"]
+__all__ = ["Algorithm", "BaseConfig", "ValuePhase", "adam"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ValuePhase:
+    """A first phase of training that only the value networks take part in (VACO's two-phase schedule):
+    its length, what it trains, and the config fields it reads; :mod:`rl_adapters.training.value_cache` reuses it
+    across runs that differ only after it."""
+
+    steps: int
+    modules: tuple[str, ...]  # keys of ``Algorithm.modules`` the phase trains
+    optimizers: tuple[str, ...]  # keys of ``Algorithm.optimizers`` the phase steps
+    fields: tuple[str, ...]  # config fields that change what the phase computes
 
 
 @dataclasses.dataclass
@@ -101,6 +113,10 @@ class Algorithm(abc.ABC):
     @abc.abstractmethod
     def update(self, batch: Batch) -> dict[str, float]:
         """One gradient step on ``batch``; returns scalar diagnostics (losses) as floats."""
+
+    def value_phase(self) -> ValuePhase | None:
+        """The value-only first phase of this algorithm's training, if it has one (default: none)."""
+        return None
 
     def training_data(self, data: OfflineData) -> OfflineData:
         """The transitions the trainer samples batches from (default: all of ``data``; filtered BC keeps the

@@ -58,8 +58,11 @@ class IQLValue:
         """The networks under the checkpoint names every host uses."""
         return {"critic": self.critic, "critic_target": self.critic_target, "value": self.value}
 
+    #: Checkpoint names of the optimizers :meth:`build_optimizers` returns.
+    OPTIMIZERS = ("critic", "value")
+
     def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        """Adam on ``Q`` and on ``V``; returned under the checkpoint names every host uses."""
+        """Adam on ``Q`` and on ``V``; returned under the checkpoint names every host uses (:data:`OPTIMIZERS`)."""
         self.critic_opt = adam(self.critic.parameters(), lr=self.config.critic_lr)
         self.value_opt = adam(self.value.parameters(), lr=self.config.value_lr)
         return {"critic": self.critic_opt, "value": self.value_opt}

@@ -45,6 +45,9 @@ class TrainConfig:
     seeds: list[int] | None = None
     #: ``torch.compile`` the losses of every update (``--compile``); see Algorithm.compile_losses.
     compile: bool = False
+    #: Folder of saved value-only first phases (``--value-cache``): a run whose phase was trained before with
+    #: the same settings starts after it (rl_adapters/training/value_cache.py). None: no cache.
+    value_cache: str | None = None
     hparams: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

@@ -193,8 +193,12 @@ class _RunRecord:
         self.cfg, self.out = cfg, out
         self.metrics_path, self.ckpt_path = out / "metrics.jsonl", out / CHECKPOINT
         self.train_time, self.prev_wall, self.last_eval, self.last_ckpt = 0.0, 0.0, None, None
+        #: The value-phase cache entry this run started from (None: it trained its whole run).
+        self.from_cache: str | None = None
+        self.skipped_steps = 0  # updates this run took over from the cache instead of training them
         window_state: dict[str, Any] = {}
         if saved is not None:
+            self.from_cache = saved.get("value_phase_from")
             self.train_time, self.prev_wall = saved["train_time_s"], saved["wall_time_s"]
             self.last_eval, self.last_ckpt = saved.get("last_eval"), saved["step"]
             window_state = saved.get("log_window", {})
@@ -248,20 +252,20 @@ class _RunRecord:
         self.last_eval = row["eval_normalized_score"] if self.cfg.normalized_score else row["eval_return"]
         self.log(row)
 
+    def checkpoint_extra(self, step: int, session_start: float) -> dict[str, Any]:
+        """What a checkpoint holds besides the algorithm and the RNGs."""
+        return {
+            "step": step,
+            "train_time_s": self.train_time,
+            "last_eval": self.last_eval,
+            "wall_time_s": self.prev_wall + time.perf_counter() - session_start,
+            "config": dataclasses.asdict(self.cfg),
+            "log_window": self.window.state(),
+            "value_phase_from": self.from_cache,
+        }
+
     def checkpoint(self, step: int, algo: Algorithm, sampler: torch.Generator, session_start: float) -> None:
-        save_checkpoint(
-            self.ckpt_path,
-            algo,
-            sampler,
-            {
-                "step": step,
-                "train_time_s": self.train_time,
-                "last_eval": self.last_eval,
-                "wall_time_s": self.prev_wall + time.perf_counter() - session_start,
-                "config": dataclasses.asdict(self.cfg),
-                "log_window": self.window.state(),
-            },
-        )
+        save_checkpoint(self.ckpt_path, algo, sampler, self.checkpoint_extra(step, session_start))
         self.last_ckpt = step
 
     def finish(self, step: int, status: str, algo: Algorithm, sampler: torch.Generator, data: OfflineData,
@@ -276,7 +280,8 @@ class _RunRecord:
             "steps": step,
             "device": str(device),
             "threads": torch.get_num_threads(),
-            "updates_per_s": (step / self.train_time) if self.train_time > 0 else None,
+            "updates_per_s": ((step - self.skipped_steps) / self.train_time) if self.train_time > 0 else None,
+            "value_phase_from": self.from_cache,
             **(extra or {}),
         }
         if status == "finished":
@@ -346,6 +351,19 @@ def _loop(
                                   f"{first_line(e)}); start the run again without --resume") from e
         start = saved["step"]
     record = _RunRecord(cfg, out, saved, data)
+    phase = algo.value_phase()
+    cache = None
+    if cfg.value_cache and phase is not None and saved is None and phase.steps < cfg.steps:
+        from .value_cache import ValueCache
+
+        cache = ValueCache(cfg.value_cache, cfg, algo, device)
+        if cache.exists():
+            cached = cache.restore(algo, sampler, record.metrics_path)
+            start = phase.steps
+            record.window = MetricsWindow(cached.get("log_window", {}), record.train_time)
+            record.last_eval = cached.get("last_eval")
+            record.from_cache, record.skipped_steps = str(cache.dir), phase.steps
+            cache = None  # nothing to save
     if hasattr(algo, "attach_data"):  # algorithms that precompute over the whole dataset (ARQ's candidates)
         algo.attach_data(data, out, progress=cfg.progress)
 
@@ -366,6 +384,8 @@ def _loop(
                 record.evaluate(algo, data, step)
             if checkpoint:
                 record.checkpoint(step, algo, sampler, session_start)
+            if cache is not None and step == phase.steps and not cache.exists():
+                cache.save(algo, sampler, record.metrics_path, record.checkpoint_extra(step, session_start))
             bar.update(1)
             if max_steps_this_session is not None and step - start >= max_steps_this_session and step < cfg.steps:
                 record.checkpoint(step, algo, sampler, session_start)

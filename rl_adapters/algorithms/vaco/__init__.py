@@ -37,7 +37,7 @@ from torch import nn
 import bilevel
 
 from ...data import Batch
-from ..base import Algorithm, adam
+from ..base import Algorithm, ValuePhase, adam
 from ..iql_value import build_iql_networks
 from .config import (
     Q_STD_EPS,
@@ -176,6 +176,15 @@ class VACO(Algorithm):
             noisy_obs=batch.obs + sigma * noise,
             q_scale=target_q.abs().mean().clamp_min(1e-6),
         )
+
+    def value_phase(self) -> ValuePhase | None:
+        """Phase 1 of ``two_phase``: IQL's value networks alone; reads only IQL's value fields, the network
+        width and the batch size (the actor and the scorer are not touched until phase 2)."""
+        if self.value_steps <= 0:
+            return None
+        return ValuePhase(self.value_steps, tuple(self.values.modules()), self.values.OPTIMIZERS,
+                          ("hidden_dim", "batch_size", "discount", "tau", "critic_lr", "value_lr", "expectile",
+                           "normalize_reward", "schedule"))
 
     def in_value_phase(self) -> bool:
         """True while the next update is a value-only update (phase 1 of the two-phase schedule)."""
