@@ -85,7 +85,7 @@ def learning_curves(records: Sequence[dict[str, Any]], algos: Sequence[str], dat
     fig, axes = plt.subplots(rows_n, cols, figsize=(5 * cols, 3.4 * rows_n), squeeze=False)
     for ax, ds in zip(axes.flat, datasets):
         for i, algo in enumerate(algos):
-            curves = [dict((int(s), v) for s, v in r["eval_curve"]) for r in records
+            curves = [{int(s): v for s, v in r["eval_curve"]} for r in records
                       if r["algo"] == algo and r["dataset"] == ds]
             if not curves:
                 continue
@@ -149,7 +149,7 @@ def train_curve_panel(records: Sequence[dict[str, Any]], keys: Sequence[tuple[st
     fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 3.4), squeeze=False)
     for ax, (key, label) in zip(axes[0], keys):
         for i, (name, rs) in enumerate(sorted(groups.items())):
-            curves = [dict((int(s), v) for s, v in r["train_curves"].get(key, [])) for r in rs]
+            curves = [{int(s): v for s, v in r["train_curves"].get(key, [])} for r in rs]
             curves = [c for c in curves if c]
             if not curves:
                 continue
