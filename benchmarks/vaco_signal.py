@@ -49,11 +49,11 @@ def preferences(run_dir: Path, batches: int, seed: int = 0) -> dict[str, Any]:
             q_sa = critic.min_q(b.obs, b.actions)
             adv = q_sa - algo.value(b.obs).reshape(-1)
 
-        def outer(p: dict[str, torch.Tensor]) -> torch.Tensor:
+        def outer(p: dict[str, torch.Tensor], obs: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
             # J_pi at sigma = 0, divided by mean |Q'(s, a)| as VACO's default (outer_q_norm) does
-            return -critic.min_q(b.obs, functional_call(actor, p, (b.obs,))).mean() / q_sa.abs().mean()
+            return -critic.min_q(obs, functional_call(actor, p, (obs,))).mean() / scale
 
-        g_out = grad(outer)(params)
+        g_out = grad(outer)(params, b.obs, q_sa.abs().mean())
         g_bc = per_sample(params, b.obs, b.actions)
         pref = sum((g_bc[k] * g_out[k].unsqueeze(0)).flatten(1).sum(1) for k in params)  # <grad J_pi, grad l_b>
         out["p"] += pref.tolist()
