@@ -58,6 +58,18 @@ def table(records: Sequence[dict[str, Any]], algos: Sequence[str], datasets: Seq
     return "\n".join(lines)
 
 
+def summary(records: Sequence[dict[str, Any]], algos: Sequence[str], datasets: Sequence[str]) -> str:
+    """Datasets x algorithms, ``mean (n)`` of the per-seed scores: the headline table of docs/benchmarks.md."""
+    lines = ["| dataset | " + " | ".join(algos) + " |", "|---|" + "---|" * len(algos)]
+    for ds in datasets:
+        cells = []
+        for algo in algos:
+            xs = [r["score_last3"] for r in records if r["algo"] == algo and r["dataset"] == ds]
+            cells.append(f"{np.mean(xs):.1f} ({len(xs)})" if xs else "-")
+        lines.append(f"| {ds.replace('suite/', '')} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _plt() -> Any:
     import matplotlib
 

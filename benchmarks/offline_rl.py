@@ -394,9 +394,9 @@ def retire_stale(c: grid.Cell, args: argparse.Namespace) -> None:
         os.replace(run, run.with_name(f"{c.name}.stale{k}"))
 
 
-def render(args: argparse.Namespace, algos: list[str], datasets: list[str], img: Path) -> str:
-    """The report section from the stored records alone (no run folder, date or revision); figures go to
-    ``img`` and are linked as ``img/<name>``."""
+def render(args: argparse.Namespace, algos: list[str], datasets: list[str], img: Path) -> tuple[str, str]:
+    """The report section and its headline table from the stored records alone (no run folder, date or
+    revision); figures go to ``img`` and are linked as ``img/<name>``."""
     from benchmarks import grid_report
 
     recs = store.load(result_dir(args))
@@ -426,6 +426,9 @@ def render(args: argparse.Namespace, algos: list[str], datasets: list[str], img:
     title = {"offline_rl": "Offline RL baselines"}.get(args.section, f"Offline RL grid ({args.preset or 'custom'} preset)")
     notes_file = ROOT / "benchmarks" / "notes" / f"{args.section}.md"
     store_rel = os.path.relpath(result_dir(args), ROOT)
+    headline = (f"Score per cell: the mean of its last three evaluations; cell: mean over seeds (n). "
+                f"{args.steps} policy steps. Section: [{title}](#{_anchor(title)}).\n\n"
+                + grid_report.summary(current, algos, datasets))
     return (
         f"## {title}\n\n"
         f"Rendered from the committed cell records in `{store_rel}/` alone "
@@ -445,7 +448,14 @@ def render(args: argparse.Namespace, algos: list[str], datasets: list[str], img:
         + f"\n{body}\n"
         + figs
         + (f"\n{notes_file.read_text()}" if notes_file.exists() else "")
-    )
+    ), headline
+
+
+def _anchor(title: str) -> str:
+    """GitHub's anchor of a markdown heading."""
+    import re
+
+    return re.sub(r"[^a-z0-9 -]", "", title.lower()).replace(" ", "-")
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -543,9 +553,10 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - t0
     from benchmarks._report import REPORT
 
-    section = render(args, algos, datasets, REPORT.parent / "img" if args.report else Path(args.out) / "img")
+    section, headline = render(args, algos, datasets, REPORT.parent / "img" if args.report else Path(args.out) / "img")
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "report.md").write_text(section)
+    (Path(args.out) / "headline.md").write_text(headline)
     print(section.split("\n\n| dataset")[1].split("\n\n")[0] if "| dataset" in section else section)
     if not args.report_only:
         print(f"[offline_rl] wall time {wall:.0f}s")
@@ -553,6 +564,7 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks._report import write_section
 
         write_section(args.section, section)
+        write_section(f"{args.section}_headline", headline)
     failed = [c.name for c in cells if not args.report_only and cell_status(c, args)[0] != "done"
               and (args.next is None or c in todo)]
     return 1 if failed else 0

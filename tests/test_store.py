@@ -96,6 +96,7 @@ def test_equal_section_re_renders_byte_for_byte_from_the_committed_records(tmp_p
     assert offline_rl.main(["--preset", "equal", "--report-only", "--out", str(tmp_path)]) == 0
     rendered = (tmp_path / "report.md").read_text()
     assert rendered.rstrip() == _section("offline_rl_equal")
+    assert (tmp_path / "headline.md").read_text().rstrip() == _section("offline_rl_equal_headline")
 
 
 def test_table_rows_from_records() -> None:
