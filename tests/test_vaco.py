@@ -17,6 +17,7 @@ from rl_adapters.algorithms import make_algorithm, make_config
 from rl_adapters.algorithms.vaco import VACO
 from rl_adapters.cli import main
 from rl_adapters.data import Batch, load_dataset
+from rl_adapters.errors import UsageError
 from rl_adapters.training import TrainConfig, train
 from rl_adapters.vaco_analysis import analyze_weights, pearson
 
@@ -481,3 +482,20 @@ def test_checkpoint_restores_policy_adam_moments(tiny_dataset):
 def test_pearson_helper():
     assert pearson(np.arange(5.0), 2 * np.arange(5.0) + 1) == pytest.approx(1.0)
     assert pearson(np.ones(4), np.arange(4.0)) is None
+
+
+def test_scorer_eps_is_the_scorer_adams_own(tiny_dataset: str) -> None:
+    """``scorer_eps`` sets the eps of the scorer's Adam only (None: ``adam_eps``), and the logged
+    ``hypergrad_rms_over_eps`` divides by the eps that Adam uses."""
+
+    data = load_dataset(tiny_dataset)
+    base = make_algorithm("vaco", data.obs_dim, data.act_dim, data.stats, hidden_dim=16, value_fraction=0.0)
+    assert base.scorer_opt.param_groups[0]["eps"] == base.config.adam_eps == 1e-5
+    algo = make_algorithm("vaco", data.obs_dim, data.act_dim, data.stats, hidden_dim=16, value_fraction=0.0,
+                          scorer_eps=1e-12)
+    assert algo.scorer_opt.param_groups[0]["eps"] == 1e-12 and algo.config.adam_eps == 1e-5
+    info = algo.update(data.sample(32, data.make_generator(0)))
+    numel = sum(p.numel() for p in algo.scorer.parameters())
+    assert info["hypergrad_rms_over_eps"] == pytest.approx(info["hypergrad_norm"] / (numel**0.5 * 1e-12))
+    with pytest.raises(UsageError, match="scorer_eps"):
+        make_config("vaco", scorer_eps=0.0)

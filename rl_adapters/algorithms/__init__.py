@@ -85,6 +85,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "beta": _NON_NEGATIVE,
     "max_weight": _POSITIVE,
     "adam_eps": _POSITIVE,
+    "scorer_eps": _POSITIVE,
 }
 # Where one algorithm needs a narrower range: ASPC's scales are softplus(rho), so strictly positive.
 ALGO_RANGES: dict[str, dict[str, tuple[float | None, float | None, bool, bool]]] = {

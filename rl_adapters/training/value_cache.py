@@ -31,8 +31,8 @@ __all__ = ["ValueCache"]
 
 # Run settings the cached phase's state and metrics depend on (the rest: --steps, --out, --checkpoint-every,
 # progress, plots, TensorBoard, change nothing in it).
-_RUN_FIELDS = ("algo", "dataset", "seed", "device", "threads", "eval_every", "eval_episodes", "log_every",
-               "normalized_score", "compile")
+# No evaluation runs in a value-only phase (the policy is untouched), so the evaluation settings are not in it.
+_RUN_FIELDS = ("algo", "dataset", "seed", "device", "threads", "log_every", "compile")
 
 
 class ValueCache:
@@ -41,7 +41,7 @@ class ValueCache:
     def __init__(self, root: str | Path, cfg: TrainConfig, algo: Algorithm, device: torch.device) -> None:
         self.phase = algo.value_phase()
         assert self.phase is not None
-        run = {k: getattr(cfg, k) for k in _RUN_FIELDS} | {"device": str(device), "eval_every": cfg.eval_every}
+        run = {k: getattr(cfg, k) for k in _RUN_FIELDS} | {"device": str(device)}
         hp = dataclasses.asdict(algo.config)
         self.key = {"run": run, "value_steps": self.phase.steps,
                     "hparams": {k: hp[k] for k in sorted(self.phase.fields)}, "torch": torch.__version__}

@@ -97,6 +97,12 @@ class VACO(Algorithm):
         self._last_weights: torch.Tensor | None = None
         self._last_bc: torch.Tensor | None = None
 
+    @property
+    def scorer_eps(self) -> float:
+        """The eps of the scorer's Adam (``scorer_eps``, or ``adam_eps`` when that is None)."""
+        c = self.config
+        return c.adam_eps if c.scorer_eps is None else c.scorer_eps
+
     def build_optimizers(self) -> None:
         """IQL's value optimisers, plus the bilevel solver owning the policy's (inner) and scorer's (outer) Adam.
 
@@ -106,7 +112,7 @@ class VACO(Algorithm):
         """
         c = self.config
         self.scorer_opt = adam(
-            self.scorer.parameters(), lr=c.scorer_lr, eps=c.adam_eps, weight_decay=c.weight_decay
+            self.scorer.parameters(), lr=c.scorer_lr, eps=self.scorer_eps, weight_decay=c.weight_decay
         )
         self.optimizers = {**self.values.build_optimizers(), "scorer": self.scorer_opt}
         self.schedulers = {}
@@ -227,7 +233,7 @@ class VACO(Algorithm):
         out |= {f"w_q{round(100 * q):02d}": v for q, v in zip(WEIGHT_QUANTILES, packed[5:])}
         # Below ~1 the scorer's Adam divides by its eps rather than the gradient's RMS: it then moves in
         # proportion to the raw hypergradient, so a solver with a larger hypergradient moves it faster.
-        out["hypergrad_rms_over_eps"] = info.hypergrad_norm / (self._scorer_numel**0.5 * self.config.adam_eps)
+        out["hypergrad_rms_over_eps"] = info.hypergrad_norm / (self._scorer_numel**0.5 * self.scorer_eps)
         out |= losses | info.as_dict()
         out |= {"sigma": sigma, "phase": 2.0}
         return out

@@ -26,7 +26,7 @@ class VACOConfig(BaseConfig):
 
     Value learning (IQL): ``critic_lr``, ``value_lr``, ``expectile``, ``normalize_reward``.
     Policy / meta-scorer: ``actor_lr`` (inner Adam), ``scorer_lr`` (outer Adam), ``adam_eps`` and
-    ``weight_decay`` (both optimisers, Table 7 "Common"), ``scorer_hidden_dim``, ``weight_norm``
+    ``weight_decay`` (both optimisers, Table 7 "Common"), ``scorer_eps`` (the scorer's own Adam eps; None: ``adam_eps``), ``scorer_hidden_dim``, ``weight_norm``
     (``"none"``: ``w = sigmoid``; ``"batch_mean"``: ``w = sigmoid / mean_batch(sigmoid)``),
     ``outer_q_norm`` (divide ``J_pi`` by ``mean |Q'(s, a)|`` of the batch, detached), ``sigma_start``,
     ``weight_kl`` (coefficient of the sharpening guard ``KL(w / sum w || uniform)`` added to the outer
@@ -46,6 +46,9 @@ class VACOConfig(BaseConfig):
     actor_lr: float = 3e-4
     scorer_lr: float = 3e-5
     adam_eps: float = 1e-5
+    # The scorer's Adam eps; None: adam_eps. Adam moves a parameter by lr * g / (rms(g) + eps): with an eps above
+    # the hypergradient's RMS (which is ~1e-7 on the medium-expert sets) the scorer hardly moves at all.
+    scorer_eps: float | None = None
     weight_decay: float = 1e-6
     scorer_hidden_dim: int = 256
     # The guarded weights (docs/vaco.md "Weight collapse"): batch-mean normalisation removes the common-scale
@@ -95,6 +98,8 @@ class VACOConfig(BaseConfig):
             raise ValueError(f"VACO sigma_start must be >= 0, got {self.sigma_start}")
         if not self.weight_kl >= 0:
             raise ValueError(f"VACO weight_kl must be >= 0 (the sharpening guard's coefficient), got {self.weight_kl}")
+        if self.scorer_eps is not None and not self.scorer_eps > 0:
+            raise ValueError(f"VACO scorer_eps must be > 0 (or None: adam_eps), got {self.scorer_eps}")
         for name in ("actor_lr", "scorer_lr", "critic_lr", "value_lr", "adam_eps"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"VACO {name} must be > 0, got {getattr(self, name)}")
