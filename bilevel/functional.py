@@ -5,7 +5,7 @@ theta_1 = U(theta_0, grad f) is a non-leaf tensor that carries a graph back to t
 :class:`InnerView` is what a user's loss receives as ``inner``. Every way a loss can reach the
 parameters goes through the bound tensors, never the module's stored leaves:
 
-* ``inner(x)`` and ``inner.forward(x)`` run the module through :func:`torch.func.functional_call`;
+* ``inner(x)`` and ``inner.forward(x)`` run the module with the bound tensors in its slots (:func:`bind_tensors`);
 * ``inner.parameters()`` / ``inner.named_parameters()`` yield the bound tensors (for regularisers);
 * ``inner.weight`` (attribute access) is the bound tensor; ``inner.fc1`` / ``inner[0]`` /
   ``for layer in inner.layers`` give views of the submodules bound to the same tensors, so
@@ -16,16 +16,27 @@ parameters goes through the bound tensors, never the module's stored leaves:
 Reading a stored leaf instead would give a hypergradient that is silently wrong (the leaf carries no
 graph to lambda and holds theta_0, not theta_1), so the few ``nn.Module`` methods that can only
 expose stored tensors (``state_dict``) raise a ``TypeError`` naming the alternative.
+
+Binding is done by :func:`bind_tensors`, which writes the bound tensors into every parameter / buffer slot
+that holds the stored tensor (tied weights and modules registered twice included) and puts exactly the
+original objects back afterwards (``torch.func.functional_call`` in torch 2.13 leaves graph tensors in a
+module that registers a submodule twice). A view passes ``isinstance`` checks for the wrapped module's
+class (``isinstance(inner.fc1, nn.Linear)``), and hook-based ``torch.nn.utils.weight_norm`` weights are
+recomputed from the bound tensors. While a solver evaluates a loss, :class:`StoredGuard` puts stand-ins
+into the real module's slots, so a loss that reads the module it closes over (``model(x)`` instead of
+``inner(x)``) raises :class:`StoredParameterError` instead of silently using theta_0.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils.weight_norm import WeightNorm
 
 Params = tuple[torch.Tensor, ...]
 
@@ -43,17 +54,256 @@ def trainable_named_parameters(module: nn.Module) -> list[tuple[str, nn.Paramete
     return [(n, p) for n, p in module.named_parameters() if p.requires_grad]
 
 
-class _Call(nn.Module):
-    """Holds ``target`` as a child so :func:`torch.func.functional_call` can swap its tensors for the
-    duration of ``fn`` (a method or property of ``target`` that reads ``self.<param>`` directly)."""
+class StoredParameterError(RuntimeError):
+    """A loss read the inner module's own (stored) parameters instead of the ``inner`` view it was given."""
 
-    def __init__(self, target: nn.Module, fn: Callable[[], Any]) -> None:
-        super().__init__()
-        self.target = target
-        self._fn = fn
 
-    def forward(self) -> Any:
-        return self._fn()
+def stored_parameter_message(where: str, names: Sequence[str]) -> str:
+    """The one message for a loss that reads the real inner module instead of its ``inner`` argument."""
+    listed = ", ".join(f"'{n}'" for n in names)
+    return (
+        f"{where} reads the inner module itself instead of the `inner` it was given: it used the module's stored "
+        f"parameter(s) {listed} (e.g. `model(x)` or `model.weight` on the module the loss closes over, or a "
+        "tensor taken from it before the solver ran). Those hold theta before the inner steps and carry no "
+        "graph through them, so the hypergradient would be silently wrong. Inside the loss use its first "
+        "argument: `inner(x)`, `inner.weight`, `inner.parameters()` (for a constant copy of the starting "
+        "parameters, take `solver.theta()` before calling the solver)"
+    )
+
+
+def _slot(module: nn.Module, target: str, kind: str | None = None) -> Any:
+    """What the parameter (``kind="_parameters"``), buffer (``"_buffers"``) or either slot ``target`` (a dotted
+    name) holds now: the stored tensor, or whatever a binding or a :class:`StoredGuard` put there (which
+    ``nn.Module.get_parameter`` would refuse as "not an nn.Parameter")."""
+    prefix, _, leaf = target.rpartition(".")
+    owner = module.get_submodule(prefix) if prefix else module
+    for k in (kind,) if kind else ("_parameters", "_buffers"):
+        slots = getattr(owner, k)
+        if leaf in slots:
+            return slots[leaf]
+    what = {"_parameters": "parameter", "_buffers": "buffer"}.get(kind or "", "parameter or buffer")
+    raise AttributeError(f"{type(owner).__name__} has no {what} `{leaf}`")
+
+
+def _weight_norm_hooks(module: nn.Module) -> list[WeightNorm]:
+    """The hook-based ``torch.nn.utils.weight_norm`` hooks registered on ``module`` itself."""
+    hooks = module._forward_pre_hooks
+    return [h for h in hooks.values() if isinstance(h, WeightNorm)] if hooks else []
+
+
+def _walk(module: nn.Module) -> tuple[dict[str, torch.Tensor], list[tuple[dict[str, Any], str]],
+                                      list[tuple[nn.Module, WeightNorm]]]:
+    """``(dotted name -> tensor now in that slot, every (slot dict, key) once, weight-norm hooks)`` over the
+    module tree. A submodule registered twice (``m.b = m.a``) contributes its slots once, under each name."""
+    by_name: dict[str, torch.Tensor] = {}
+    slots: list[tuple[dict[str, Any], str]] = []
+    norms: list[tuple[nn.Module, WeightNorm]] = []
+    seen: set[int] = set()
+    for prefix, m in module.named_modules(remove_duplicate=False):
+        pre = f"{prefix}." if prefix else ""
+        first = id(m) not in seen
+        seen.add(id(m))
+        for d in (m._parameters, m._buffers):
+            for k, v in d.items():
+                if v is None:
+                    continue
+                by_name[pre + k] = v
+                if first:
+                    slots.append((d, k))
+        if first:
+            norms.extend((m, h) for h in _weight_norm_hooks(m))
+    return by_name, slots, norms
+
+
+@contextlib.contextmanager
+def bind_tensors(module: nn.Module, values: Mapping[str, torch.Tensor]) -> Iterator[None]:
+    """Run the body with ``values`` (dotted name -> tensor) in ``module``'s parameter / buffer slots.
+
+    Every slot that holds the tensor now at a given name gets the new value, so tied weights (the same
+    ``nn.Parameter`` registered twice) and submodules registered twice stay tied. On exit exactly the objects
+    that were there are put back, and attributes that hook-based ``torch.nn.utils.weight_norm`` recomputes
+    (``weight`` from ``weight_g`` / ``weight_v``) are recomputed from the bound tensors on entry and restored
+    on exit (the module keeps no tensor of the solver's graph). Names the module does not have are ignored.
+    """
+    by_name, slots, norms = _walk(module)
+    target = {id(by_name[n]): t for n, t in values.items() if n in by_name}
+    saved: list[tuple[dict[str, Any], str, Any]] = []
+    attrs: list[tuple[nn.Module, str, Any]] = []
+    hooks: list[tuple[nn.Module, Any]] = []
+    try:
+        for d, k in slots:
+            v = d[k]
+            t = target.get(id(v))
+            if t is not None:
+                saved.append((d, k, v))
+                d[k] = t
+        for m, hook in norms:
+            if not hooks or hooks[-1][0] is not m:
+                # The hook would recompute the weight with torch._weight_norm, whose second derivative is
+                # wrong in torch (its autograd Hessian is not symmetric) and which has no forward-mode rule:
+                # hold it off and set the weight once, from the same formula written in plain ops.
+                hooks.append((m, m._forward_pre_hooks))
+                m.__dict__["_forward_pre_hooks"] = type(m._forward_pre_hooks)(
+                    (i, h) for i, h in m._forward_pre_hooks.items() if not isinstance(h, WeightNorm))
+            attrs.append((m, hook.name, m.__dict__.get(hook.name, _MISSING)))
+            m.__dict__[hook.name] = _weight_norm_weight(m, hook)
+        yield
+    finally:
+        for m, name, v in reversed(attrs):
+            if v is _MISSING:
+                m.__dict__.pop(name, None)
+            else:
+                m.__dict__[name] = v
+        for m, h in reversed(hooks):
+            m.__dict__["_forward_pre_hooks"] = h
+        for d, k, v in reversed(saved):
+            d[k] = v
+
+
+def _weight_norm_weight(module: nn.Module, hook: WeightNorm) -> torch.Tensor:
+    """``g * v / ||v||`` (norm over every dim but ``hook.dim``), what ``hook.compute_weight`` returns, in plain
+    differentiable ops (``torch._weight_norm`` has a wrong second derivative and no forward-mode rule)."""
+    g = getattr(module, hook.name + "_g")
+    v = getattr(module, hook.name + "_v")
+    return v * (g / torch.norm_except_dim(v, 2, hook.dim))
+
+
+class _StoredParameter(torch.Tensor):
+    """Stands in for a trainable inner parameter in its module slot while a solver evaluates a loss.
+
+    Reading its metadata (shape, dtype, device, ...) is allowed (``next(model.parameters()).device``); any
+    computation with it raises :class:`StoredParameterError`: the loss read the real module, whose stored
+    tensor holds theta_0 and has no graph through the inner steps, instead of the ``inner`` view.
+    """
+
+    _bilevel_name: str
+    _bilevel_where: list[str]
+
+    @classmethod
+    def __torch_function__(cls, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        name = getattr(func, "__name__", "")
+        if name == "__get__":
+            name = getattr(getattr(func, "__self__", None), "__name__", "")
+        if name in _METADATA:
+            return super().__torch_function__(func, types, args, kwargs or {})
+        stored = [a for a in _leaves((args, kwargs)) if isinstance(a, _StoredParameter)]
+        where = stored[0]._bilevel_where[0] if stored else "a loss"
+        raise StoredParameterError(stored_parameter_message(where, sorted({a._bilevel_name for a in stored})))
+
+
+# Tensor attributes and methods that read metadata only (allowed on a stand-in), and display.
+_METADATA = frozenset({
+    "shape", "dtype", "device", "ndim", "requires_grad", "is_cuda", "is_cpu", "is_meta", "layout", "is_sparse",
+    "is_leaf", "is_quantized", "names", "size", "dim", "ndimension", "numel", "nelement", "element_size",
+    "is_floating_point", "is_complex", "get_device", "__len__", "__repr__", "__str__", "__format__",
+    "requires_grad_", "data_ptr", "__hash__",
+})
+
+
+def _leaves(tree: Any) -> list[Any]:
+    """All leaves of nested tuples, lists and dicts."""
+    out: list[Any] = []
+    stack = [tree]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, (list, tuple)):
+            stack.extend(x)
+        elif isinstance(x, dict):
+            stack.extend(x.values())
+        else:
+            out.append(x)
+    return out
+
+
+class StoredGuard:
+    """Puts :class:`_StoredParameter` stand-ins into ``module``'s trainable parameter slots for the duration of
+    a loss evaluation (``with guard("outer_loss"): ...``), and the original parameters back afterwards.
+
+    Views bound by :func:`bind_tensors` replace the stand-ins with the bound tensors while they run, so
+    ``inner(x)`` works and a loss that reads the module it closes over raises. Stand-ins are made once per
+    parameter object (they alias its storage and cost no memory)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        self.where = ["a loss"]
+        self._pending = "a loss"
+        self._saved: list[tuple[list[tuple[dict[str, Any], str, Any]], str]] = []
+        self._stand_ins: dict[int, tuple[torch.Tensor, _StoredParameter]] = {}
+
+    def _stand_in(self, p: torch.Tensor, names: dict[int, str]) -> _StoredParameter:
+        hit = self._stand_ins.get(id(p))
+        if hit is not None and hit[0] is p:
+            return hit[1]
+        with torch.no_grad():  # an alias of p's storage, with p's requires_grad, and no graph
+            s = p.as_subclass(_StoredParameter)
+        s._bilevel_name = names.get(id(p), "?")
+        s._bilevel_where = self.where
+        self._stand_ins[id(p)] = (p, s)
+        return s
+
+    def prepare(self) -> None:
+        """Make missing stand-ins now (outside any ``torch.func`` transform the losses may later run under)."""
+        names: dict[int, str] | None = None
+        for m in self.module.modules():
+            for v in m._parameters.values():
+                if isinstance(v, nn.Parameter) and v.requires_grad:
+                    hit = self._stand_ins.get(id(v))
+                    if hit is None or hit[0] is not v:
+                        if names is None:
+                            names = {id(p): n for n, p in self.module.named_parameters()}
+                        self._stand_in(v, names)
+
+    def __call__(self, where: str) -> StoredGuard:
+        """``with guard("outer_loss"):`` puts the stand-ins in for the body (``where`` names the loss)."""
+        self._pending = where
+        return self
+
+    def __enter__(self) -> None:
+        saved: list[tuple[dict[str, Any], str, Any]] = []
+        self._saved.append((saved, self.where[0]))
+        self.where[0] = self._pending
+        stand_ins = self._stand_ins
+        try:
+            for m in self.module.modules():
+                d = m._parameters
+                for k, v in d.items():
+                    if not (isinstance(v, nn.Parameter) and v.requires_grad):
+                        continue  # frozen (a constant), or already a stand-in / bound tensor
+                    hit = stand_ins.get(id(v))
+                    if hit is None or hit[0] is not v:
+                        self.prepare()
+                        hit = stand_ins[id(v)]
+                    saved.append((d, k, v))
+                    d[k] = hit[1]
+        except BaseException:
+            self.__exit__()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        saved, previous = self._saved.pop()
+        for d, k, v in reversed(saved):
+            d[k] = v
+        self.where[0] = previous
+
+
+def parameter_slots(*modules: nn.Module) -> list[tuple[dict[str, Any], str, Any]]:
+    """``(slot dict, key, object)`` for every parameter slot of the given modules: a snapshot that
+    :func:`restore_slots` checks and restores."""
+    return [(d, k, v) for module in modules for m in module.modules() for d in (m._parameters,) for k, v in d.items()]
+
+
+def restore_slots(snapshot: list[tuple[dict[str, Any], str, Any]], **modules: nn.Module) -> list[str]:
+    """Put back every object of a :func:`parameter_slots` snapshot that is no longer in its slot; return the
+    dotted names of those slots, prefixed by the keyword each module is given under in ``modules`` (empty when
+    the modules hold exactly what they held)."""
+    changed = [(d, k) for d, k, v in snapshot if d.get(k, _MISSING) is not v]
+    if not changed:
+        return []
+    for d, k, v in snapshot:
+        d[k] = v
+    where = {id(m._parameters): f"{label}.{prefix}." if prefix else f"{label}."
+             for label, module in modules.items() for prefix, m in module.named_modules()}
+    return [where.get(id(d), "?.") + k for d, k in changed]
 
 
 class InnerView:
@@ -96,13 +346,14 @@ class InnerView:
         return mapping
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return torch.func.functional_call(self._iv_module, self._iv_mapping(), args, kwargs, strict=False)
+        with bind_tensors(self._iv_module, self._iv_mapping()):
+            return self._iv_module(*args, **kwargs)
 
     def _iv_run(self, fn: Callable[[], Any]) -> Any:
         """``fn()`` with the module's parameters (and buffers) swapped for the bound tensors; the result
         is bound too (a returned submodule becomes a view)."""
-        mapping = {f"target.{n}": t for n, t in self._iv_mapping().items()}
-        out = torch.func.functional_call(_Call(self._iv_module, fn), mapping, (), strict=False)
+        with bind_tensors(self._iv_module, self._iv_mapping()):
+            out = fn()
         return self._iv_bind(out)
 
     # ------------------------------------------------------------------ binding
@@ -110,9 +361,9 @@ class InnerView:
         """``id(stored tensor) -> bound tensor`` for every bound parameter and buffer; lets any module
         reachable from this one (a child, an indexed or sliced ``Sequential``) be bound by identity."""
         if self._iv_ids is None:
-            ids = {id(self._iv_module.get_parameter(n)): t for n, t in zip(self._iv_names, self._iv_params)}
+            ids = {id(_slot(self._iv_module, n)): t for n, t in zip(self._iv_names, self._iv_params)}
             for n, b in (self._iv_buffers or {}).items():
-                ids[id(self._iv_module.get_buffer(n))] = b
+                ids[id(_slot(self._iv_module, n))] = b
             self._iv_ids = ids
         return self._iv_ids
 
@@ -164,6 +415,10 @@ class InnerView:
         if name in _REFUSED:
             raise TypeError(f"inner.{name}() inside a loss would return the module's stored tensors, not the "
                             f"current theta the solver bound (a silently wrong hypergradient); use {_REFUSED[name]}")
+        if any(h.name == name for h in _weight_norm_hooks(module)):
+            # Hook-based weight_norm keeps ``weight`` as a plain attribute computed at the last forward:
+            # recompute it from the bound ``weight_g`` / ``weight_v``.
+            return self._iv_run(lambda: getattr(module, name))
         static = inspect.getattr_static(module, name, _MISSING)
         if static is _MISSING or name in module.__dict__:
             # Plain instance attributes (``training``, config values), frozen parameters and stored
@@ -181,6 +436,14 @@ class InnerView:
             return lambda *a, **k: self._iv_run(lambda: getattr(module, name)(*a, **k))
         # A property or other descriptor: evaluate it with the bound tensors swapped in.
         return self._iv_run(lambda: getattr(module, name))
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:  # type: ignore[override]
+        """The wrapped module's class, so that ``isinstance(view, nn.Linear)`` (a loss that picks layers by
+        type, ``for m in inner.modules(): if isinstance(m, nn.Linear): ...``) sees the view as the module it
+        stands for. ``type(view)`` is still ``InnerView`` and ``isinstance(view, InnerView)`` still holds."""
+        module = self.__dict__.get("_iv_module")
+        return InnerView if module is None else type(module)
 
     # ------------------------------------------------------------------ nn.Module-like API
     def parameters(self, recurse: bool = True) -> Iterator[torch.Tensor]:
@@ -217,10 +480,10 @@ class InnerView:
         return self._iv_view_of(self._iv_module.get_submodule(target))
 
     def get_parameter(self, target: str) -> torch.Tensor:
-        return self._iv_bind(self._iv_module.get_parameter(target))
+        return self._iv_bind(_slot(self._iv_module, target, "_parameters"))
 
     def get_buffer(self, target: str) -> torch.Tensor:
-        return self._iv_bind(self._iv_module.get_buffer(target))
+        return self._iv_bind(_slot(self._iv_module, target, "_buffers"))
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self._iv_run(lambda: self._iv_module.forward(*args, **kwargs))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import abc
+import contextlib
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,7 +13,18 @@ from typing import Any
 import torch
 import torchopt
 
-from ..functional import InnerView, Params, module_params, trainable_named_parameters, write_params
+from ..functional import (
+    InnerView,
+    Params,
+    StoredGuard,
+    StoredParameterError,
+    module_params,
+    parameter_slots,
+    restore_slots,
+    stored_parameter_message,
+    trainable_named_parameters,
+    write_params,
+)
 from ..problem import NonFiniteError, Problem, check_scalar
 
 
@@ -119,6 +132,7 @@ class Solver(abc.ABC):
                 "outer_optimizer holds none of the outer module's parameters; build it from "
                 "problem.outer.parameters()"
             )
+        self._guard = StoredGuard(problem.inner)
         self.inner_state = inner_optimizer.init(self.theta())
         #: What the last :meth:`step` did (``None`` before the first).
         self.last_info: StepInfo | None = None
@@ -192,12 +206,14 @@ class Solver(abc.ABC):
 
     def inner_value(self, theta: Sequence[torch.Tensor], batch: Any, buffers: dict[str, torch.Tensor]) -> torch.Tensor:
         """``f(theta, lambda; batch)`` as a 0-d tensor."""
-        out = self.problem.inner_loss(self._view(theta, buffers), self.problem.outer, batch)
+        with self._guard("inner_loss"):
+            out = self.problem.inner_loss(self._view(theta, buffers), self.problem.outer, batch)
         return check_scalar(out, "inner_loss")
 
     def outer_value(self, theta: Sequence[torch.Tensor], batch: Any, buffers: dict[str, torch.Tensor]) -> torch.Tensor:
         """``g(theta, lambda; batch)`` as a 0-d tensor."""
-        out = self.problem.outer_loss(self._view(theta, buffers), self.problem.outer, batch)
+        with self._guard("outer_loss"):
+            out = self.problem.outer_loss(self._view(theta, buffers), self.problem.outer, batch)
         return check_scalar(out, "outer_loss")
 
     def inner_step(
@@ -231,14 +247,51 @@ class Solver(abc.ABC):
         ``theta <- U(theta, grad_theta f(theta, lambda; batch), s)``, written into ``problem.inner`` with the
         solver's optimiser state advanced, exactly the step :meth:`step` takes but without differentiating it
         (for algorithms that update lambda only every few inner steps). Returns ``f`` before the step."""
-        theta, state, loss = self.inner_step(self.theta(), self.inner_state, batch, self._buffers(copy=False),
-                                             differentiable=False)
+        with self._slots_kept():
+            theta, state, loss = self.inner_step(self.theta(), self.inner_state, batch, self._buffers(copy=False),
+                                                 differentiable=False)
         write_params(self.problem.inner, self._inner_names, theta)
         self.inner_state = state
         return loss
 
+    def _stored_inner(self) -> list[torch.Tensor]:
+        """The inner module's stored trainable parameters (what a loss must *not* read)."""
+        lookup = dict(self.problem.inner.named_parameters())
+        return [lookup[n] for n in self._inner_names]
+
+    def _lambda_grad(self, outputs: Any, lam: Sequence[torch.Tensor], where: str,
+                     **grad_kwargs: Any) -> tuple[torch.Tensor | None, ...]:
+        """``torch.autograd.grad(outputs, lam, allow_unused=True)``, asking in the same backward whether the
+        outputs reach the inner module's stored parameters: if they do, a loss read the real module (or a
+        tensor taken from it) instead of its ``inner`` argument, and :class:`StoredParameterError` says so."""
+        stored = self._stored_inner()
+        grads = torch.autograd.grad(outputs, list(lam) + stored, allow_unused=True, **grad_kwargs)
+        hit = [n for n, g in zip(self._inner_names, grads[len(lam):]) if g is not None]
+        if hit:
+            raise StoredParameterError(stored_parameter_message(where, hit))
+        return tuple(grads[:len(lam)])
+
+    @contextlib.contextmanager
+    def _slots_kept(self) -> Any:
+        """Check, after the body, that the inner and outer modules hold exactly the parameter objects they held
+        before (a loss or hook that re-registers a parameter would otherwise leave the user's modules and
+        optimisers holding different tensors); put them back and raise if not."""
+        self._guard.prepare()
+        snapshot = parameter_slots(self.problem.inner, self.problem.outer)
+        modules = {"problem.inner": self.problem.inner, "problem.outer": self.problem.outer}
+        try:
+            yield
+        except BaseException as exc:
+            changed = restore_slots(snapshot, **modules)
+            if changed:  # the replaced parameter is the cause of whatever failed after it
+                raise _replaced_error(changed) from exc
+            raise
+        changed = restore_slots(snapshot, **modules)
+        if changed:
+            raise _replaced_error(changed)
+
     def outer_grad(self, outer_loss: torch.Tensor, **grad_kwargs: Any) -> list[torch.Tensor]:
-        grads = torch.autograd.grad(outer_loss, self._outer_params, allow_unused=True, **grad_kwargs)
+        grads = self._lambda_grad(outer_loss, self._outer_params, "outer_loss (or inner_loss)", **grad_kwargs)
         if all(g is None for g in grads):
             raise ValueError(
                 "outer_loss does not depend on the outer parameters, neither directly nor through the inner "
@@ -298,8 +351,34 @@ class Solver(abc.ABC):
     def _solve(self, inner_batch: Any, outer_batch: Any, buffers: dict[str, torch.Tensor]) -> _Result:
         """Compute the hypergradient and the inner iterate it belongs to (the solver's one method)."""
 
+    #: Whether the hypergradient uses second derivatives in theta (a Hessian of the inner loss); see
+    #: :meth:`_warn_weight_norm`.
+    def _uses_inner_hessian(self) -> bool:
+        return True
+
+    def _warn_weight_norm(self) -> None:
+        """Warn once when the inner module uses ``torch.nn.utils.parametrizations.weight_norm`` and this solver
+        differentiates through its Hessian: torch's ``_weight_norm`` has a wrong second derivative (its autograd
+        Hessian is not symmetric), so the hypergradient would be off by O(1)."""
+        self._weight_norm_checked = True
+        if not self._uses_inner_hessian():
+            return
+        found = [n for n, m in self.problem.inner.named_modules()
+                 if type(m).__name__ == "_WeightNorm" and type(m).__module__ == "torch.nn.utils.parametrizations"]
+        if found:
+            warnings.warn(
+                f"problem.inner uses torch.nn.utils.parametrizations.weight_norm ({found}); torch computes it with "
+                "torch._weight_norm, whose second derivative is wrong (the autograd Hessian is not symmetric, "
+                "O(1) off a finite-difference Hessian), and this solver differentiates through the Hessian of the "
+                "inner loss. Write the weight norm in plain ops (e.g. a parametrization returning "
+                "`v * (g / torch.norm_except_dim(v, 2, 0))`), or use the hook-based torch.nn.utils.weight_norm, which "
+                "bilevel evaluates that way", stacklevel=4)
+
     def _run(self, inner_batch: Any, outer_batch: Any, copy_buffers: bool) -> _Result:
-        res = self._solve(inner_batch, outer_batch, self._buffers(copy=copy_buffers))
+        if not getattr(self, "_weight_norm_checked", False):
+            self._warn_weight_norm()
+        with self._slots_kept():
+            res = self._solve(inner_batch, outer_batch, self._buffers(copy=copy_buffers))
         res.hypergrad = [g.detach() for g in res.hypergrad]
         res.summary = self._summarise(res)
         return res
@@ -308,7 +387,11 @@ class Solver(abc.ABC):
         """``d outer_loss / d lambda`` under this solver's approximation, one tensor per outer parameter
         in ``outer.parameters()`` order (trainable ones). Mutates nothing: inner parameters, buffers,
         optimiser states, solver state (warm starts, SOBA's v, F2SA's y) and outer ``.grad`` s are left as
-        they were."""
+        they were, and both modules hold exactly the parameter objects they held (checked after every call).
+
+        Raises:
+            StoredParameterError: a loss read the real inner module (or a tensor taken from it) instead of
+                its ``inner`` argument."""
         res = self._run(inner_batch, outer_batch, copy_buffers=True)
         by_id = {id(p): g for p, g in zip(self._outer_params, res.hypergrad)}
         return [by_id[id(p)] for p in self.problem.outer.parameters() if p.requires_grad]
@@ -329,6 +412,14 @@ class Solver(abc.ABC):
         inner_vals, outer_val, norm_val = res.summary
         self.last_info = StepInfo(inner_vals[-1] if inner_vals else float("nan"), outer_val, norm_val, res.extras)
         return self.last_info
+
+
+def _replaced_error(changed: list[str]) -> RuntimeError:
+    return RuntimeError(
+        f"the solver call left parameter slot(s) {changed} holding other objects than before (the original "
+        "parameters are back now): a loss or module hook replaced a parameter of the module, e.g. "
+        "`model.weight = nn.Parameter(...)` or a torch.func.functional_call on the real module that did not "
+        "restore it. Losses must read the `inner` view and `outer` and leave the modules as they are")
 
 
 def resolve_outer_batch(inner_batches: list[Any], outer_batch: Any) -> Any:

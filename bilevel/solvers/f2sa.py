@@ -148,6 +148,9 @@ class F2SASolver(Solver):
     def _grads(self, loss: torch.Tensor, theta: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
         return _zeros_for_none(torch.autograd.grad(loss, theta, allow_unused=True), theta)
 
+    def _uses_inner_hessian(self) -> bool:
+        return False  # first-order only
+
     def _solve(self, inner_batch: Any, outer_batch: Any, buffers: dict[str, torch.Tensor]) -> _Result:
         k = self.inner_steps
         batches = self._as_batches(inner_batch, k, "F2SASolver")
@@ -173,7 +176,7 @@ class F2SASolver(Solver):
         fz, fy, gy = self.inner_value(z_in, b, buffers), self.inner_value(y_in, b, buffers), \
             self.outer_value(y_in, ob, buffers)
         # d/dlambda [g(y) + mu (f(y) - f(z))] with y, z held fixed: one backward for all three terms.
-        grads = torch.autograd.grad(gy + mu * (fy - fz), lam, allow_unused=True)
+        grads = self._lambda_grad(gy + mu * (fy - fz), lam, "inner_loss or outer_loss")
         if all(gr is None for gr in grads):
             self.outer_grad(gy)  # raises the "outer_loss does not depend on the outer parameters" error
         hypergrad = _zeros_for_none(grads, lam)

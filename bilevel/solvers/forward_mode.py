@@ -10,18 +10,26 @@ A tangent ``d theta_k / d lambda_i`` is pushed through the unroll alongside the 
 
 so memory does not grow with K and time is ~3K inner gradients per scalar outer parameter. The unroll is
 described by an :class:`Unroll` (the two losses, the inner optimiser, the outer module), not by a solver.
+
+Tangents enter only through the outer module's parameter slots (``outer.<attr>`` inside the losses). Other
+routes to the same parameters (an outer tensor captured in a closure, an inner optimiser built with
+``lr=hyper.lr``) leave a reverse-mode graph on the primal computation; the batched path differentiates it
+by reverse mode and adds it, the per-direction fallback (which re-roots every iterate) raises a
+``ValueError`` that names the route and points to ``mode="reverse"``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.autograd.forward_ad as fwAD
 import torchopt
 from torch import nn
+
+from ..functional import StoredParameterError, bind_tensors, stored_parameter_message
 
 __all__ = ["Unroll", "forward_hypergradient"]
 
@@ -41,6 +49,9 @@ class Unroll:
     outer: nn.Module
     outer_params: list[torch.Tensor]
     outer_names: list[str]
+    #: The inner module's stored trainable parameters and their names: a loss must not reach them.
+    inner_params: list[torch.Tensor] = field(default_factory=list)
+    inner_names: list[str] = field(default_factory=list)
 
 
 def _reroot(x: Any) -> Any:
@@ -50,19 +61,6 @@ def _reroot(x: Any) -> Any:
         return x
     primal, tangent = fwAD.unpack_dual(x)
     return fwAD.make_dual(primal.detach(), torch.zeros_like(primal) if tangent is None else tangent.detach())
-
-
-class _Closure(nn.Module):
-    """Holds the outer module as a child so ``functional_call`` can swap its parameters for the
-    duration of ``fn`` (user losses read ``outer.<param>`` directly, so the swap must be global)."""
-
-    def __init__(self, outer: nn.Module, fn: Any) -> None:
-        super().__init__()
-        self.outer = outer
-        self._fn = fn
-
-    def forward(self) -> Any:
-        return self._fn()
 
 
 def _unroll_functional(
@@ -90,15 +88,17 @@ def forward_hypergradient(
     in-place update, one ``torch.autograd.forward_ad`` unroll per direction.
     """
     lam = tuple(p.detach() for p in u.outer_params)
-    names = [f"outer.{n}" for n in u.outer_names]
+    names = list(u.outer_names)
 
     def unrolled(*lam_in: torch.Tensor) -> tuple[torch.Tensor, tuple[Any, ...]]:
-        closure = _Closure(u.outer, lambda: _unroll_functional(u, theta0, state0, batches, outer_batch, buffers))
-        return torch.func.functional_call(closure, dict(zip(names, lam_in)), (), strict=False)
+        with bind_tensors(u.outer, dict(zip(names, lam_in))):
+            return _unroll_functional(u, theta0, state0, batches, outer_batch, buffers)
 
     try:
         hypergrad, aux = _jvp_batched(unrolled, lam)
         batched_ok = all(a.dtype == b.dtype for a, b in zip(aux[0], theta0))
+    except StoredParameterError:
+        raise
     except RuntimeError as err:
         if "in-place" in str(err):
             raise _in_place_error() from err
@@ -107,8 +107,36 @@ def forward_hypergradient(
         # torch.func.jvp (torch 2.13) gives `python_float * zero_dim_tensor` a float64 tangent, so a
         # float32 loss like `0.5 * loss` derails a float32 unroll with a dtype error. Autograd's own
         # forward mode (torch.autograd.forward_ad) has no such bug: one dual-number unroll per direction.
-        hypergrad, aux = _forward_ad_loop(u, theta0, state0, batches, outer_batch, buffers, names, lam)
+        return _forward_ad_loop(u, theta0, state0, batches, outer_batch, buffers, names, lam)
+    # Routes to lambda other than the outer module's slots carry no tangent but leave a reverse-mode graph on
+    # the primal values: differentiate it and add it (the total derivative is the sum over routes).
+    g = aux[3]
+    if isinstance(g, torch.Tensor) and g.requires_grad:
+        other = _other_routes(u, g)
+        hypergrad = [h if o is None else h + o.to(h.dtype) for h, o in zip(hypergrad, other)]
     return hypergrad, aux
+
+
+def _other_routes(u: Unroll, outputs: Any, **grad_kwargs: Any) -> tuple[torch.Tensor | None, ...]:
+    """d outputs / d lambda along the reverse-mode graph of the primal computation (routes that bypass the
+    outer module's slots), raising :class:`StoredParameterError` if it reaches the stored inner parameters."""
+    grads = torch.autograd.grad(outputs, list(u.outer_params) + list(u.inner_params), allow_unused=True,
+                                **grad_kwargs)
+    hit = [n for n, gr in zip(u.inner_names, grads[len(u.outer_params):]) if gr is not None]
+    if hit:
+        raise StoredParameterError(stored_parameter_message("a loss", hit))
+    return tuple(grads[:len(u.outer_params)])
+
+
+def _route_error(u: Unroll, names: list[str]) -> ValueError:
+    return ValueError(
+        f"KStepSolver(mode='forward') found a route to the outer parameter(s) {names} other than `outer.<attr>` "
+        "inside the losses: an outer tensor captured in a closure (e.g. `lam = hyper.lam` used in a loss) or an "
+        "inner optimiser built with an outer parameter (e.g. torchopt.sgd(lr=hyper.lr)). Forward mode pushes "
+        "tangents only through the `outer` module it passes to the losses, and this unroll could not be "
+        "differentiated along the other route (it fell back to one torch.autograd.forward_ad pass per "
+        "direction, which keeps no graph): use mode='reverse', or read the parameter through `outer` in the loss"
+    )
 
 
 def _in_place_error() -> RuntimeError:
@@ -153,6 +181,7 @@ def _forward_ad_loop(
     iterate is re-rooted (primal detached, tangent kept) so memory stays independent of K."""
     hypergrad = [torch.zeros_like(p) for p in lam]
     aux: Any = None
+    probe = True  # the first unroll checks its first step and g for routes that bypass the outer slots
     for i, p in enumerate(lam):
         for j in range(p.numel()):
             with fwAD.dual_level():
@@ -163,7 +192,7 @@ def _forward_ad_loop(
                         t.view(-1)[j] = 1.0
                     duals[n] = fwAD.make_dual(q, t)
 
-                def run() -> tuple[torch.Tensor, Any]:
+                def run(probe: bool) -> tuple[torch.Tensor, Any]:
                     theta = tuple(_reroot(t) for t in theta0)
                     state = torchopt.pytree.tree_map(_reroot, state0)
                     step_losses = []
@@ -173,17 +202,34 @@ def _forward_ad_loop(
                         grads = torch.autograd.grad(loss, theta, create_graph=True, allow_unused=True)
                         grads = tuple(torch.zeros_like(t) if gr is None else gr for gr, t in zip(grads, theta))
                         updates, state = u.optimizer.update(grads, state, params=theta, inplace=False)
-                        theta = tuple(_reroot(t) for t in torchopt.apply_updates(theta, updates, inplace=False))
+                        new = tuple(torchopt.apply_updates(theta, updates, inplace=False))
+                        if probe:
+                            _probe_routes(u, [fwAD.unpack_dual(t).primal for t in new])
+                            probe = False
+                        theta = tuple(_reroot(t) for t in new)
                         state = torchopt.pytree.tree_map(_reroot, state)
                         step_losses.append(fwAD.unpack_dual(loss).primal.detach())
                     g = u.outer_value(theta, outer_batch, buffers)
                     return g, (theta, state, step_losses)
 
-                g, (theta, state, step_losses) = torch.func.functional_call(
-                    _Closure(u.outer, run), duals, (), strict=False)
+                with bind_tensors(u.outer, duals):
+                    g, (theta, state, step_losses) = run(probe)
                 primal, tangent = fwAD.unpack_dual(g)
+                if probe:
+                    _probe_routes(u, [primal])
+                    probe = False
                 hypergrad[i].view(-1)[j] = 0.0 if tangent is None else tangent.detach()
                 strip = lambda t: fwAD.unpack_dual(t).primal.detach() if isinstance(t, torch.Tensor) else t
                 aux = (tuple(strip(t) for t in theta), torchopt.pytree.tree_map(strip, state), step_losses,
                        primal.detach())
     return hypergrad, aux
+
+
+def _probe_routes(u: Unroll, outputs: list[torch.Tensor]) -> None:
+    """Raise if ``outputs`` (primal values) have a reverse-mode graph to lambda or the stored inner parameters."""
+    outputs = [t for t in outputs if t.requires_grad]
+    if outputs:
+        other = _other_routes(u, outputs, grad_outputs=[torch.ones_like(t) for t in outputs])
+        hit = [n for n, gr in zip(u.outer_names, other) if gr is not None]
+        if hit:
+            raise _route_error(u, hit)

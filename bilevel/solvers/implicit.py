@@ -186,7 +186,7 @@ class ImplicitSolver(Solver):
             return tuple(hv)
 
         g = self.outer_value(theta_star, outer_batch, buffers)
-        dg = torch.autograd.grad(g, list(theta_star) + lam, allow_unused=True)
+        dg = self._lambda_grad(g, list(theta_star) + lam, "outer_loss")
         dg_theta = tuple(_zeros_for_none(dg[: len(theta_star)], theta_star))
         dg_lam = list(dg[len(theta_star):])
 
@@ -211,7 +211,7 @@ class ImplicitSolver(Solver):
             extras["step_size"] = sol.step_size
 
         if df_live:
-            mixed = torch.autograd.grad(df_live, lam, grad_outputs=[v[i] for i in live], allow_unused=True)
+            mixed = self._lambda_grad(df_live, lam, "inner_loss", grad_outputs=[v[i] for i in live])
         else:
             mixed = [None] * len(lam)
         if all(d is None for d in dg_lam) and all(m is None for m in mixed):

@@ -57,7 +57,10 @@ class KStepSolver(Solver):
         mode: ``"reverse"`` (backpropagate through the stored unroll: memory O(K |theta|), time ~3K
             inner gradients, independent of the number of outer parameters) or ``"forward"``
             (forward-mode AD: memory independent of K, time ~3K inner gradients per scalar outer
-            parameter; a warning is raised above 64 outer scalars).
+            parameter; a warning is raised above 64 outer scalars). Tangents enter through ``outer.<attr>``;
+            other routes to lambda (a captured outer tensor, ``torchopt.sgd(lr=hyper.lr)``) are added by
+            reverse mode through the graph they leave, or raise a ``ValueError`` pointing to ``"reverse"``
+            where forward mode falls back to one ``torch.autograd.forward_ad`` pass per direction.
         checkpoint: reverse mode only; store the unroll every ``checkpoint`` steps and recompute each
             segment in the backward pass (same RNG, same buffers: the result is identical), trading
             one extra forward unroll for O(K / checkpoint) stored iterates. ``None``: store everything.
@@ -105,6 +108,9 @@ class KStepSolver(Solver):
         if checkpoint is not None and mode != "reverse":
             raise ValueError("KStepSolver checkpoint applies to mode='reverse' only (forward mode stores no unroll)")
 
+    def _uses_inner_hessian(self) -> bool:
+        return self.truncate > 1  # one differentiated step needs only the mixed derivative
+
     def _solve(self, inner_batch: Any, outer_batch: Any, buffers: dict[str, torch.Tensor]) -> _Result:
         batches = self._as_batches(inner_batch, self.steps, "KStepSolver")
         outer_batch = resolve_outer_batch(batches, outer_batch)
@@ -129,7 +135,7 @@ class KStepSolver(Solver):
             hypergrad = self.outer_grad(g)
             return _Result(hypergrad, tuple(t.detach() for t in theta), state, losses, g.detach())
         unroll = Unroll(self.inner_value, self.outer_value, self.inner_optimizer, self.problem.outer,
-                        self._outer_params, self._outer_names)
+                        self._outer_params, self._outer_names, self._stored_inner(), self._inner_names)
         hypergrad, (theta, state, step_losses, g) = forward_hypergradient(unroll, theta, state, live, outer_batch,
                                                                           buffers)
         return _Result(hypergrad, tuple(t.detach() for t in theta), _detach_tree(state),

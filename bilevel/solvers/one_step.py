@@ -73,6 +73,9 @@ class OneStepSolver(Solver):
         """See the class docstring; the arguments are those of :meth:`Solver.__init__`."""
         super().__init__(problem, inner_optimizer, outer_optimizer)
 
+    def _uses_inner_hessian(self) -> bool:
+        return False  # d theta_1 / d lambda needs only the mixed derivative d2 f / d theta d lambda
+
     def _solve(self, inner_batch: Any, outer_batch: Any, buffers: dict[str, torch.Tensor]) -> _Result:
         if isinstance(inner_batch, list):
             [inner_batch] = self._as_batches(inner_batch, 1, "OneStepSolver")

@@ -157,8 +157,8 @@ class SOBASolver(Solver):
 
         # H v and (d2 f / d lambda d theta) v in one backward through grad_theta f.
         if live:
-            prods = torch.autograd.grad([df[i] for i in live], [theta[i] for i in live] + lam,
-                                        grad_outputs=[v[i] for i in live], allow_unused=True)
+            prods = self._lambda_grad([df[i] for i in live], [theta[i] for i in live] + lam, "inner_loss",
+                                     grad_outputs=[v[i] for i in live])
         else:
             prods = [None] * (len(live) + len(lam))
         hv = [torch.zeros_like(t) for t in theta]
@@ -168,7 +168,7 @@ class SOBASolver(Solver):
         cross = prods[len(live):]
 
         g = self.outer_value(theta, outer_batch, buffers)
-        dg = torch.autograd.grad(g, list(theta) + lam, allow_unused=True)
+        dg = self._lambda_grad(g, list(theta) + lam, "outer_loss")
         dg_theta = _zeros_for_none(dg[:len(theta)], theta)
         dg_lam = list(dg[len(theta):])
         if all(d is None for d in dg_lam) and all(c is None for c in cross):
