@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 STORE = ROOT / "benchmarks" / "results"
 MAX_BYTES = 50_000  # a cell file above this is a bug (curves are downsampled)
 CURVE_POINTS = 40  # training curves keep at most this many points
+EVAL_POINTS = 60  # and evaluation curves this many (a 50k-step cell evaluated every 5k steps has 10)
 SCATTER_EPISODES = 1_200  # VACO's per-trajectory (weight, return) pairs kept for the scatter plot
 # Settings of a run that are not algorithm hyper-parameters but change its result; a stored cell must match.
 RUN_KEYS = ("policy_steps", "value_steps", "eval_every", "eval_episodes")
@@ -100,7 +101,8 @@ def record_from_run(run_dir: Path, *, algo: str, base_algo: str, variant_sets: S
         "score_last3": last3(evals),
         "final_normalized_score": summary.get("final_normalized_score"),
         "final_return": summary.get("final_return"),
-        "eval_curve": [list(p) for p in evals],
+        # (the score uses every evaluation; the stored curve keeps its last three and at most EVAL_POINTS)
+        "eval_curve": downsample(evals[:-3], EVAL_POINTS - 3) + [list(p) for p in evals[-3:]],
         "train_curves": curves,
         "hparams": summary.get("hparams", {}),
         "git_revision": git_revision(),

@@ -6,7 +6,9 @@ reaches any field too.  Registering a new algorithm in ``rl_adapters.algorithms.
 takes to expose its options.
 
 Errors are one line on stderr naming the flag, the value and a fix (``--debug`` shows the traceback);
-exit codes: 2 usage error, 1 unreadable checkpoint or unusable dataset, 3 training diverged.
+exit codes: 2 usage error, 1 unreadable checkpoint or unusable dataset, 3 training diverged, 130 / 143 stopped
+by SIGINT (Ctrl-C) / SIGTERM (``train`` checkpoints the current step first and prints the command that
+continues the run).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import argparse
 import ast
 import dataclasses
 import json
+import shlex
+import signal
 import sys
 import typing
 from collections.abc import Sequence
@@ -83,7 +87,11 @@ def _add_train_args(p: argparse.ArgumentParser) -> set[str]:
                    help="train several seeds in one process, e.g. 0,1,2,3 or 0-3 (BC, TD3+BC, IQL, ASPC); each seed "
                         "writes a single run's files into OUT/seed<k>")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    p.add_argument("--out", default=None, help="output dir (default runs/<algo>-<dataset>-s<seed>)")
+    p.add_argument("--out", default=None, help="output dir (default runs/<algo>-<dataset>-s<seed>); must be new or "
+                   "empty: an earlier run there is continued with --resume or replaced with --overwrite")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a new run in --out even if it holds an earlier run (whose files are deleted once "
+                        "the new run's data has loaded) or other files (kept)")
     p.add_argument(
         "--eval-every",
         type=int,
@@ -93,7 +101,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> set[str]:
     p.add_argument(
         "--eval-episodes", type=int, default=10, help="episodes per evaluation (0: never evaluate)"
     )
-    p.add_argument("--checkpoint-every", type=int, default=10_000, help="atomic checkpoint every N steps")
+    p.add_argument("--checkpoint-every", type=int, default=10_000,
+                   help="atomic checkpoint every N steps (N >= 1; the end of the run, Ctrl-C and SIGTERM checkpoint "
+                        "too; N >= --steps: only those)")
     p.add_argument(
         "--log-every", type=int, default=1_000, help="append mean losses to metrics.jsonl every N steps"
     )
@@ -267,8 +277,13 @@ def _check_resume_flags(args: argparse.Namespace, explicit: set[str], cfg: Any) 
 
 
 def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from .training import NonFiniteLossError, TrainConfig, train
+    from .training import NonFiniteLossError, StopOnSignals, TrainConfig, train
+    from .training.config import check_out_free
 
+    clear_out = False
+    if args.resume and args.overwrite:
+        raise UsageError(f"--overwrite with --resume {args.resume}: --resume continues that run and --overwrite "
+                         f"would start a new one over it; give one of them")
     if args.resume:
         run = Path(args.resume)
         cfg_path = run / "config.json"
@@ -322,15 +337,38 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         )
         if args.threads is not None:
             cfg.threads = args.threads
-    try:
-        summary = train(cfg, resume=bool(args.resume), max_steps_this_session=args.max_steps_this_session)
-    except NonFiniteLossError as e:
-        if args.debug:
-            raise
-        _error(args, e)
-        return 3
+        clear_out = check_out_free(cfg.out, args.overwrite)
+    with StopOnSignals() as stop:
+        try:
+            summary = train(cfg, resume=bool(args.resume), max_steps_this_session=args.max_steps_this_session,
+                            clear_out=clear_out, stop=stop)
+        except NonFiniteLossError as e:
+            if args.debug:
+                raise
+            _error(args, e)
+            return 3
+        except KeyboardInterrupt:  # outside the update loop, or a second signal: no step of its own to save
+            if args.debug:
+                raise
+            print(f"bilevel-rl train: {_interrupted_where(Path(cfg.out))}", file=sys.stderr)
+            return 128 + (stop.signum or signal.SIGINT)
+    if summary["status"] == "interrupted" and stop.signum is not None:
+        print(f"bilevel-rl train: interrupted at step {summary['steps']}; continue with: bilevel-rl train --resume "
+              f"{shlex.quote(cfg.out)}", file=sys.stderr)
+        return 128 + stop.signum
     print(json.dumps(summary))
     return 0
+
+
+def _interrupted_where(out: Path) -> str:
+    """What an interrupt that found no update to checkpoint left in ``out``, and what to do next."""
+    runs = [out, *sorted(out.glob("seed*"))]
+    if any((d / "summary.json").exists() for d in runs):
+        return f"interrupted after the run finished (its results are in {out})"
+    if any((d / "checkpoint.pt").exists() for d in runs):
+        return (f"interrupted; continue from the last checkpoint with: bilevel-rl train --resume "
+                f"{shlex.quote(str(out))}")
+    return "interrupted before the first checkpoint, so there is nothing to resume; start the run again"
 
 
 def _error(args: argparse.Namespace, e: BaseException) -> None:
@@ -338,22 +376,31 @@ def _error(args: argparse.Namespace, e: BaseException) -> None:
     print(f"bilevel-rl {args.command}: error: {text}", file=sys.stderr)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    if args.command != "train":
-        if args.command == "analyze-weights":
-            from .vaco_analysis import run_from_args as analyze
+def _run_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    if args.command == "analyze-weights":
+        from .vaco_analysis import run_from_args as analyze
 
-            return analyze(args)
+        return analyze(args)
+    if args.command == "make-dataset":
         from .datasets.cli import run_from_args
 
         return run_from_args(args)
+    return _train(args, argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
     from .data import DatasetError, DatasetNotFoundError
     from .evaluation import MissingReferenceScoresError
 
     try:
-        return _train(args, argv)
+        return _run_command(args, argv)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"bilevel-rl {args.command}: interrupted", file=sys.stderr)
+        return 130
     except (UsageError, DatasetNotFoundError, MissingReferenceScoresError) as e:
         if args.debug:
             raise

@@ -2,7 +2,8 @@
 
 Exit codes of ``bilevel-rl train``: 2 for a :class:`UsageError` (a flag or config field has a value that
 cannot work), 1 for a :class:`CheckpointError` or an unusable dataset (a file is bad), 3 when training
-diverges (:class:`rl_adapters.training.NonFiniteLossError`).
+diverges (:class:`rl_adapters.training.NonFiniteLossError`), 130 / 143 when SIGINT / SIGTERM stopped it
+(:class:`rl_adapters.training.StopOnSignals`).  ``make-dataset`` and ``analyze-weights`` use 2 and 1 the same way.
 """
 
 from __future__ import annotations

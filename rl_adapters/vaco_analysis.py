@@ -68,9 +68,17 @@ def load_run(
         total_steps=cfg.get("steps", 1),
         **cfg.get("hparams", {}),
     )
+    from .errors import CheckpointError
     from .training import read_checkpoint  # weights_only=True: a checkpoint cannot run code
+    from .training.checkpoint import first_line
 
-    algo.load_state_dict(read_checkpoint(ckpt_path, device)["algorithm"])
+    try:
+        algo.load_state_dict(read_checkpoint(ckpt_path, device)["algorithm"])
+    except (KeyError, RuntimeError, TypeError, ValueError) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"{ckpt_path}: does not fit the VACO of {cfg_path} ({type(e).__name__}: "
+                              f"{first_line(e)}); train the run again") from e
     data = train_data if dataset is None else load_dataset(dataset, device)
     return algo, data
 
@@ -256,15 +264,72 @@ def analyze_weights(
 
 # ---------------------------------------------------------------------- CLI (bilevel-rl analyze-weights)
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_dir", help="a VACO run directory written by `bilevel-rl train --algo vaco`")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a VACO run directory written by `bilevel-rl train --algo vaco`")
     p.add_argument("--out", default=None, help="output folder (default RUN_DIR/weights)")
     p.add_argument("--dataset", default=None, help="score this dataset instead of the one trained on")
     p.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
     p.add_argument("--no-plot", dest="plot", action="store_false", help="write weights.json only")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+
+
+def check_args(args: argparse.Namespace) -> Path:
+    """Refuse what cannot work before anything loads (one line naming the argument and a fix, as
+    ``bilevel-rl train`` does); the output folder.  :class:`~rl_adapters.errors.UsageError` for a wrong
+    argument (exit 2), :class:`~rl_adapters.errors.CheckpointError` / ``DatasetError`` for unusable files (1)."""
+    from .data import DatasetError, DatasetNotFoundError, check_dataset_available
+    from .errors import CheckpointError, UsageError
+    from .training.config import check_out_dir, free_sibling, resolve_device
+
+    run = Path(args.run_dir)
+    fix = "pass the directory a `bilevel-rl train --algo vaco` run wrote"
+    if not run.is_dir():
+        raise UsageError(f"RUN_DIR {args.run_dir}: no such directory; {fix}")
+    cfg_path = run / "config.json"
+    if not cfg_path.is_file():
+        raise UsageError(f"RUN_DIR {args.run_dir}: has no config.json, so it is not a bilevel-rl run directory; {fix}")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+        algo, dataset = cfg["algo"], cfg["dataset"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{cfg_path}: not a readable run configuration ({type(e).__name__}: {e}); "
+                              f"{fix}") from None
+    if algo != "vaco":
+        raise UsageError(f"RUN_DIR {args.run_dir}: a {algo} run, but only VACO has a meta-scorer to analyze; "
+                         f"{fix}")
+    if not (run / "checkpoint.pt").is_file():
+        raise UsageError(f"RUN_DIR {args.run_dir}: has no checkpoint.pt, so there is no trained scorer to read (the "
+                         f"run stopped before its first checkpoint); train it again, or {fix}")
+    args.device = str(resolve_device(args.device))  # "auto" -> cuda or cpu
+    if args.dataset is not None:
+        check_dataset_available(args.dataset)  # names --dataset: exit 2
+    try:
+        check_dataset_available(dataset)
+    except DatasetNotFoundError as e:
+        raise DatasetError(f"RUN_DIR {args.run_dir}: its training dataset {dataset} is needed (the scorer normalises "
+                           f"states with its statistics) but not found; set MINARI_DATASETS_PATH to the folder "
+                           f"holding it ({' '.join(str(e).split())})") from None
+    out = Path(args.out) if args.out else run / "weights"
+    if out.exists() and not out.is_dir():
+        default = run / "weights"
+        other = default if not default.is_file() else free_sibling(str(default))
+        raise UsageError(f"--out {out}: is an existing file, not a directory; pass a directory, e.g. --out {other}")
+    check_out_dir(str(out))
+    return out
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    res = analyze_weights(args.run_dir, args.out, dataset=args.dataset, device=args.device, plot=args.plot)
+    from .errors import UsageError
+
+    out = check_args(args)
+    try:
+        res = analyze_weights(args.run_dir, out, dataset=args.dataset, device=args.device, plot=args.plot)
+    except OSError as e:
+        where = Path(e.filename).absolute() if e.filename is not None else None
+        if where is None or not (where == out.absolute() or where in out.absolute().parents
+                                 or out.absolute() in where.parents):
+            raise  # not about writing --out
+        raise UsageError(f"--out {out}: cannot be written ({type(e).__name__}: {e.strerror or e}); pass a "
+                         f"directory you can write to, e.g. --out {Path(args.run_dir) / 'weights'}") from e
     summary = {
         k: res[k]
         for k in (
@@ -276,6 +341,6 @@ def run_from_args(args: argparse.Namespace) -> int:
             "weight",
         )
     }
-    summary["out"] = str(Path(args.out) if args.out else Path(args.run_dir) / "weights")
+    summary["out"] = str(out)
     print(json.dumps(summary))
     return 0

@@ -224,7 +224,7 @@ def test_cli_run_scale_moves_metrics_and_plot(tiny_dataset, tmp_path, name, key)
     out = tmp_path / name
     rc = main(["train", "--algo", name, "--dataset", tiny_dataset, "--steps", "400", "--seed", "0",
                "--device", "cpu", "--out", str(out), "--eval-every", "0", "--eval-episodes", "1",
-               "--log-every", "50", "--checkpoint-every", "0", "--no-progress", "--hidden-dim", "32",
+               "--log-every", "50", "--checkpoint-every", "400", "--no-progress", "--hidden-dim", "32",
                "--batch-size", "64", "--update-interval", "5"])
     assert rc == 0
     rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]

@@ -243,7 +243,7 @@ def test_logged_means_count_only_steps_that_report_the_metric(tiny_dataset, tmp_
 
     monkeypatch.setattr(TD3BC, "update", recording)
     out = tmp_path / "means"
-    train(_cfg(tiny_dataset, out, "td3bc", steps=20, eval_every=0, checkpoint_every=0))
+    train(_cfg(tiny_dataset, out, "td3bc", steps=20, eval_every=0, checkpoint_every=20))
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
     first = next(r for r in rows if r["step"] == 10)
     actor = [i["actor_loss"] for i in seen[:10] if "actor_loss" in i]

@@ -4,6 +4,7 @@ scripted datasets (a good PD controller and a bad random policy on ``InvertedPen
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -123,7 +124,8 @@ def write_dataset(
         if dataset_id in minari.list_local_datasets():
             if not overwrite:
                 raise FileExistsError(f"dataset {dataset_id!r} already exists; pass overwrite=True")
-            minari.delete_dataset(dataset_id)
+            with contextlib.redirect_stdout(io.StringIO()):  # minari prints "Dataset ... deleted!"
+                minari.delete_dataset(dataset_id)
         buffers = [
             EpisodeBuffer(
                 id=i,

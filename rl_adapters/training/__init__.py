@@ -3,6 +3,7 @@
 
 from .checkpoint import CHECKPOINT, load_checkpoint, read_checkpoint, restore_checkpoint, save_checkpoint
 from .config import DEFAULT_THREADS, TrainConfig, default_eval_every, resolve_device
+from .interrupts import Interrupted, StopOnSignals
 from .loop import NonFiniteLossError, train
 from .metrics import TIMING_FIELDS, loss_series
 
@@ -10,7 +11,9 @@ __all__ = [
     "CHECKPOINT",
     "DEFAULT_THREADS",
     "TIMING_FIELDS",
+    "Interrupted",
     "NonFiniteLossError",
+    "StopOnSignals",
     "TrainConfig",
     "default_eval_every",
     "load_checkpoint",

@@ -4,7 +4,11 @@ is loaded or written (one line naming the flag, the value and a fix)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import re
+import shlex
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +19,8 @@ from ..algorithms import make_config
 from ..data import check_dataset_available
 from ..errors import UsageError
 
-__all__ = ["DEFAULT_THREADS", "TrainConfig", "check_out_dir", "default_eval_every", "resolve_device"]
+__all__ = ["DEFAULT_THREADS", "TrainConfig", "check_out_dir", "check_out_free", "clear_run_files", "default_eval_every", "free_sibling",
+           "resolve_device"]
 
 #: torch CPU threads of a run unless set.  The networks are small (256x256 MLPs, batch 256): on an idle
 #: 2-core box two threads were 1.45x faster than one, but with both cores busy they were 12x slower
@@ -54,7 +59,11 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         # Runs recorded before ``threads`` existed ran with torch's default.
-        return cls(**({"threads": None} | {k: v for k, v in d.items() if k in known}))
+        cfg = cls(**({"threads": None} | {k: v for k, v in d.items() if k in known}))
+        if cfg.checkpoint_every == 0 and isinstance(cfg.steps, int):
+            # Runs recorded while 0 meant "only at the end" (now refused): the same thing, said as a step count.
+            cfg.checkpoint_every = max(1, cfg.steps)
+        return cfg
 
     def resolved(self) -> TrainConfig:
         """A copy with the automatic defaults filled in (what ``config.json`` records)."""
@@ -91,7 +100,8 @@ class TrainConfig:
         need_int("--eval-every", self.eval_every, 0, "0: evaluate only at the end", default_eval_every(
             self.steps if isinstance(self.steps, int) and self.steps > 0 else 100_000), none_ok=True)
         need_int("--eval-episodes", self.eval_episodes, 0, "0: never evaluate", 10)
-        need_int("--checkpoint-every", self.checkpoint_every, 0, "0: checkpoint only at the end", 10_000)
+        need_int("--checkpoint-every", self.checkpoint_every, 1, "updates between checkpoints; a value >= --steps "
+                 "checkpoints only at the end", 10_000)
         need_int("--log-every", self.log_every, 1, "steps per line of metrics.jsonl", 1_000)
         need_int("--threads", self.threads, 1, "torch CPU threads", DEFAULT_THREADS, none_ok=True)
         if self.seeds is not None:
@@ -113,14 +123,23 @@ class TrainConfig:
 
 def parse_seeds(text: str) -> list[int]:
     """``"0,1,2,3"`` -> ``[0, 1, 2, 3]`` (also ``"0-3"``); a :class:`UsageError` naming ``--seeds`` otherwise."""
+    parts = [part.strip() for part in text.split(",")]
     try:
         seeds: list[int] = []
-        for part in text.split(","):
-            lo, sep, hi = part.strip().partition("-")
+        for k, part in enumerate(parts):
+            lo, sep, hi = part.partition("-")
+            if sep and 0 <= int(hi) < int(lo):
+                fixed = ",".join(parts[:k] + [f"{int(hi)}-{int(lo)}"] + parts[k + 1:])
+                raise UsageError(f"--seeds {text}: the range {part} is empty (a range counts up: low-high); "
+                                 f"e.g. --seeds {fixed}")
             seeds += list(range(int(lo), int(hi) + 1)) if sep else [int(lo)]
+    except UsageError:
+        raise
     except ValueError:
         raise UsageError(f"--seeds {text!r}: give comma-separated integers or a range, e.g. --seeds 0,1,2,3 or "
                          f"--seeds 0-3") from None
+    if not seeds:
+        raise UsageError(f"--seeds {text!r}: lists no seed; e.g. --seeds 0,1,2,3 or --seeds 0-3")
     return seeds
 
 
@@ -143,6 +162,92 @@ def check_out_dir(out: str) -> None:
                 raise UsageError(f"--out {out}: {parent} is not writable; pass a directory you can write "
                                  f"to, e.g. --out runs/{path.name}")
             break
+
+
+#: Entries ``bilevel-rl train`` writes into a run directory besides ``*.png`` figures, ``*.tmp`` files of atomic
+#: writes and the ``seed<k>/`` folders of a multi-seed run (``weights/``: ``analyze-weights``' default output).
+_RUN_ENTRIES = {"config.json", "metrics.jsonl", "checkpoint.pt", "summary.json", "tb", "weights",
+                "arq_candidates.pt", "arq_candidates.json"}
+
+
+def _is_run_entry(path: Path) -> bool:
+    name = path.name
+    if name in _RUN_ENTRIES or name.endswith(".tmp"):
+        return True
+    if name.endswith(".png"):
+        return path.is_file()
+    return re.fullmatch(r"seed\d+", name) is not None and path.is_dir()
+
+
+def _holds_run(path: Path) -> bool:
+    """Whether ``path/config.json`` is the configuration of a ``bilevel-rl train`` run."""
+    try:
+        cfg = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(cfg, dict) and {"algo", "dataset", "steps"} <= set(cfg)
+
+
+def free_sibling(out: str) -> str:
+    """``OUT-2`` (or ``-3``, ...): a directory name next to ``out`` that does not exist yet."""
+    base = out.rstrip("/") or "/"
+    if Path(base).name in ("", ".", ".."):
+        base = str(Path(base).resolve())
+    n = 2
+    while Path(f"{base}-{n}").exists():
+        n += 1
+    return f"{base}-{n}"
+
+
+def check_out_free(out: str, overwrite: bool = False) -> bool:
+    """Refuse (:class:`~rl_adapters.errors.UsageError`) to start a new run in ``out`` when it holds an earlier
+    run or any other file, unless ``overwrite``; reads only.  Returns whether ``out`` holds an earlier run whose
+    files the new run deletes first (:func:`clear_run_files`).
+
+    A new or empty directory is free; so is the debris of a run stopped before its first checkpoint (only the
+    files a run writes, no ``checkpoint.pt``: nothing to resume), which the new run replaces.  With ``overwrite``
+    an earlier run is replaced, and a directory holding no run receives the new run beside its files."""
+    path = Path(out)
+    if not path.is_dir():
+        return False  # a new directory (an existing file is check_out_dir's refusal)
+    entries = sorted(path.iterdir())
+    if not entries:
+        return False
+    q, other = shlex.quote(out), shlex.quote(free_sibling(out))
+    if _holds_run(path):
+        runs = [path, *(e for e in entries if re.fullmatch(r"seed\d+", e.name) and e.is_dir())]
+        checkpoints = [d for d in runs if (d / "checkpoint.pt").is_file()]
+        summaries = [d for d in runs if (d / "summary.json").is_file()]
+        foreign = [e for e in entries if not _is_run_entry(e)]
+        if not checkpoints and not summaries and not foreign:
+            return True  # stopped before its first checkpoint: nothing to resume
+        if overwrite:
+            return True
+        if summaries and all(d in summaries for d in checkpoints):
+            raise UsageError(f"--out {out}: holds a finished run (summary.json); replace it with --overwrite, or "
+                             f"pass another --out, e.g. --out {other}")
+        if checkpoints:
+            raise UsageError(f"--out {out}: holds an unfinished run (checkpoint.pt); continue it with --resume {q}, "
+                             f"replace it with --overwrite, or pass another --out, e.g. --out {other}")
+    if overwrite:
+        return False
+    names = ", ".join(e.name for e in entries[:3]) + (", ..." if len(entries) > 3 else "")
+    raise UsageError(f"--out {out}: is not empty ({len(entries)} entries: {names}) and a new run would mix its "
+                     f"files with them; pass another --out, e.g. --out {other}, or --overwrite to write the run "
+                     f"into it anyway")
+
+
+def clear_run_files(out: str | Path) -> None:
+    """Delete what an earlier ``bilevel-rl train`` run wrote into ``out`` (``--overwrite``); other files stay."""
+    path = Path(out)
+    if not _holds_run(path):
+        return
+    for entry in path.iterdir():
+        if _is_run_entry(entry):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
 
 
 def resolve_device(device: str) -> torch.device:

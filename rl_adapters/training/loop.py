@@ -14,7 +14,9 @@ Checkpoints hold only tensors and plain Python values and are read with
 ``torch.load(weights_only=True)``: a checkpoint from elsewhere cannot run code when loaded.
 
 Inputs are checked before anything is loaded or written (:meth:`TrainConfig.validate`); a run that
-fails before its first checkpoint removes the output directory it created.
+fails before its first checkpoint removes the output directory it created.  With ``stop`` (a
+:class:`~rl_adapters.training.interrupts.StopOnSignals`, as ``bilevel-rl train`` passes) SIGINT/SIGTERM
+stop the loop after the current update and checkpoint that step.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import random
 import shutil
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +47,8 @@ from .checkpoint import (
     restore_checkpoint,
     save_checkpoint,
 )
-from .config import TrainConfig, resolve_device
+from .config import TrainConfig, clear_run_files, resolve_device
+from .interrupts import StopOnSignals
 from .metrics import MetricsWindow, truncate_metrics
 from .plots import write_run_figures
 
@@ -73,6 +77,9 @@ def train(
     resume: bool = False,
     max_steps_this_session: int | None = None,
     data: OfflineData | None = None,
+    *,
+    clear_out: bool = False,
+    stop: StopOnSignals | None = None,
 ) -> dict[str, Any]:
     """Train ``cfg.algo`` on ``cfg.dataset`` for ``cfg.steps`` updates, writing into ``cfg.out``.
 
@@ -82,7 +89,11 @@ def train(
     ``resume=True`` continues from ``checkpoint.pt`` with ``cfg`` as saved in ``config.json``.
     ``max_steps_this_session`` stops after that many updates in this call (checkpointing first), to
     simulate or schedule interruptions.  ``data`` skips loading when the caller already has the dataset.
-    Runs with ``cfg.threads`` torch threads (restored afterwards).
+    ``clear_out`` deletes the files of an earlier run in ``cfg.out`` once the data is loaded and the algorithm
+    built, before anything is written (``bilevel-rl train --overwrite``; :func:`~rl_adapters.training.config.check_out_free` is the check
+    that refuses such a directory without it; this function itself writes over whatever is there).  ``stop``:
+    while its signals are handled, a SIGINT/SIGTERM ends the loop after the current update with a checkpoint
+    of that step (status ``"interrupted"``).  Runs with ``cfg.threads`` torch threads (restored afterwards).
 
     Raises :class:`~rl_adapters.errors.UsageError` for settings that cannot work and
     :class:`~rl_adapters.errors.CheckpointError` for an unreadable checkpoint, both before anything is
@@ -120,7 +131,7 @@ def train(
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     try:
-        return _run(cfg, device, saved, max_steps_this_session, data)
+        return _run(cfg, device, saved, max_steps_this_session, data, clear_out and not resume, stop)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -141,6 +152,8 @@ def _run(
     saved: dict[str, Any] | None,
     max_steps_this_session: int | None,
     data: OfflineData | None,
+    clear_out: bool = False,
+    stop: StopOnSignals | None = None,
 ) -> dict[str, Any]:
     if data is None:
         data = load_dataset(cfg.dataset, device)
@@ -160,12 +173,16 @@ def _run(
 
     out = Path(cfg.out)
     created = _first_missing(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # e.g. under /proc or /sys, which accept no new directories
+        raise UsageError(f"--out {cfg.out}: cannot be created ({type(e).__name__}: {e.strerror or e}); pass a "
+                         f"directory you can write to, e.g. --out runs/{out.name or 'run'}") from e
     ckpt_path = out / CHECKPOINT
     try:
         if cfg.seeds is not None:
-            return _loop_seeds(cfg, device, saved, max_steps_this_session, data, out)
-        return _loop(cfg, device, saved, max_steps_this_session, data, out)
+            return _loop_seeds(cfg, device, saved, max_steps_this_session, data, out, stop, clear_out)
+        return _loop(cfg, device, saved, max_steps_this_session, data, out, stop, clear_out)
     except BaseException:
         # A run that never wrote a checkpoint cannot be resumed: leave no directory it created behind.
         if created is not None and not ckpt_path.exists() and not any(out.glob(f"seed*/{CHECKPOINT}")):
@@ -326,6 +343,12 @@ def _postfix(row: dict[str, Any], last_eval: float | None) -> dict[str, str]:
             | ({"score": f"{last_eval:.1f}"} if last_eval is not None else {}))
 
 
+def _stopping(stop: StopOnSignals | None, max_steps_this_session: int | None, done: int) -> bool:
+    """Whether the loop stops (after checkpointing) now that this session ran ``done`` updates."""
+    return (stop is not None and stop.requested) or (
+        max_steps_this_session is not None and done >= max_steps_this_session)
+
+
 def _loop(
     cfg: TrainConfig,
     device: torch.device,
@@ -333,6 +356,8 @@ def _loop(
     max_steps_this_session: int | None,
     data: OfflineData,
     out: Path,
+    stop: StopOnSignals | None = None,
+    clear_out: bool = False,
 ) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -350,6 +375,8 @@ def _loop(
             raise CheckpointError(f"{out / CHECKPOINT}: does not fit this run's config.json ({type(e).__name__}: "
                                   f"{first_line(e)}); start the run again without --resume") from e
         start = saved["step"]
+    if clear_out:  # the last check passed (the algorithm fits the data): replace the earlier run
+        clear_run_files(out)
     record = _RunRecord(cfg, out, saved, data)
     phase = algo.value_phase()
     cache = None
@@ -372,25 +399,28 @@ def _loop(
     session_start = time.perf_counter()
     step = start
     status = "finished"
+    armed = stop.armed() if stop is not None else nullcontext()
     try:
-        for step in range(start + 1, cfg.steps + 1):
-            t0 = time.perf_counter()
-            info = algo.update(train_data.sample(batch_size, sampler))
-            row = record.add(step, info, time.perf_counter() - t0)
-            if row is not None:
-                bar.set_postfix(_postfix(row, record.last_eval), refresh=False)
-            evaluate, checkpoint = record.due(step)
-            if evaluate:
-                record.evaluate(algo, data, step)
-            if checkpoint:
-                record.checkpoint(step, algo, sampler, session_start)
-            if cache is not None and step == phase.steps and not cache.exists():
-                cache.save(algo, sampler, record.metrics_path, record.checkpoint_extra(step, session_start))
-            bar.update(1)
-            if max_steps_this_session is not None and step - start >= max_steps_this_session and step < cfg.steps:
-                record.checkpoint(step, algo, sampler, session_start)
-                status = "interrupted"
-                break
+        with armed:
+            for step in range(start + 1, cfg.steps + 1):
+                t0 = time.perf_counter()
+                info = algo.update(train_data.sample(batch_size, sampler))
+                row = record.add(step, info, time.perf_counter() - t0)
+                if row is not None:
+                    bar.set_postfix(_postfix(row, record.last_eval), refresh=False)
+                evaluate, checkpoint = record.due(step)
+                if evaluate and not (phase is not None and step <= phase.steps):
+                    # (a value-only phase leaves the policy untouched: evaluating it would measure nothing)
+                    record.evaluate(algo, data, step)
+                if checkpoint:
+                    record.checkpoint(step, algo, sampler, session_start)
+                if cache is not None and step == phase.steps and not cache.exists():
+                    cache.save(algo, sampler, record.metrics_path, record.checkpoint_extra(step, session_start))
+                bar.update(1)
+                if step < cfg.steps and _stopping(stop, max_steps_this_session, step - start):
+                    record.checkpoint(step, algo, sampler, session_start)
+                    status = "interrupted"
+                    break
     finally:
         bar.close()
     return record.finish(step, status, algo, sampler, data, device, session_start)
@@ -409,6 +439,8 @@ def _loop_seeds(
     max_steps_this_session: int | None,
     data: OfflineData,
     out: Path,
+    stop: StopOnSignals | None = None,
+    clear_out: bool = False,
 ) -> dict[str, Any]:
     """:func:`_loop` for ``cfg.seeds`` trained together by a :class:`~rl_adapters.training.seed_stack.SeedStack`;
     seed ``k`` writes a single run's files into ``out/seed<k>`` (its checkpoint resumes as a single run too)."""
@@ -438,6 +470,8 @@ def _loop_seeds(
                                   f"({type(e).__name__}: {first_line(e)}); start the run again without --resume") from e
         start = saved[0]["step"]
     else:
+        if clear_out:  # the last check passed (the algorithm fits the data): replace the earlier run
+            clear_run_files(out)
         atomic_write_json(out / "config.json", dataclasses.asdict(cfg) | {"resolved_device": str(device),
                                                                           "dataset_size": len(data)})
     together = {"seeds_in_process": seeds}
@@ -455,26 +489,28 @@ def _loop_seeds(
         for record, member, sampler in zip(records, stack.members, samplers):
             record.checkpoint(step, member, sampler, session_start)
 
+    armed = stop.armed() if stop is not None else nullcontext()
     try:
-        for step in range(start + 1, cfg.steps + 1):
-            t0 = time.perf_counter()
-            infos = stack.update(train_data.sample_many(batch_size, samplers))
-            seconds = time.perf_counter() - t0
-            rows = [record.add(step, info, seconds) for record, info in zip(records, infos)]
-            if rows[0] is not None:
-                bar.set_postfix(_postfix(rows[0], records[0].last_eval), refresh=False)
-            evaluate, checkpoint = records[0].due(step)
-            if evaluate:
-                stack.sync_members()
-                for record, member in zip(records, stack.members):
-                    record.evaluate(member, data, step)
-            if checkpoint:
-                checkpoint_all(step)
-            bar.update(1)
-            if max_steps_this_session is not None and step - start >= max_steps_this_session and step < cfg.steps:
-                checkpoint_all(step)
-                status = "interrupted"
-                break
+        with armed:
+            for step in range(start + 1, cfg.steps + 1):
+                t0 = time.perf_counter()
+                infos = stack.update(train_data.sample_many(batch_size, samplers))
+                seconds = time.perf_counter() - t0
+                rows = [record.add(step, info, seconds) for record, info in zip(records, infos)]
+                if rows[0] is not None:
+                    bar.set_postfix(_postfix(rows[0], records[0].last_eval), refresh=False)
+                evaluate, checkpoint = records[0].due(step)
+                if evaluate:
+                    stack.sync_members()
+                    for record, member in zip(records, stack.members):
+                        record.evaluate(member, data, step)
+                if checkpoint:
+                    checkpoint_all(step)
+                bar.update(1)
+                if step < cfg.steps and _stopping(stop, max_steps_this_session, step - start):
+                    checkpoint_all(step)
+                    status = "interrupted"
+                    break
     finally:
         bar.close()
     stack.sync_members()
