@@ -489,10 +489,10 @@ def test_scorer_eps_is_the_scorer_adams_own(tiny_dataset: str) -> None:
     ``hypergrad_rms_over_eps`` divides by the eps that Adam uses."""
 
     data = load_dataset(tiny_dataset)
-    base = make_algorithm("vaco", data.obs_dim, data.act_dim, data.stats, hidden_dim=16, value_fraction=0.0)
+    base = make_algorithm("vaco", data.obs_dim, data.act_dim, data.stats, hidden_dim=16, value_fraction=0.0,
+                          scorer_eps=None)
     assert base.scorer_opt.param_groups[0]["eps"] == base.config.adam_eps == 1e-5
-    algo = make_algorithm("vaco", data.obs_dim, data.act_dim, data.stats, hidden_dim=16, value_fraction=0.0,
-                          scorer_eps=1e-12)
+    algo = make_algorithm("vaco", data.obs_dim, data.act_dim, data.stats, hidden_dim=16, value_fraction=0.0)
     assert algo.scorer_opt.param_groups[0]["eps"] == 1e-12 and algo.config.adam_eps == 1e-5
     info = algo.update(data.sample(32, data.make_generator(0)))
     numel = sum(p.numel() for p in algo.scorer.parameters())

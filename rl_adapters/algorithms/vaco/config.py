@@ -46,9 +46,11 @@ class VACOConfig(BaseConfig):
     actor_lr: float = 3e-4
     scorer_lr: float = 3e-5
     adam_eps: float = 1e-5
-    # The scorer's Adam eps; None: adam_eps. Adam moves a parameter by lr * g / (rms(g) + eps): with an eps above
-    # the hypergradient's RMS (which is ~1e-7 on the medium-expert sets) the scorer hardly moves at all.
-    scorer_eps: float | None = None
+    # The scorer's Adam eps (None: adam_eps). Adam moves a parameter by lr * g / (rms(g) + eps); the one-step
+    # hypergradient's RMS is ~1e-7 on the medium-expert sets, so with the paper's 1e-5 the scorer moved by under
+    # 1% of lr a step (hypergrad_rms_over_eps 0.007). 1e-12 makes its step independent of that scale
+    # (docs/vaco.md "Does the scorer learn?").
+    scorer_eps: float | None = 1e-12
     weight_decay: float = 1e-6
     scorer_hidden_dim: int = 256
     # The guarded weights (docs/vaco.md "Weight collapse"): batch-mean normalisation removes the common-scale
