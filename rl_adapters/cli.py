@@ -2,8 +2,8 @@
 
 Algorithm hyper-parameters are not hard-coded here: every field of every registered algorithm's
 ``Config`` dataclass becomes a ``--field-name`` flag (bools get ``--x/--no-x``), and ``--set key=value``
-reaches any field too.  Registering a new algorithm in ``rl_adapters.algorithms.ALGORITHMS`` is all it
-takes to expose its options.
+reaches any field too.  Registering a new algorithm (``@register`` in its module, see
+:mod:`rl_adapters.algorithms`) is all it takes to expose its options.
 
 Errors are one line on stderr naming the flag, the value and a fix (``--debug`` shows the traceback);
 exit codes: 2 usage error, 1 unreadable checkpoint or unusable dataset, 3 training diverged, 130 / 143 stopped

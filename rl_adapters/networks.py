@@ -285,21 +285,12 @@ def aspc_init_(net: nn.Sequential | EnsembleMLP) -> nn.Sequential | EnsembleMLP:
     return net
 
 
-def _mlp_layer_index(i: int, layer_norm: bool) -> tuple[int, int]:
-    """Sequential index of the ``i``-th Linear and of the LayerNorm after it in :func:`mlp`'s layout."""
-    stride = 3 if layer_norm else 2
-    return stride * i, stride * i + 2
-
-
 class TwinCritic(nn.Module):
     """Two independent Q networks ``Q_i(s, a) = f_i([s, a])``; ``forward`` returns ``(Q1, Q2)``, each ``(B,)``.
 
     The two are one fused :class:`EnsembleMLP` (``self.net``, 2 members): one batched matmul per layer for
     both. ``init="aspc"`` re-initialises both with :func:`aspc_init_` (the ASPC reference critic).
-    At a given RNG state the networks are the ones the former layout (two :func:`mlp` s, ``q1`` and ``q2``)
-    drew, and a state dict in that layout (``q1.0.weight`` ...) still loads. An optimizer state saved over the
-    former layout does not load as it is (twice as many parameters): :meth:`is_former_optimizer_state` tells,
-    :meth:`convert_former_optimizer_state` converts it (a checkpoint loader calls them; see its docstring).
+    At a given RNG state the two members hold what two separate :func:`mlp` s (``q1`` then ``q2``) would draw.
     Inputs may carry extra leading batch dimensions: ``obs (..., obs_dim)``, ``action (..., act_dim)``.
     """
 
@@ -321,7 +312,6 @@ class TwinCritic(nn.Module):
         self.net = EnsembleMLP(self.members, self.obs_dim + self.act_dim, 1, self.hidden, self.layer_norm)
         if init == "aspc":
             aspc_init_(self.net)
-        self.register_load_state_dict_pre_hook(TwinCritic._load_former_layout)
 
     def q_all(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """Both Q values stacked: ``(2, ...)``."""
@@ -337,90 +327,6 @@ class TwinCritic(nn.Module):
     def min_q(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         q = self.q_all(obs, action)
         return torch.minimum(q[0], q[1])
-
-    # ------------------------------------------------------------------ former layout
-    @staticmethod
-    def _load_former_layout(module: TwinCritic, state_dict: dict, prefix: str, *args: object) -> None:
-        """Convert ``q1.<k>.weight`` ... (two ``nn.Sequential`` s, ``(out, in)`` weights) to ``net.*`` in place."""
-        if prefix + "q1.0.weight" not in state_dict:
-            return
-        for i in range(len(module.net.linears)):
-            lin_idx, ln_idx = _mlp_layer_index(i, module.layer_norm)
-            ws, bs = [], []
-            for q in ("q1", "q2"):
-                ws.append(state_dict.pop(f"{prefix}{q}.{lin_idx}.weight").transpose(0, 1))
-                bs.append(state_dict.pop(f"{prefix}{q}.{lin_idx}.bias"))
-            state_dict[f"{prefix}net.linears.{i}.weight"] = torch.stack(ws)
-            state_dict[f"{prefix}net.linears.{i}.bias"] = torch.stack(bs)
-            if module.layer_norm and i < len(module.hidden):
-                for name in ("weight", "bias"):
-                    state_dict[f"{prefix}net.norms.{i}.{name}"] = torch.stack(
-                        [state_dict.pop(f"{prefix}{q}.{ln_idx}.{name}") for q in ("q1", "q2")]
-                    )
-
-    def former_state_dict(self) -> dict[str, torch.Tensor]:
-        """This critic's parameters under the former layout's keys (``q1.0.weight`` ... ``q2.*``), ``(out, in)`` weights."""
-        out: dict[str, torch.Tensor] = {}
-        for e, q in enumerate(("q1", "q2")):
-            for i, lin in enumerate(self.net.linears):
-                lin_idx, ln_idx = _mlp_layer_index(i, self.layer_norm)
-                out[f"{q}.{lin_idx}.weight"] = lin.weight.detach()[e].T.contiguous()
-                out[f"{q}.{lin_idx}.bias"] = lin.bias.detach()[e].clone()
-                if self.net.norms is not None and i < len(self.hidden):
-                    ln = self.net.norms[i]
-                    out[f"{q}.{ln_idx}.weight"] = ln.weight.detach()[e].clone()
-                    out[f"{q}.{ln_idx}.bias"] = ln.bias.detach()[e].clone()
-        return out
-
-    def _former_parameter_map(self) -> list[tuple[str, int, bool]]:
-        """For each former parameter in ``parameters()`` order (``q1``'s, then ``q2``'s): the name of the fused
-        parameter holding it, the member, and whether it is a ``(out, in)`` weight to transpose."""
-        out = []
-        for e in range(self.members):
-            for i in range(len(self.net.linears)):
-                out += [(f"net.linears.{i}.weight", e, True), (f"net.linears.{i}.bias", e, False)]
-                if self.net.norms is not None and i < len(self.hidden):
-                    out += [(f"net.norms.{i}.weight", e, False), (f"net.norms.{i}.bias", e, False)]
-        return out
-
-    def is_former_optimizer_state(self, state: dict) -> bool:
-        """Whether ``state`` (an optimizer ``state_dict`` over this critic's parameters only) is in the former
-        layout: twice as many parameters, since every fused tensor held one former tensor per member."""
-        n = sum(len(g["params"]) for g in state["param_groups"])
-        return n == 2 * len(list(self.parameters()))
-
-    def convert_former_optimizer_state(self, state: dict) -> dict:
-        """An optimizer ``state_dict`` over the former critic's parameters (``optim(critic.parameters())`` with
-        ``q1``/``q2``) converted to one over this critic's: per-parameter tensors of a member's shape are
-        stacked (weights transposed to ``(in, out)``), anything else (Adam's ``step``) is taken from member 0.
-        One parameter group over all of the critic, as every algorithm here builds it."""
-        if len(state["param_groups"]) != 1:
-            raise ValueError("convert_former_optimizer_state expects one parameter group over the critic")
-        group = state["param_groups"][0]
-        former_ids = list(group["params"])
-        mapping = self._former_parameter_map()
-        if len(former_ids) != len(mapping):
-            raise ValueError(f"expected {len(mapping)} former critic parameters, the state has {len(former_ids)}")
-        names = [n for n, _ in self.named_parameters()]
-        params = dict(self.named_parameters())
-        by_name: dict[str, list[tuple[int, bool, dict]]] = {n: [] for n in names}
-        for pid, (name, e, transpose) in zip(former_ids, mapping):
-            by_name[name].append((e, transpose, state["state"].get(pid, {})))
-        new_state: dict[int, dict] = {}
-        for idx, name in enumerate(names):
-            members = sorted(by_name[name], key=lambda t: t[0])
-            first = members[0][2]
-            if not first:
-                continue  # no state yet (the optimizer never stepped)
-            member_shape = params[name].shape[1:]
-            entry = {}
-            for key, val in first.items():
-                if torch.is_tensor(val) and val.dim() > 0 and (val.T if members[0][1] else val).shape == member_shape:
-                    entry[key] = torch.stack([m[2][key].T if m[1] else m[2][key] for m in members])
-                else:
-                    entry[key] = val.clone() if torch.is_tensor(val) else val  # never share a live ``step``
-            new_state[idx] = entry
-        return {"state": new_state, "param_groups": [{**group, "params": list(range(len(names)))}]}
 
 
 class ValueNet(nn.Module):

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from rl_adapters.algorithms import ALGORITHMS, make_algorithm, make_config
+from rl_adapters.algorithms.base import register
+from rl_adapters.algorithms.bc import BC, BCConfig
 from rl_adapters.data import load_dataset
+from rl_adapters.errors import UsageError
+from rl_adapters.training import TrainConfig, train
 
 # (algorithm, loss that must fall, required relative drop)
 LOSS_CASES = [
@@ -109,6 +116,91 @@ def test_registry_and_config_errors():
         make_config("bc", alpha=1.0)
     with pytest.raises(ValueError, match="unknown algorithm 'sac'"):
         make_config("sac")
+
+
+def test_each_algorithm_module_registers_itself_in_a_fixed_order():
+    assert list(ALGORITHMS) == ["bc", "td3bc", "iql", "vaco", "aspc", "aspc-iql", "arq"]
+    for name, cls in ALGORITHMS.items():
+        assert cls.name == name and "name" in vars(cls)
+        assert cls.__module__.startswith("rl_adapters.algorithms.")  # defined, and registered, in its own module
+
+
+def test_register_refuses_what_is_not_a_named_algorithm():
+    before = dict(ALGORITHMS)
+    with pytest.raises(TypeError, match="Algorithm subclass"):
+        register(dict)
+
+    class Unnamed(BC):  # inherits BC's name: registering it would replace BC
+        pass
+
+    with pytest.raises(TypeError, match="must set its own name"):
+        register(Unnamed)
+
+    class Taken(BC):
+        name = "iql"
+
+    with pytest.raises(ValueError, match="'iql' is already registered by rl_adapters.algorithms.iql.IQL"):
+        register(Taken)
+
+    class NoConfig(BC):
+        name = "no-config"
+        Config = dict
+
+    with pytest.raises(TypeError, match="subclassing BaseConfig"):
+        register(NoConfig)
+    assert register(BC) is BC  # the same class again (a reloaded module) is fine
+    assert ALGORITHMS == before
+
+
+@dataclasses.dataclass
+class _HookConfig(BCConfig):
+    hidden_dim: int = 16
+    batch_size: int = 32
+    min_steps: int = 1
+
+    def check_steps(self, steps: int) -> None:
+        if steps < self.min_steps:
+            raise ValueError(f"min_steps = {self.min_steps} > --steps {steps}")
+
+
+def test_the_trainer_calls_every_declared_hook(tiny_dataset, tmp_path):
+    """A registered algorithm overriding the hooks declared on Algorithm / BaseConfig gets each one called,
+    without the trainer probing for them; an algorithm that overrides none (BC) gets the no-op defaults."""
+    calls: list[str] = []
+
+    class Hooked(BC):
+        name = "hooked-test"
+        Config = _HookConfig
+
+        def training_data(self, data):
+            calls.append("training_data")
+            return data
+
+        def attach_data(self, data, out_dir=None, progress=False):
+            calls.append(f"attach_data {Path(out_dir).name} {progress}")
+
+        def plot_metrics(self, metrics_path, out_dir):
+            calls.append(f"plot_metrics {Path(metrics_path).name}")
+
+    register(Hooked)
+    try:
+        cfg = {"algo": "hooked-test", "dataset": tiny_dataset, "steps": 4, "device": "cpu", "eval_episodes": 0,
+               "log_every": 2, "progress": False, "plot": True}
+        with pytest.raises(UsageError, match="min_steps = 10 > --steps 4"):
+            train(TrainConfig(**cfg, out=str(tmp_path / "short"), hparams={"min_steps": 10}))
+        assert calls == [] and not (tmp_path / "short").exists()  # refused before any data loads
+        summary = train(TrainConfig(**cfg, out=str(tmp_path / "run")))
+    finally:
+        del ALGORITHMS["hooked-test"]
+    assert summary["status"] == "finished"
+    assert calls == ["attach_data run False", "training_data", "plot_metrics metrics.jsonl"]
+    assert (tmp_path / "run" / "learning_curve.png").exists()
+    data = load_dataset(tiny_dataset)
+    bc = make_algorithm("bc", data.obs_dim, data.act_dim, data.stats, total_steps=1)  # the declared defaults
+    assert bc.training_data(data) is data and bc.value_phase() is None
+    assert bc.attach_data(data, tmp_path) is None and bc.config.check_steps(1) is None
+    bc.plot_metrics(tmp_path / "run" / "metrics.jsonl", tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no figure of its own
 
 
 @pytest.mark.cuda

@@ -18,7 +18,7 @@ from rl_adapters.algorithms.arq import awr_weights, kth_max
 from rl_adapters.behavior_model import VPSDE, BehaviorModel, ode_log_likelihood, pc_sample
 from rl_adapters.data import load_dataset
 from rl_adapters.errors import UsageError
-from rl_adapters.trainer import TrainConfig, train
+from rl_adapters.training import TrainConfig, train
 
 
 def _ckpt(out):

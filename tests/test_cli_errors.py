@@ -210,6 +210,17 @@ def test_pickled_object_is_refused_by_the_api_too(interrupted_run):
     assert (interrupted_run.parent / "payload-ran").exists()
 
 
+def test_numpy_rng_states_are_refused_like_any_pickled_object(interrupted_run):
+    """The RNG states are written as tensors; numpy arrays in a checkpoint are not allowed in (no allowlist)."""
+    state = torch.load(interrupted_run / "checkpoint.pt", weights_only=True)
+    n = state["numpy_rng"]
+    state["numpy_rng"] = (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                          n["cached_gaussian"])
+    torch.save(state, interrupted_run / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match=r"refused: it holds a pickled Python object \(GLOBAL numpy"):
+        read_checkpoint(interrupted_run / "checkpoint.pt")
+
+
 def test_debug_shows_the_traceback(tiny_dataset, tmp_path):
     with pytest.raises(UsageError, match="--steps -5"):
         main(["train", "--algo", "bc", "--dataset", tiny_dataset, "--steps", "-5", "--debug",

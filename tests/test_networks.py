@@ -1,8 +1,8 @@
 """The fused Q ensemble (:class:`EnsembleMLP`, :class:`TwinCritic`) against separate :func:`mlp` critics.
 
 Everything that must agree exactly is checked in float64 at 1e-12: forward, ``q1_only``, ``min_q`` and the
-gradients, with and without LayerNorm; the initialisation law; loading a state dict of the former layout
-(two ``nn.Sequential`` s ``q1``/``q2``); and ``torch.func.vmap`` over stacked per-seed parameters.
+gradients, with and without LayerNorm; the initialisation law (the same draws as two ``nn.Sequential`` s
+``q1``/``q2``); the state dict round trip; and ``torch.func.vmap`` over stacked per-seed parameters.
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def test_q1_only_leaves_member_1_untouched() -> None:
 
 @pytest.mark.parametrize("layer_norm", [False, True])
 @pytest.mark.parametrize("init", ["torch", "aspc"])
-def test_same_rng_state_draws_the_former_networks(layer_norm: bool, init: str) -> None:
+def test_same_rng_state_draws_two_mlp_critics(layer_norm: bool, init: str) -> None:
     """At one RNG state the fused critic holds exactly what two mlp critics (+ aspc_init_) drew."""
     torch.manual_seed(123)
     critic = TwinCritic(OBS, ACT, HID, layer_norm, init)
@@ -131,13 +131,18 @@ def test_same_rng_state_draws_the_former_networks(layer_norm: bool, init: str) -
     if init == "aspc":
         aspc_init_(q1)
         aspc_init_(q2)
-    after_former = torch.rand(1)
-    assert torch.equal(after_fused, after_former)  # same number of draws
-    former = {**{f"q1.{k}": v for k, v in q1.state_dict().items()}, **{f"q2.{k}": v for k, v in q2.state_dict().items()}}
-    converted = critic.former_state_dict()
-    assert converted.keys() == former.keys()
-    for k, v in former.items():
-        assert torch.equal(converted[k], v), k
+    after_mlps = torch.rand(1)
+    assert torch.equal(after_fused, after_mlps)  # same number of draws
+    for e, q in enumerate((q1, q2)):
+        lins = [m for m in q if isinstance(m, torch.nn.Linear)]
+        lns = [m for m in q if isinstance(m, torch.nn.LayerNorm)]
+        assert len(lins) == len(critic.net.linears) and len(lns) == (len(HID) if layer_norm else 0)
+        for i, lin in enumerate(critic.net.linears):
+            assert torch.equal(lin.weight.detach()[e], lins[i].weight.detach().T), (e, i)
+            assert torch.equal(lin.bias.detach()[e], lins[i].bias.detach()), (e, i)
+        for i, ln in enumerate(lns):
+            assert torch.equal(critic.net.norms[i].weight.detach()[e], ln.weight.detach()), (e, i)
+            assert torch.equal(critic.net.norms[i].bias.detach()[e], ln.bias.detach()), (e, i)
 
 
 def test_init_law_on_a_big_layer() -> None:
@@ -174,27 +179,15 @@ def test_aspc_init_constants() -> None:
 
 
 @pytest.mark.parametrize("layer_norm", [False, True])
-def test_former_layout_state_dict_loads(layer_norm: bool) -> None:
-    critic, q1, q2 = _pair(layer_norm)
-    former = {**{f"q1.{k}": v for k, v in q1.state_dict().items()}, **{f"q2.{k}": v for k, v in q2.state_dict().items()}}
-    torch.manual_seed(99)
-    fresh = TwinCritic(OBS, ACT, HID, layer_norm).double()
-    fresh.load_state_dict(former)  # strict: every new key filled, no old key left over
+def test_state_dict_round_trips(layer_norm: bool) -> None:
+    critic, _, _ = _pair(layer_norm)
     obs, act = _inputs()
-    x = torch.cat([obs, act], -1)
-    f1, f2 = fresh(obs, act)
-    _close(f1, q1(x).squeeze(-1))
-    _close(f2, q2(x).squeeze(-1))
-    assert fresh.state_dict().keys() == critic.state_dict().keys()
-    # Nested, as in an algorithm's checkpoint of a module holding the critic.
-    holder = torch.nn.Module()
-    holder.critic = TwinCritic(OBS, ACT, HID, layer_norm).double()
-    holder.load_state_dict({f"critic.{k}": v for k, v in former.items()})
-    _close(holder.critic.min_q(obs, act), fresh.min_q(obs, act))
-    # The new layout round-trips.
+    torch.manual_seed(99)
     again = TwinCritic(OBS, ACT, HID, layer_norm).double()
-    again.load_state_dict(fresh.state_dict())
-    _close(again(obs, act)[1], f2)
+    again.load_state_dict(critic.state_dict())
+    assert again.state_dict().keys() == critic.state_dict().keys()
+    for a, b in zip(again(obs, act), critic(obs, act)):
+        _close(a, b)
 
 
 @pytest.mark.parametrize("layer_norm", [False, True])
@@ -267,40 +260,3 @@ def test_ensemble_layer_norm_paths_agree() -> None:
         outs.append((y.detach(), *grads))
     for a, b in zip(*outs):
         _close(a, b)
-
-
-@pytest.mark.parametrize("layer_norm", [False, True])
-def test_former_optimizer_state_converts_and_training_continues_identically(layer_norm: bool) -> None:
-    """Adam over the former critic (two mlps), a few steps, then both layouts continue from the same state."""
-    critic, q1, q2 = _pair(layer_norm)
-    former = torch.nn.ModuleDict({"q1": q1, "q2": q2})
-    opt_f = torch.optim.Adam(former.parameters(), lr=1e-2)
-    obs, act = _inputs()
-    y = torch.randn(32, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
-
-    def former_loss() -> torch.Tensor:
-        x = torch.cat([obs, act], -1)
-        return ((q1(x).squeeze(-1) - y) ** 2).mean() + ((q2(x).squeeze(-1) - y) ** 2).mean()
-
-    for _ in range(3):
-        opt_f.zero_grad()
-        former_loss().backward()
-        opt_f.step()
-    critic.load_state_dict(former.state_dict())  # the former keys, through the pre-hook
-    opt_c = torch.optim.Adam(critic.parameters(), lr=1e-2)
-    saved = opt_f.state_dict()
-    assert critic.is_former_optimizer_state(saved)
-    converted = critic.convert_former_optimizer_state(saved)
-    assert not critic.is_former_optimizer_state(converted)
-    opt_c.load_state_dict(converted)
-    for _ in range(2):
-        opt_f.zero_grad()
-        former_loss().backward()
-        opt_f.step()
-        opt_c.zero_grad()
-        c1, c2 = critic(obs, act)
-        (((c1 - y) ** 2).mean() + ((c2 - y) ** 2).mean()).backward()
-        opt_c.step()
-    again = critic.former_state_dict()
-    for k, v in former.state_dict().items():
-        _close(again[k], v)

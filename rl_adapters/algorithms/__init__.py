@@ -1,8 +1,9 @@
 """Offline RL algorithms, one module each, and the registry the trainer and CLI use.
 
 Adding an algorithm: write ``algorithms/<name>.py`` with a subclass of :class:`Algorithm` that has a
-``Config`` dataclass, then add it to :data:`ALGORITHMS` (or call :func:`register`).  Its ``Config``
-fields become ``bilevel-rl train --<field-name>`` flags automatically.
+``Config`` dataclass and a ``name``, decorate it with ``@register`` (:func:`~rl_adapters.algorithms.base.register`)
+and import the module below.  Its ``Config`` fields become ``bilevel-rl train --<field-name>`` flags
+automatically; the hooks it may override are declared, as no-ops, on :class:`Algorithm` and :class:`BaseConfig`.
 """
 
 from __future__ import annotations
@@ -18,26 +19,27 @@ import bilevel
 
 from ..data import DatasetStats
 from ..errors import UsageError
-from .arq import ARQ
-from .arq import POLICIES as _ARQ_POLICIES
-from .aspc import ASPC, ASPCIQL
-from .aspc import OUTER_TERMS as _ASPC_OUTER_TERMS
-from .aspc import SOLVERS as _ASPC_SOLVERS
-from .base import Algorithm, BaseConfig
+from .base import ALGORITHMS, Algorithm, BaseConfig, register
+
+# Each import registers the module's algorithm(s) (``@register``): this order is ALGORITHMS' order
+# (bc, td3bc, iql, vaco, aspc, aspc-iql, arq), the order ``--help`` and the grids list them in.
+# isort: off
 from .bc import BC
-from .iql import IQL
 from .td3bc import TD3BC
+from .iql import IQL
 from .vaco import SCHEDULES as _VACO_SCHEDULES
 from .vaco import SOLVERS as _VACO_SOLVERS
 from .vaco import VACO, WEIGHT_NORMS
-
-ALGORITHMS: dict[str, type[Algorithm]] = {"bc": BC, "td3bc": TD3BC, "iql": IQL, "vaco": VACO, "aspc": ASPC,
-                                          "aspc-iql": ASPCIQL, "arq": ARQ}
-
+from .aspc import ASPC, ASPCIQL
+from .aspc import OUTER_TERMS as _ASPC_OUTER_TERMS
+from .aspc import SOLVERS as _ASPC_SOLVERS
+from .arq import ARQ
+from .arq import POLICIES as _ARQ_POLICIES
+# isort: on
 
 _ASPC_CHOICES = {"solver": _ASPC_SOLVERS, "outer_terms": tuple(_ASPC_OUTER_TERMS)}
 #: Allowed values of each algorithm's string options (checked by :func:`make_config`, listed by
-#: ``bilevel-rl train --help``).  An algorithm registered later can add its own as a ``choices`` ClassVar.
+#: ``bilevel-rl train --help``).  An algorithm can add its own as its ``choices`` ClassVar.
 CHOICES: dict[str, dict[str, tuple[str, ...]]] = {
     "vaco": {
         "solver": _VACO_SOLVERS,
@@ -94,15 +96,9 @@ ALGO_RANGES: dict[str, dict[str, tuple[float | None, float | None, bool, bool]]]
 }
 
 
-def register(cls: type[Algorithm]) -> type[Algorithm]:
-    """Add ``cls`` to :data:`ALGORITHMS` under ``cls.name`` (usable as a class decorator)."""
-    ALGORITHMS[cls.name] = cls
-    return cls
-
-
 def field_choices(name: str) -> dict[str, tuple[str, ...]]:
     """Allowed values of algorithm ``name``'s string options (e.g. ``{"solver": ("one_step", ...)}``)."""
-    return CHOICES.get(name, {}) | dict(getattr(ALGORITHMS[name], "choices", {}))
+    return CHOICES.get(name, {}) | dict(ALGORITHMS[name].choices)
 
 
 def _range_text(lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) -> str:

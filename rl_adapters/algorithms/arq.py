@@ -53,7 +53,7 @@ from torch import nn
 from ..behavior_model import GRIDS, ODE_METHODS, TRACES, BehaviorModel, generate_candidates
 from ..data import Batch
 from ..networks import TwinCritic, mlp, soft_update
-from .base import Algorithm, BaseConfig, adam
+from .base import Algorithm, BaseConfig, adam, register
 
 __all__ = ["ARQ", "POLICIES", "ARQConfig", "GaussianActor", "awr_weights", "kth_max"]
 
@@ -174,6 +174,7 @@ class GaussianActor(nn.Module):
         return (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
 
 
+@register
 class ARQ(Algorithm):
     """ARQ; see the module docstring. Needs :meth:`attach_data` (the trainer calls it) before Q-learning."""
 

@@ -1,8 +1,13 @@
-"""What every offline RL algorithm in this package shares: construction, acting, checkpoint state.
+"""What every offline RL algorithm in this package shares: construction, acting, checkpoint state, the
+hooks the trainer calls, and the registry.
 
 A subclass defines a ``Config`` dataclass (its fields become ``--flags`` of ``bilevel-rl train``),
 builds its networks and optimizers in ``build()`` and implements ``update(batch)``.  It registers
-what must survive a checkpoint in ``self.modules`` / ``self.optimizers`` / ``self.schedulers``.
+what must survive a checkpoint in ``self.modules`` / ``self.optimizers`` / ``self.schedulers``, overrides
+the hooks it needs (:meth:`Algorithm.value_phase`, :meth:`~Algorithm.training_data`,
+:meth:`~Algorithm.attach_data`, :meth:`~Algorithm.plot_metrics`, :meth:`BaseConfig.check_steps`; each is a
+no-op here, and the trainer calls every one of them) and enters :data:`ALGORITHMS` with :func:`register`
+(``@register`` on the class, in its own module).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import abc
 import copy
 import dataclasses
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -20,7 +26,7 @@ from torch import nn
 from ..data import Batch, DatasetStats, OfflineData
 from .optim import adam
 
-__all__ = ["Algorithm", "BaseConfig", "ValuePhase", "adam"]
+__all__ = ["ALGORITHMS", "Algorithm", "BaseConfig", "ValuePhase", "adam", "register"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +50,11 @@ class BaseConfig:
     discount: float = 0.99
     tau: float = 0.005
 
+    def check_steps(self, steps: int) -> None:
+        """Refuse (``ValueError``) options that cannot work in a run of ``steps`` updates; the trainer calls it
+        with ``--steps`` before any data loads (ARQ: the behaviour-model phase must end before the run does).
+        Default: every option fits any length."""
+
 
 class Algorithm(abc.ABC):
     """Base class; see the module docstring.
@@ -65,6 +76,9 @@ class Algorithm(abc.ABC):
     #: modules and tensor inputs: then :class:`~rl_adapters.training.seed_stack.SeedStack` can train N seeds
     #: of it in one process.
     stackable: ClassVar[bool] = False
+    #: Allowed values of this algorithm's string options beyond :data:`rl_adapters.algorithms.CHOICES`
+    #: (``{"field": ("a", "b")}``), checked by ``make_config`` and listed by ``bilevel-rl train --help``.
+    choices: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     def __init__(
         self,
@@ -114,14 +128,29 @@ class Algorithm(abc.ABC):
     def update(self, batch: Batch) -> dict[str, float]:
         """One gradient step on ``batch``; returns scalar diagnostics (losses) as floats."""
 
+    # ------------------------------------------------------------------ hooks the trainer calls (defaults)
     def value_phase(self) -> ValuePhase | None:
-        """The value-only first phase of this algorithm's training, if it has one (default: none)."""
+        """The value-only first phase of this algorithm's training, if it has one (default: none).  The trainer
+        skips evaluations inside it and, with ``--value-cache``, reuses it across runs."""
         return None
 
     def training_data(self, data: OfflineData) -> OfflineData:
         """The transitions the trainer samples batches from (default: all of ``data``; filtered BC keeps the
         best trajectories).  Evaluation and the algorithm's statistics still use the whole ``data``."""
         return data
+
+    def attach_data(self, data: OfflineData, out_dir: str | Path | None = None, progress: bool = False) -> None:
+        """Precompute over the whole dataset before the first update of this session (default: nothing).
+
+        The trainer calls it once the algorithm is built and restored (checkpoint or value cache), with the
+        full ``data``, the run's folder (for a cache of what was computed) and whether progress bars are on.
+        ARQ generates its behaviour-model candidates here."""
+
+    def plot_metrics(self, metrics_path: Path, out_dir: Path) -> None:
+        """Write this algorithm's own figures from ``metrics.jsonl`` into ``out_dir`` (default: none).
+
+        The trainer calls it at the end of a finished run with ``--plot``, after ``learning_curve.png``
+        (ASPC: ``<scale>_curve.png``)."""
 
     def policy(self, obs: torch.Tensor) -> torch.Tensor:
         """Deterministic action for *normalised* observations (default: ``self.modules['actor']``)."""
@@ -214,12 +243,7 @@ class Algorithm(abc.ABC):
         for k, m in self.modules.items():
             m.load_state_dict(state["modules"][k])
         for k, o in self.optimizers.items():
-            opt_state = state["optimizers"][k]
-            module = self.modules.get(k)
-            # Checkpoints from before the twin critic was fused hold Adam moments per former Q network.
-            if hasattr(module, "is_former_optimizer_state") and module.is_former_optimizer_state(opt_state):
-                opt_state = module.convert_former_optimizer_state(opt_state)
-            o.load_state_dict(opt_state)
+            o.load_state_dict(state["optimizers"][k])
         for k, s in self.schedulers.items():
             s.load_state_dict(state["schedulers"][k])
         self.generator.set_state(
@@ -249,3 +273,29 @@ class Algorithm(abc.ABC):
                 for t in m.state_dict().values()
             ]
         )
+
+
+#: Every algorithm by its ``--algo`` name, in the order its module was imported: each algorithm module
+#: enters its class with :func:`register`, and :mod:`rl_adapters.algorithms` imports them all.
+ALGORITHMS: dict[str, type[Algorithm]] = {}
+
+
+def register(cls: type[Algorithm]) -> type[Algorithm]:
+    """Enter ``cls`` in :data:`ALGORITHMS` under ``cls.name``; a class decorator (``@register``).
+
+    The class must subclass :class:`Algorithm`, set its own ``name`` and have a ``Config`` that subclasses
+    :class:`BaseConfig`.  A name is taken once: registering another class under it raises ``ValueError``
+    (the same class again, e.g. after ``importlib.reload`` of its module, replaces the entry).
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Algorithm)):
+        raise TypeError(f"register() takes an Algorithm subclass, got {cls!r}")
+    if "name" not in vars(cls) or not isinstance(cls.name, str) or not cls.name:
+        raise TypeError(f"{cls.__qualname__} must set its own name (its --algo value) to be registered")
+    if not (isinstance(cls.Config, type) and issubclass(cls.Config, BaseConfig)):
+        raise TypeError(f"{cls.__qualname__}.Config must be a dataclass subclassing BaseConfig")
+    taken = ALGORITHMS.get(cls.name)
+    if taken is not None and (taken.__module__, taken.__qualname__) != (cls.__module__, cls.__qualname__):
+        raise ValueError(f"algorithm name {cls.name!r} is already registered by "
+                         f"{taken.__module__}.{taken.__qualname__}")
+    ALGORITHMS[cls.name] = cls
+    return cls

@@ -13,7 +13,7 @@ import torch
 
 from ..data import Batch, OfflineData
 from ..networks import DeterministicActor
-from .base import Algorithm, BaseConfig, adam
+from .base import Algorithm, BaseConfig, adam, register
 
 
 @dataclasses.dataclass
@@ -24,6 +24,7 @@ class BCConfig(BaseConfig):
     top_fraction: float = 1.0
 
 
+@register
 class BC(Algorithm):
     name = "bc"
     stackable = True

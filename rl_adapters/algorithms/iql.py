@@ -18,7 +18,7 @@ import dataclasses
 import torch
 
 from ..data import Batch
-from .base import Algorithm, BaseConfig, adam
+from .base import Algorithm, BaseConfig, adam, register
 from .iql_value import build_iql_networks, expectile_loss
 
 __all__ = ["IQL", "IQLConfig", "expectile_loss"]
@@ -35,6 +35,7 @@ class IQLConfig(BaseConfig):
     normalize_reward: bool = True
 
 
+@register
 class IQL(Algorithm):
     name = "iql"
     stackable = True

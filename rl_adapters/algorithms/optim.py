@@ -63,20 +63,14 @@ class FusedAdam(torch.optim.Adam):
         raise RuntimeError(self._NO_HOOKS)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """``Adam.load_state_dict``; a state saved by an unfused ``torch.optim.Adam`` (the checkpoints of runs
-        from before the optimizers were fused) is taken over: its groups become fused and their ``step``
-        counters move to the parameters' devices as float32, the layout the fused kernel reads (the moments
-        are the same tensors either way)."""
+        """``Adam.load_state_dict`` of a fused Adam's state (a ``FusedAdam``'s or ``torch.optim.Adam(fused=True)``'s);
+        the state of an unfused Adam is refused (its ``step`` counters are not laid out for the fused kernel)."""
+        if not all(group.get("fused") for group in state_dict["param_groups"]):
+            raise ValueError("FusedAdam loads the state of a fused Adam only; this one was saved by an unfused "
+                             "torch.optim.Adam (load it into one)")
         super().load_state_dict(state_dict)
         for group in self.param_groups:
-            self._refuse_unsupported(group, ignore=("foreach",))  # an unfused state's foreach is taken over below
-            if group["fused"]:
-                continue
-            group["fused"], group["foreach"] = True, None
-            for p in group["params"]:
-                state = self.state.get(p)
-                if state and torch.is_tensor(state.get("step")):
-                    state["step"] = state["step"].to(device=p.device, dtype=torch.float32)
+            self._refuse_unsupported(group)
 
     def step(self, closure: Any = None) -> Any:  # type: ignore[override]
         """The lean step (what ``opt.step()`` runs; this class-level method is only reached through the class)."""

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..data import Batch
 from ..networks import CRITIC_INITS, DeterministicActor, TwinCritic, soft_update
-from .base import Algorithm, BaseConfig, adam
+from .base import Algorithm, BaseConfig, adam, register
 
 
 def clipped_double_q_loss(
@@ -65,6 +65,7 @@ class TD3BCConfig(BaseConfig):
             raise ValueError(f"policy_freq must be an int >= 1, got {self.policy_freq!r}")
 
 
+@register
 class TD3BC(Algorithm):
     name = "td3bc"
     stackable = True

@@ -59,16 +59,14 @@ def _global_rng_states() -> dict[str, Any]:
 
 
 def _set_global_rng_states(state: dict[str, Any]) -> None:
+    """Put back what :func:`_global_rng_states` saved."""
     torch.set_rng_state(state["torch_rng"].cpu())
     if state.get("cuda_rng") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
     n, p = state["numpy_rng"], state["python_rng"]
-    if isinstance(n, dict):
-        n = (n["kind"], n["keys"].cpu().numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
-    np.random.set_state(n)  # a tuple: checkpoints written before the RNG states became tensors
-    if isinstance(p, dict):
-        p = (p["version"], tuple(int(x) for x in p["internal"].tolist()), p["gauss_next"])
-    random.setstate(p)
+    np.random.set_state((n["kind"], n["keys"].cpu().numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    random.setstate((p["version"], tuple(int(x) for x in p["internal"].tolist()), p["gauss_next"]))
 
 
 def save_checkpoint(path: Path, algo: Algorithm, sampler: torch.Generator, extra: dict[str, Any]) -> None:
@@ -82,8 +80,6 @@ def save_checkpoint(path: Path, algo: Algorithm, sampler: torch.Generator, extra
     atomic_write_bytes(path, lambda f: torch.save(state, f))
 
 
-# ``np.ndarray.__reduce__`` names numpy's array reconstructor without touching the deprecated np.core.
-_NUMPY_GLOBALS = [np.empty(0).__reduce__()[0], np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 _CHECKPOINT_KEYS = ("algorithm", "sampler_rng", "torch_rng", "numpy_rng", "python_rng", "step")
 
 
@@ -95,10 +91,7 @@ def read_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         raise CheckpointError(f"--resume {path.parent}: no {path.name} there (the run never reached a "
                               f"checkpoint); start it again without --resume")
     try:
-        # numpy arrays (no code) are allowed so that checkpoints written before the RNG states were
-        # stored as tensors still load.
-        with torch.serialization.safe_globals(_NUMPY_GLOBALS):
-            state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         unsafe = re.search(r"GLOBAL ([\w.]+)", str(e))
         if unsafe is None:  # garbage bytes the unpickler choked on

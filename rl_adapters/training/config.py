@@ -112,7 +112,7 @@ class TrainConfig:
         resolve_device(self.device)
         check_out_dir(self.out)
         algo_cfg = make_config(self.algo, **self.hparams)
-        if hasattr(algo_cfg, "check_steps") and isinstance(self.steps, int):
+        if isinstance(self.steps, int):
             try:  # options whose validity depends on --steps (ARQ's behaviour-model phase)
                 algo_cfg.check_steps(self.steps)
             except ValueError as e:

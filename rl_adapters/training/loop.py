@@ -110,21 +110,16 @@ def train(
                          f"e.g. --max-steps-this-session 1000")
     cfg = cfg.resolved()
     device = resolve_device(cfg.device)
-    saved: Any = None
-    if resume and cfg.seeds is not None:
-        saved = [read_checkpoint(Path(cfg.out) / f"seed{s}" / CHECKPOINT, device) for s in cfg.seeds]
+    saved: list[dict[str, Any]] | None = None  # one checkpoint per seed
+    if resume:
+        saved = [read_checkpoint(path, device) for path in _checkpoint_paths(cfg)]
         if len({st["step"] for st in saved}) != 1:
+            assert cfg.seeds is not None  # a single run has one checkpoint
             raise CheckpointError(f"--resume {cfg.out}: the seeds' checkpoints are at different steps "
                                   f"({', '.join(str(st['step']) for st in saved)}); resume each seed on its own "
                                   f"(--resume {cfg.out}/seed{cfg.seeds[0]}) or start again without --resume")
         if saved[0]["step"] >= cfg.steps:
             raise UsageError(f"--resume {cfg.out}: the run already finished ({saved[0]['step']} of {cfg.steps} "
-                             f"steps); to train longer start a new run, e.g. --out {cfg.out}-longer "
-                             f"--steps {2 * cfg.steps}")
-    elif resume:
-        saved = read_checkpoint(Path(cfg.out) / CHECKPOINT, device)
-        if saved["step"] >= cfg.steps:
-            raise UsageError(f"--resume {cfg.out}: the run already finished ({saved['step']} of {cfg.steps} "
                              f"steps); to train longer start a new run, e.g. --out {cfg.out}-longer "
                              f"--steps {2 * cfg.steps}")
     previous_threads = torch.get_num_threads()
@@ -134,6 +129,12 @@ def train(
         return _run(cfg, device, saved, max_steps_this_session, data, clear_out and not resume, stop)
     finally:
         torch.set_num_threads(previous_threads)
+
+
+def _checkpoint_paths(cfg: TrainConfig) -> list[Path]:
+    """Where each seed of ``cfg`` checkpoints: ``out/checkpoint.pt``, or ``out/seed<k>/checkpoint.pt`` with ``--seeds``."""
+    out = Path(cfg.out)
+    return [out / CHECKPOINT] if cfg.seeds is None else [out / f"seed{s}" / CHECKPOINT for s in cfg.seeds]
 
 
 def _first_missing(path: Path) -> Path | None:
@@ -149,7 +150,7 @@ def _first_missing(path: Path) -> Path | None:
 def _run(
     cfg: TrainConfig,
     device: torch.device,
-    saved: dict[str, Any] | None,
+    saved: list[dict[str, Any]] | None,
     max_steps_this_session: int | None,
     data: OfflineData | None,
     clear_out: bool = False,
@@ -178,14 +179,11 @@ def _run(
     except OSError as e:  # e.g. under /proc or /sys, which accept no new directories
         raise UsageError(f"--out {cfg.out}: cannot be created ({type(e).__name__}: {e.strerror or e}); pass a "
                          f"directory you can write to, e.g. --out runs/{out.name or 'run'}") from e
-    ckpt_path = out / CHECKPOINT
     try:
-        if cfg.seeds is not None:
-            return _loop_seeds(cfg, device, saved, max_steps_this_session, data, out, stop, clear_out)
         return _loop(cfg, device, saved, max_steps_this_session, data, out, stop, clear_out)
     except BaseException:
         # A run that never wrote a checkpoint cannot be resumed: leave no directory it created behind.
-        if created is not None and not ckpt_path.exists() and not any(out.glob(f"seed*/{CHECKPOINT}")):
+        if created is not None and not any(path.exists() for path in _checkpoint_paths(cfg)):
             shutil.rmtree(created, ignore_errors=True)
         raise
 
@@ -199,6 +197,56 @@ def _build_algorithm(cfg: TrainConfig, data: OfflineData, device: torch.device) 
         raise
     except ValueError as e:  # checks that need the data's dimensions, e.g. VACO's forward-mode size limit
         raise UsageError(f"--algo {cfg.algo}: {e}") from e
+
+
+class _Seeds:
+    """What one run trains: the seed of a single run, or the ``--seeds`` trained together by a
+    :class:`~rl_adapters.training.seed_stack.SeedStack`; to the loop a single run is a run of one seed.
+
+    ``members[k]`` is seed ``k``'s single-seed algorithm and ``samplers[k]`` its batch generator: what is
+    evaluated and checkpointed, so that every seed writes a single run's files.  ``algo`` takes the updates: the
+    one member itself, or the stack's instance holding every seed's parameters (``sync`` copies them into the
+    members, ``restack`` back).  Without ``--seeds`` nothing is stacked: a stack of one seed would not be
+    bit-identical to the run it replaces (a batched matmul sums in another order).
+    """
+
+    def __init__(self, cfg: TrainConfig, data: OfflineData, device: torch.device) -> None:
+        self.seeds = [cfg.seed] if cfg.seeds is None else list(cfg.seeds)
+        self.stack: Any = None
+        if cfg.seeds is None:
+            self.algo = _build_algorithm(cfg, data, device)
+            self.members = [self.algo]
+        else:
+            from .seed_stack import SeedStack
+
+            try:
+                self.stack = SeedStack.build(cfg.algo, self.seeds, data.obs_dim, data.act_dim, data.stats,
+                                             device=device, total_steps=cfg.steps, **cfg.hparams)
+            except ValueError as e:
+                raise UsageError(f"--algo {cfg.algo}: {e}") from e
+            self.algo, self.members = self.stack.algo, self.stack.members
+        self.samplers = [data.make_generator(s) for s in self.seeds]
+
+    def restore(self, saved: list[dict[str, Any]]) -> None:
+        """Each member, its sampler and the global RNGs from its checkpoint (the last one's RNGs stay)."""
+        for state, member, sampler in zip(saved, self.members, self.samplers):
+            restore_checkpoint(state, member, sampler)
+        if self.stack is not None:
+            self.stack.restack()
+
+    def sample(self, data: OfflineData, batch_size: int) -> Any:
+        if self.stack is None:
+            return data.sample(batch_size, self.samplers[0])
+        return data.sample_many(batch_size, self.samplers)
+
+    def update(self, batch: Any) -> list[dict[str, float]]:
+        """One update of every seed; each seed's diagnostics."""
+        return [self.algo.update(batch)] if self.stack is None else self.stack.update(batch)
+
+    def sync(self) -> None:
+        """Bring the members up to date with ``algo`` (before evaluating or checkpointing them)."""
+        if self.stack is not None:
+            self.stack.sync_members()
 
 
 class _RunRecord:
@@ -349,90 +397,13 @@ def _stopping(stop: StopOnSignals | None, max_steps_this_session: int | None, do
         max_steps_this_session is not None and done >= max_steps_this_session)
 
 
-def _loop(
-    cfg: TrainConfig,
-    device: torch.device,
-    saved: dict[str, Any] | None,
-    max_steps_this_session: int | None,
-    data: OfflineData,
-    out: Path,
-    stop: StopOnSignals | None = None,
-    clear_out: bool = False,
-) -> dict[str, Any]:
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    random.seed(cfg.seed)
-    algo = _build_algorithm(cfg, data, device)
-    if cfg.compile:
-        algo.compile_losses()
-    sampler = data.make_generator(cfg.seed)
-    batch_size = algo.config.batch_size
-    start = 0
-    if saved is not None:
-        try:
-            restore_checkpoint(saved, algo, sampler)
-        except (KeyError, ValueError, RuntimeError, TypeError) as e:
-            raise CheckpointError(f"{out / CHECKPOINT}: does not fit this run's config.json ({type(e).__name__}: "
-                                  f"{first_line(e)}); start the run again without --resume") from e
-        start = saved["step"]
-    if clear_out:  # the last check passed (the algorithm fits the data): replace the earlier run
-        clear_run_files(out)
-    record = _RunRecord(cfg, out, saved, data)
-    phase = algo.value_phase()
-    cache = None
-    if cfg.value_cache and phase is not None and saved is None and phase.steps < cfg.steps:
-        from .value_cache import ValueCache
-
-        cache = ValueCache(cfg.value_cache, cfg, algo, device)
-        if cache.exists():
-            cached = cache.restore(algo, sampler, record.metrics_path)
-            start = phase.steps
-            record.window = MetricsWindow(cached.get("log_window", {}), record.train_time)
-            record.last_eval = cached.get("last_eval")
-            record.from_cache, record.skipped_steps = str(cache.dir), phase.steps
-            cache = None  # nothing to save
-    if hasattr(algo, "attach_data"):  # algorithms that precompute over the whole dataset (ARQ's candidates)
-        algo.attach_data(data, out, progress=cfg.progress)
-
-    train_data = algo.training_data(data)
-    bar = _progress_bar(cfg, start, f"{cfg.algo} {cfg.dataset}")
-    session_start = time.perf_counter()
-    step = start
-    status = "finished"
-    armed = stop.armed() if stop is not None else nullcontext()
-    try:
-        with armed:
-            for step in range(start + 1, cfg.steps + 1):
-                t0 = time.perf_counter()
-                info = algo.update(train_data.sample(batch_size, sampler))
-                row = record.add(step, info, time.perf_counter() - t0)
-                if row is not None:
-                    bar.set_postfix(_postfix(row, record.last_eval), refresh=False)
-                evaluate, checkpoint = record.due(step)
-                if evaluate and not (phase is not None and step <= phase.steps):
-                    # (a value-only phase leaves the policy untouched: evaluating it would measure nothing)
-                    record.evaluate(algo, data, step)
-                if checkpoint:
-                    record.checkpoint(step, algo, sampler, session_start)
-                if cache is not None and step == phase.steps and not cache.exists():
-                    cache.save(algo, sampler, record.metrics_path, record.checkpoint_extra(step, session_start))
-                bar.update(1)
-                if step < cfg.steps and _stopping(stop, max_steps_this_session, step - start):
-                    record.checkpoint(step, algo, sampler, session_start)
-                    status = "interrupted"
-                    break
-    finally:
-        bar.close()
-    return record.finish(step, status, algo, sampler, data, device, session_start)
-
-
 def _seed_config(cfg: TrainConfig, seed: int) -> TrainConfig:
     """Seed ``seed``'s part of a multi-seed run: the config a single run with that seed would have."""
     return dataclasses.replace(cfg, seed=seed, seeds=None, out=str(Path(cfg.out) / f"seed{seed}"),
                                hparams=dict(cfg.hparams))
 
 
-def _loop_seeds(
+def _loop(
     cfg: TrainConfig,
     device: torch.device,
     saved: list[dict[str, Any]] | None,
@@ -442,51 +413,65 @@ def _loop_seeds(
     stop: StopOnSignals | None = None,
     clear_out: bool = False,
 ) -> dict[str, Any]:
-    """:func:`_loop` for ``cfg.seeds`` trained together by a :class:`~rl_adapters.training.seed_stack.SeedStack`;
-    seed ``k`` writes a single run's files into ``out/seed<k>`` (its checkpoint resumes as a single run too)."""
-    from .seed_stack import SeedStack
-
-    seeds = list(cfg.seeds or [])
-    torch.manual_seed(seeds[0])
-    np.random.seed(seeds[0])
-    random.seed(seeds[0])
-    try:
-        stack = SeedStack.build(cfg.algo, seeds, data.obs_dim, data.act_dim, data.stats, device=device,
-                                total_steps=cfg.steps, **cfg.hparams)
-    except ValueError as e:
-        raise UsageError(f"--algo {cfg.algo}: {e}") from e
+    """The training loop of a single run and of ``--seeds`` alike (:class:`_Seeds`).  With ``--seeds``, seed
+    ``k`` writes a single run's files into ``out/seed<k>`` (its checkpoint resumes as a single run too) and
+    ``out/config.json`` records the whole run."""
+    stacked = cfg.seeds is not None
+    first_seed = cfg.seed if cfg.seeds is None else cfg.seeds[0]
+    torch.manual_seed(first_seed)
+    np.random.seed(first_seed)
+    random.seed(first_seed)
+    run = _Seeds(cfg, data, device)
+    algo = run.algo
     if cfg.compile:
-        stack.algo.compile_losses()
-    samplers = [data.make_generator(s) for s in seeds]
-    batch_size = stack.algo.config.batch_size
+        algo.compile_losses()
+    batch_size = algo.config.batch_size
     start = 0
     if saved is not None:
         try:
-            for state, member, sampler in zip(saved, stack.members, samplers):
-                restore_checkpoint(state, member, sampler)
-            stack.restack()
+            run.restore(saved)
         except (KeyError, ValueError, RuntimeError, TypeError) as e:
-            raise CheckpointError(f"{out}/seed*/{CHECKPOINT}: does not fit this run's config.json "
-                                  f"({type(e).__name__}: {first_line(e)}); start the run again without --resume") from e
+            where = f"{out}/seed*/{CHECKPOINT}" if stacked else str(out / CHECKPOINT)
+            raise CheckpointError(f"{where}: does not fit this run's config.json ({type(e).__name__}: "
+                                  f"{first_line(e)}); start the run again without --resume") from e
         start = saved[0]["step"]
     else:
         if clear_out:  # the last check passed (the algorithm fits the data): replace the earlier run
             clear_run_files(out)
-        atomic_write_json(out / "config.json", dataclasses.asdict(cfg) | {"resolved_device": str(device),
-                                                                          "dataset_size": len(data)})
-    together = {"seeds_in_process": seeds}
-    records = [_RunRecord(_seed_config(cfg, s), out / f"seed{s}", saved[k] if saved else None, data, together)
-               for k, s in enumerate(seeds)]
+        if stacked:
+            atomic_write_json(out / "config.json", dataclasses.asdict(cfg) | {"resolved_device": str(device),
+                                                                              "dataset_size": len(data)})
+    together = {"seeds_in_process": run.seeds} if stacked else None
+    if stacked:
+        records = [_RunRecord(_seed_config(cfg, s), out / f"seed{s}", saved[k] if saved else None, data, together)
+                   for k, s in enumerate(run.seeds)]
+    else:
+        records = [_RunRecord(cfg, out, saved[0] if saved else None, data)]
+    phase = algo.value_phase()
+    cache = None
+    if cfg.value_cache and phase is not None and saved is None and phase.steps < cfg.steps and not stacked:
+        from .value_cache import ValueCache
 
-    train_data = stack.algo.training_data(data)
-    bar = _progress_bar(cfg, start, f"{cfg.algo} {cfg.dataset} x{len(seeds)} seeds")
+        cache = ValueCache(cfg.value_cache, cfg, algo, device)
+        if cache.exists():
+            record = records[0]
+            cached = cache.restore(algo, run.samplers[0], record.metrics_path)
+            start = phase.steps
+            record.window = MetricsWindow(cached.get("log_window", {}), record.train_time)
+            record.last_eval = cached.get("last_eval")
+            record.from_cache, record.skipped_steps = str(cache.dir), phase.steps
+            cache = None  # nothing to save
+    algo.attach_data(data, out, progress=cfg.progress)  # precomputation over the whole dataset (ARQ's candidates)
+
+    train_data = algo.training_data(data)
+    bar = _progress_bar(cfg, start, f"{cfg.algo} {cfg.dataset}" + (f" x{len(run.seeds)} seeds" if stacked else ""))
     session_start = time.perf_counter()
     step = start
     status = "finished"
 
     def checkpoint_all(step: int) -> None:
-        stack.sync_members()
-        for record, member, sampler in zip(records, stack.members, samplers):
+        run.sync()
+        for record, member, sampler in zip(records, run.members, run.samplers):
             record.checkpoint(step, member, sampler, session_start)
 
     armed = stop.armed() if stop is not None else nullcontext()
@@ -494,18 +479,22 @@ def _loop_seeds(
         with armed:
             for step in range(start + 1, cfg.steps + 1):
                 t0 = time.perf_counter()
-                infos = stack.update(train_data.sample_many(batch_size, samplers))
+                infos = run.update(run.sample(train_data, batch_size))
                 seconds = time.perf_counter() - t0
                 rows = [record.add(step, info, seconds) for record, info in zip(records, infos)]
                 if rows[0] is not None:
                     bar.set_postfix(_postfix(rows[0], records[0].last_eval), refresh=False)
                 evaluate, checkpoint = records[0].due(step)
-                if evaluate:
-                    stack.sync_members()
-                    for record, member in zip(records, stack.members):
+                if evaluate and not (phase is not None and step <= phase.steps):
+                    # (a value-only phase leaves the policy untouched: evaluating it would measure nothing)
+                    run.sync()
+                    for record, member in zip(records, run.members):
                         record.evaluate(member, data, step)
                 if checkpoint:
                     checkpoint_all(step)
+                if cache is not None and step == phase.steps and not cache.exists():
+                    cache.save(algo, run.samplers[0], records[0].metrics_path,
+                               records[0].checkpoint_extra(step, session_start))
                 bar.update(1)
                 if step < cfg.steps and _stopping(stop, max_steps_this_session, step - start):
                     checkpoint_all(step)
@@ -513,18 +502,19 @@ def _loop_seeds(
                     break
     finally:
         bar.close()
-    stack.sync_members()
+    run.sync()
     runs = [record.finish(step, status, member, sampler, data, device, session_start, together)
-            for record, member, sampler in zip(records, stack.members, samplers)]
+            for record, member, sampler in zip(records, run.members, run.samplers)]
+    if not stacked:
+        return runs[0]
     train_time = records[0].train_time
     return {
         "status": status,
         "algo": cfg.algo,
         "dataset": cfg.dataset,
-        "seeds": seeds,
+        "seeds": run.seeds,
         "steps": step,
-        "seed_updates_per_s": (len(seeds) * step / train_time) if train_time > 0 else None,
+        "seed_updates_per_s": (len(run.seeds) * step / train_time) if train_time > 0 else None,
         "final_normalized_scores": [r.get("final_normalized_score") for r in runs],
         "runs": runs,
     }
-

@@ -5,9 +5,12 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .metrics import loss_series, read_metrics
+
+if TYPE_CHECKING:
+    from ..algorithms import Algorithm
 
 __all__ = ["decade_label", "plot_learning_curve", "symlog_decades", "write_run_figures"]
 
@@ -82,9 +85,8 @@ def plot_learning_curve(metrics_path: Path, png: Path, title: str) -> None:
     plt.close(fig)
 
 
-def write_run_figures(algo: Any, metrics_path: Path, out: Path, title: str) -> None:
-    """``learning_curve.png`` and the algorithm's own figures (``algo.plot_metrics``, e.g. ASPC's
+def write_run_figures(algo: Algorithm, metrics_path: Path, out: Path, title: str) -> None:
+    """``learning_curve.png`` and the algorithm's own figures (:meth:`Algorithm.plot_metrics`, e.g. ASPC's
     ``alpha_curve.png``) into ``out``."""
     plot_learning_curve(metrics_path, out / "learning_curve.png", title)
-    if hasattr(algo, "plot_metrics"):
-        algo.plot_metrics(metrics_path, out)
+    algo.plot_metrics(metrics_path, out)

@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from bilevel.functional import InnerView
 
 from ...data import Batch
-from ..base import adam
+from ..base import adam, register
 from ..iql import IQL
 from ..td3bc import TD3BC
 from .config import EMA_INITS, SOLVERS, AdaptiveScaleConfig, ASPCConfig, ASPCIQLConfig
@@ -89,6 +89,7 @@ __all__ = [
 ]
 
 
+@register
 class ASPC(AdaptiveScale, TD3BC):
     """TD3+BC + robust critic + learned constraint scale ``alpha`` (see the module docstring)."""
 
@@ -133,6 +134,7 @@ class ASPC(AdaptiveScale, TD3BC):
         return self.adaptive_actor_step(batch.obs, batch.actions)
 
 
+@register
 class ASPCIQL(AdaptiveScale, IQL):
     """IQL whose AWR temperature ``beta`` is learned like ASPC's alpha (see the module docstring)."""
 

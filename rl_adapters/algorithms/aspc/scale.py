@@ -37,6 +37,7 @@ class AdaptiveScale(abc.ABC):
     optimizers: dict[str, torch.optim.Optimizer]
     schedulers: dict[str, Any]
     device: torch.device
+    seed_stack: Any  # Algorithm's: the SeedStack training this instance, or None
 
     # ------------------------------------------------------------------ host hooks
     @abc.abstractmethod
@@ -127,7 +128,7 @@ class AdaptiveScale(abc.ABC):
     # actor and rho is seed k's own (the seeds share nothing and Adam is elementwise). Each per-seed loss runs
     # the single-seed code below through vmap, with the solver's differentiable actor view swapped in.
     def _seeds(self) -> Any:
-        stack = getattr(self, "seed_stack", None)
+        stack = self.seed_stack
         return stack if stack is not None and not stack.inside else None
 
     def _for_each_seed(self, fn: Any, *inputs: Any, actor: Any = None, scale: Any = None) -> Any:

@@ -37,7 +37,7 @@ from torch import nn
 import bilevel
 
 from ...data import Batch
-from ..base import Algorithm, ValuePhase, adam
+from ..base import Algorithm, ValuePhase, adam, register
 from ..iql_value import build_iql_networks
 from .config import (
     Q_STD_EPS,
@@ -66,6 +66,7 @@ __all__ = [
 ]
 
 
+@register
 class VACO(Algorithm):
     """VACO; see the module docstring. ``self.solver`` is the :mod:`bilevel` solver of the policy/meta-scorer pair."""
 
