@@ -425,7 +425,8 @@ def render(args: argparse.Namespace, algos: list[str], datasets: list[str], img:
     revs = sorted({r.get("git_revision", "?") for r in current})
     title = {"offline_rl": "Offline RL baselines"}.get(args.section, f"Offline RL grid ({args.preset or 'custom'} preset)")
     notes_file = ROOT / "benchmarks" / "notes" / f"{args.section}.md"
-    store_rel = os.path.relpath(result_dir(args), ROOT)
+    # The committed store's name, not wherever --store points: a copy of the records renders the same text.
+    store_rel = f"benchmarks/results/{args.preset}" if args.preset else os.path.relpath(result_dir(args), ROOT)
     headline = (f"Score per cell: the mean of its last three evaluations; cell: mean over seeds (n). "
                 f"{args.steps} policy steps. Section: [{title}](#{_anchor(title)}).\n\n"
                 + grid_report.summary(current, algos, datasets))

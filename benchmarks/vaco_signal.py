@@ -37,7 +37,7 @@ def preferences(run_dir: Path, batches: int, seed: int = 0) -> dict[str, Any]:
     gen = data.make_generator(seed)
     top = torch.zeros(data.num_episodes, dtype=torch.bool)
     top[data.top_trajectories(0.1).episode_ids.unique()] = True
-    out: dict[str, list[float]] = {"p": [], "adv": [], "q": [], "ret": [], "top": [], "ep": []}
+    out: dict[str, list[float]] = {"p": [], "adv": [], "q": [], "ret": [], "top": [], "ep": [], "bc": []}
 
     def bc_loss(p: dict[str, torch.Tensor], s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         return (functional_call(actor, p, (s.unsqueeze(0),)).squeeze(0) - a).pow(2).sum()
@@ -48,6 +48,7 @@ def preferences(run_dir: Path, batches: int, seed: int = 0) -> dict[str, Any]:
         with torch.no_grad():
             q_sa = critic.min_q(b.obs, b.actions)
             adv = q_sa - algo.value(b.obs).reshape(-1)
+            bc = (actor(b.obs) - b.actions).pow(2).sum(-1)
 
         def outer(p: dict[str, torch.Tensor], obs: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
             # J_pi at sigma = 0, divided by mean |Q'(s, a)| as VACO's default (outer_q_norm) does
@@ -62,6 +63,7 @@ def preferences(run_dir: Path, batches: int, seed: int = 0) -> dict[str, Any]:
         out["ret"] += b.returns.tolist()
         out["top"] += top[b.episode_ids.cpu()].float().tolist()
         out["ep"] += b.episode_ids.tolist()
+        out["bc"] += bc.tolist()
     return {k: np.asarray(v) for k, v in out.items()} | {"dataset": data.name, "run": str(run_dir)}
 
 
@@ -88,6 +90,10 @@ def summarise(r: dict[str, Any]) -> dict[str, Any]:
         "pearson_trajectory_preference_return": pearson(ep_p, ep_ret),
         "pearson_advantage_return": pearson(r["adv"], r["ret"]),
         "advantage_top10_minus_other": float(r["adv"][top].mean() - r["adv"][~top].mean()) if top.any() else None,
+        "bc_error_top10": float(r["bc"][top].mean()) if top.any() else None,
+        "bc_error_other": float(r["bc"][~top].mean()),
+        "abs_preference_top10": float(np.abs(p[top]).mean()) if top.any() else None,
+        "abs_preference_other": float(np.abs(p[~top]).mean()),
         "q_top10_minus_other_in_std": float((r["q"][top].mean() - r["q"][~top].mean()) / r["q"].std()) if top.any() else None,
     }
 
