@@ -43,6 +43,7 @@ class Job:
     argv: tuple[str, ...]
     estimate_s: float
     note: str = ""
+    done_if: str = ""  # a file under --out whose existence means a previous machine finished this job
 
 
 def _grid(algos: str, solvers: str, datasets: str, seeds: str, device: str, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
@@ -66,14 +67,35 @@ def plan(smoke: bool, dataset: str | None) -> list[Job]:
     return [
         Job("CUDA tests", ("-m", "pytest", "-q", "-m", "cuda", "tests"), 60),
         Job("hypergradient GPU rows", ("-m", "benchmarks.hypergradients", "--device", "cuda", "--quick", "--no-report",
-                                        "--out", "{out}/hypergradients"), 120, "re-render with --from-json"),
+                                        "--out", "{out}/hypergradients"), 120, "re-render with --from-json",
+            done_if="{out}/hypergradients/hypergradients.json"),
         Job("throughput GPU rows", ("-m", "benchmarks.throughput", "--device", "cuda", "--seeds-n", "1,4,10",
-                                     "--seconds", "5", "--repeats", "2", "--save", "{out}/throughput_cuda.json"), 120),
+                                     "--seconds", "5", "--repeats", "2", "--save", "{out}/throughput_cuda.json"), 120,
+            done_if="{out}/throughput_cuda.json"),
         Job("VACO K-step cells, medium-expert seed 0", _grid("vaco", "k_step", me, "0", "cuda"), 400),
         Job("VACO implicit cells, medium-expert seed 0", _grid("vaco", "implicit", me, "0", "cuda"), 400),
         Job("ARQ cells (paper sampler), seed 0", _grid("arq-paper", "one_step", ARQ_SETS, "0", "cuda"), 2400,
             "the longest: continues on the next machine from its checkpoints"),
     ]
+
+
+def plan_section(jobs: list[Job]) -> str:
+    """docs/benchmarks.md's description of the campaign: what runs, in which order, and the planned times."""
+    rows = "\n".join(f"| {i + 1} | {j.name} | `python {' '.join(j.argv)}` | {j.estimate_s:.0f} | {j.note} |"
+                     for i, j in enumerate(jobs))
+    return (
+        "## GPU campaign (plan)\n\n"
+        "Command on a lent GPU machine: `python -m benchmarks.gpu_campaign --out \"$OUT/campaign\"` (a 540 s "
+        "deadline, leaving time to rerun within 15 device-minutes; `--smoke` runs the same path on a CPU and is "
+        "tested). Two lanes until the deadline: the GPU lane below, one job after the other, and a CPU lane that "
+        "runs the next unfinished cells of the equal preset (`offline_rl --next`) on the remaining cores. Every "
+        "finished cell becomes a record in `benchmarks/results/equal/`; stopped cells keep their checkpoints under "
+        "`--out` for the next machine (carry that folder there: finished cells and benchmark rows are skipped, "
+        "stopped cells resume). **Times are planning estimates for one H100, not measurements:** no GPU "
+        "was lent to the sessions since this campaign was written; a run writes the measured times to "
+        "`campaign.json`.\n\n"
+        "| # | GPU lane job | command | planned s | note |\n|---|---|---|---|---|\n" + rows + "\n"
+    )
 
 
 class Lane(threading.Thread):
@@ -90,6 +112,9 @@ class Lane(threading.Thread):
             left = self.deadline - time.time()
             if left < 5:
                 self.done.append((job.name, "not started (deadline)", 0.0))
+                continue
+            if job.done_if and Path(job.done_if.replace("{out}", str(self.out))).exists():
+                self.done.append((job.name, "done on an earlier machine", 0.0))
                 continue
             argv = [a.replace("{out}", str(self.out)) for a in job.argv]
             if argv[:2] == ["-m", "benchmarks.offline_rl"]:
@@ -135,11 +160,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="toy sizes on a CPU: the same path in about a minute")
     p.add_argument("--dataset", default=None, help="--smoke: the dataset of every toy cell")
     p.add_argument("--plan", action="store_true", help="print the GPU lane's jobs and estimates, run nothing")
+    p.add_argument("--report", action="store_true",
+                   help="with --plan: write the plan into docs/benchmarks.md (section 'gpu_campaign')")
     args = p.parse_args(argv)
     jobs = plan(args.smoke, args.dataset)
     if args.plan:
         for j in jobs:
             print(f"{j.estimate_s:6.0f} s  {j.name}" + (f"  ({j.note})" if j.note else ""))
+        if args.report:
+            from benchmarks._report import write_section
+
+            write_section("gpu_campaign", plan_section(jobs))
         return 0
     if not args.smoke:
         import torch
