@@ -45,7 +45,7 @@ def vaco_demo(out_dir: str | os.PathLike, steps: int = 3000, seed: int = 0, prog
     print(f"Part 2: VACO on a tiny InvertedPendulum dataset (5 good + 40 random episodes) in {out}")
     make_tiny_dataset(DATASET_ID, episodes={"good": 5, "bad": 40}, root=out / "datasets", seed=seed)
     cfg = TrainConfig(algo="vaco", dataset=DATASET_ID, steps=steps, seed=seed, device="auto", out=str(out / "vaco"),
-                      eval_every=steps, eval_episodes=5, checkpoint_every=steps, log_every=max(steps // 10, 1),
+                      eval_episodes=5, checkpoint_every=steps,  # default cadence: ~10 evaluations, ~50 loss rows
                       progress=progress, hparams=dict(HPARAMS))
     summary = train(cfg)
     res = analyze_weights(out / "vaco")

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -334,6 +335,15 @@ class BehaviorModel(nn.Module):
         return ll - torch.log(self.action_scale).sum()
 
 
+def _duration(seconds: float) -> str:
+    """``45 s``, ``18 min``, ``2.5 h``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def generate_candidates(
     model: BehaviorModel,
     obs: torch.Tensor,
@@ -348,12 +358,14 @@ def generate_candidates(
     chunk: int = 1024,
     progress: bool = False,
     grid: str = "quadratic",
+    announce: Callable[[str], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` behaviour-model actions per state and their log-likelihoods: ``((S, n, d), (S, n))``.
 
     States are processed ``chunk`` at a time (``chunk * n`` samples per network call); every random draw
     comes from ``generator`` in a fixed order, so the result depends only on the model, the states, the
-    settings, the chunk size and the generator's seed.
+    settings, the chunk size and the generator's seed.  ``announce``, if given, receives after the first chunk
+    (when more follow) one sentence estimating the whole generation's time from that chunk's.
     """
     S = obs.shape[0]
     actions = torch.empty(S, n, model.act_dim, device=obs.device, dtype=obs.dtype)
@@ -362,6 +374,7 @@ def generate_candidates(
 
     bar = tqdm(total=S, disable=not progress, desc="ARQ candidates", unit="state", dynamic_ncols=True, leave=False)
     try:
+        start = time.perf_counter()
         for lo in range(0, S, chunk):
             s = obs[lo : lo + chunk].repeat_interleave(n, dim=0)
             a = model.sample(s, sampler_steps, corrector_steps, snr, generator, grid)
@@ -370,6 +383,10 @@ def generate_candidates(
             actions[lo : lo + m] = a.reshape(m, n, -1)
             logp[lo : lo + m] = ll.reshape(m, n)
             bar.update(m)
+            if lo == 0 and announce is not None and m < S:
+                took = time.perf_counter() - start
+                announce(f"generating {n} candidates for {S:,} states: ~{_duration(took * S / m)} at this rate "
+                         f"(the first {m:,} states took {took:.1f} s)")
     finally:
         bar.close()
     return actions, logp

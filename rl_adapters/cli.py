@@ -20,6 +20,7 @@ import json
 import shlex
 import signal
 import sys
+import textwrap
 import typing
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,32 +42,61 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _choices_help(name: str, algos: list[str]) -> str:
-    """``vaco: one_step|k_step|implicit; aspc, aspc-iql: ...`` for a string option with fixed values."""
-    from .algorithms import field_choices
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's, but help lines break at spaces only: a flag, an algorithm (aspc-iql) or a value stays whole."""
 
-    groups: dict[tuple[str, ...], list[str]] = {}
-    for algo in algos:
-        allowed = field_choices(algo).get(name)
-        if allowed:
-            groups.setdefault(tuple(allowed), []).append(algo)
-    return "; ".join(f"{', '.join(a)}: {'|'.join(c)}" for c, a in groups.items())
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        text = " ".join(text.split())
+        return textwrap.wrap(text, width, break_on_hyphens=False, break_long_words=False)
 
 
-def _algorithm_fields() -> dict[str, tuple[type, list[str]]]:
-    """field name -> (python type, algorithms that have it), across the registry."""
+def _algorithm_fields() -> dict[str, tuple[type, dict[str, dataclasses.Field]]]:
+    """field name -> (python type, {algorithm: its ``Config`` field}), across the registry in its order."""
     from .algorithms import ALGORITHMS
 
-    out: dict[str, tuple[type, list[str]]] = {}
+    out: dict[str, tuple[type, dict[str, dataclasses.Field]]] = {}
     for name, cls in ALGORITHMS.items():
         hints = typing.get_type_hints(cls.Config)
         for f in dataclasses.fields(cls.Config):
-            tp = hints.get(f.name, str)
-            if f.name in out:
-                out[f.name][1].append(name)
-            else:
-                out[f.name] = (tp, [name])
+            out.setdefault(f.name, (hints.get(f.name, str), {}))[1][name] = f
     return out
+
+
+def _grouped(by_algo: dict[str, str]) -> list[tuple[str, list[str]]]:
+    """``{algo: text}`` -> ``[(text, algos)]``, in the order of each text's first algorithm."""
+    groups: dict[str, list[str]] = {}
+    for algo, text in by_algo.items():
+        groups.setdefault(text, []).append(algo)
+    return list(groups.items())
+
+
+def _option_help(fields: dict[str, dataclasses.Field]) -> str:
+    """``--help`` of one algorithm flag, from each algorithm's field (:mod:`rl_adapters.algorithms.options`):
+    ``[algorithms (with the allowed values of a string option)] what it is (unit, range). Default: d.``"""
+    from .algorithms.options import range_text
+
+    choices = {a: f.metadata.get("choices") for a, f in fields.items()}
+    if any(choices.values()):
+        which = "; ".join(f"{', '.join(a)}: {c}" for c, a in _grouped(
+            {a: "|".join(c) if c else "any string" for a, c in choices.items()}))
+    else:
+        which = ", ".join(fields)
+    texts = {}
+    for algo, f in fields.items():
+        meta = f.metadata
+        details = [d for d in (meta.get("unit"), meta.get("range") and range_text(meta["range"])) if d]
+        texts[algo] = meta.get("help", "(no help)") + (f" ({', '.join(details)})" if details else "")
+    described = _grouped(texts)
+    what = described[0][0] if len(described) == 1 else ". ".join(f"{', '.join(a)}: {t}" for t, a in described)
+
+    def shown(value: Any) -> str:
+        return ("on" if value else "off") if isinstance(value, bool) else repr(value) if isinstance(value, float) \
+            else str(value)
+
+    (default, _), *others = _grouped({a: shown(f.default) for a, f in fields.items()})
+    if others:
+        default += " (" + "; ".join(f"{', '.join(a)}: {d}" for d, a in others) + ")"
+    return f"[{which}] {what}. Default: {default}."
 
 
 def _parse_literal(text: str) -> Any:
@@ -105,7 +135,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> set[str]:
                    help="atomic checkpoint every N steps (N >= 1; the end of the run, Ctrl-C and SIGTERM checkpoint "
                         "too; N >= --steps: only those)")
     p.add_argument(
-        "--log-every", type=int, default=1_000, help="append mean losses to metrics.jsonl every N steps"
+        "--log-every", type=int, default=None,
+        help="append mean losses to metrics.jsonl every N steps (default ceil(steps/50), at most 1000)"
     )
     p.add_argument(
         "--normalized-score",
@@ -155,15 +186,16 @@ def _add_train_args(p: argparse.ArgumentParser) -> set[str]:
         help="set any algorithm hyper-parameter, e.g. --set expectile=0.9 (repeatable)",
     )
     taken = {a.dest for a in p._actions}
-    group = p.add_argument_group("algorithm hyper-parameters (each applies to the algorithms listed)")
+    group = p.add_argument_group(
+        "algorithm hyper-parameters (each applies to the algorithms listed)",
+        "[the algorithms that have the flag, with the values a string option takes] what it is (its unit, its "
+        "range). Default: its value (where algorithms differ: algorithm: value). --set KEY=VALUE sets them too.")
     added = set()
-    for name, (tp, algos) in sorted(_algorithm_fields().items()):
+    for name, (tp, fields) in sorted(_algorithm_fields().items()):
         if name in taken:
             continue  # reachable through --set
         flag = "--" + name.replace("_", "-")
-        helptext = f"[{', '.join(algos)}]"
-        if tp is str and _choices_help(name, algos):
-            helptext = f"[{_choices_help(name, algos)}]"
+        helptext = _option_help(fields).replace("%", "%%")  # argparse %-formats help
         if tp is bool:
             group.add_argument(
                 flag,
@@ -183,7 +215,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> set[str]:
                 type=_parse_literal,
                 default=argparse.SUPPRESS,
                 metavar=name.upper(),
-                help=helptext + " (Python literal)",
+                help=helptext + " A Python literal (e.g. None).",
             )
         added.add(name)
     return added
@@ -192,7 +224,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> set[str]:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="bilevel-rl", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    tr = sub.add_parser("train", help="train an offline RL algorithm on a Minari dataset")
+    tr = sub.add_parser("train", help="train an offline RL algorithm on a Minari dataset",
+                        formatter_class=_HelpFormatter)
     _add_train_args(tr)
     md = sub.add_parser("make-dataset", help="generate random/medium/medium-replay/expert Minari datasets")
     from .datasets.cli import add_arguments
@@ -218,7 +251,7 @@ def _hparams_from_args(args: argparse.Namespace, algo: str) -> dict[str, Any]:
     wrong = sorted(set(hp) - fields)
     if wrong:
         owners = _algorithm_fields()
-        detail = "; ".join(f"{w} belongs to {owners[w][1] if w in owners else 'no algorithm'}" for w in wrong)
+        detail = "; ".join(f"{w} belongs to {list(owners[w][1]) if w in owners else 'no algorithm'}" for w in wrong)
         raise UsageError(
             f"option(s) {wrong} do not apply to --algo {algo} ({detail}). Valid for {algo}: {sorted(fields)}"
         )

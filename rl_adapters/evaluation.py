@@ -6,13 +6,16 @@ reference returns from the dataset's metadata (``ref_min_score`` / ``ref_max_sco
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-__all__ = ["EvalResult", "MissingReferenceScoresError", "evaluate", "make_eval_env_fn", "normalized_score"]
+__all__ = ["KNOWN_MUJOCO_WARNINGS", "EvalResult", "MissingReferenceScoresError", "evaluate",
+           "known_mujoco_warnings_silenced", "make_eval_env_fn", "normalized_score"]
 
 
 class MissingReferenceScoresError(ValueError):
@@ -65,18 +68,61 @@ def normalized_score(
     return 100.0 * (np.asarray(returns, dtype=np.float64) - ref_min) / (ref_max - ref_min)
 
 
+#: MuJoCo warnings about gymnasium's own model files, which nobody running an evaluation can act on: printed (and
+#: appended to ./MUJOCO_LOG.TXT) once per environment made, i.e. hundreds of times per run on HalfCheetah.
+KNOWN_MUJOCO_WARNINGS = ("compiler attribute 'settotalmass' is deprecated",)
+
+
+@contextlib.contextmanager
+def known_mujoco_warnings_silenced() -> Iterator[None]:
+    """While inside, MuJoCo's warnings that start like :data:`KNOWN_MUJOCO_WARNINGS` are dropped; any other goes
+    to the handler installed before (MuJoCo's default when none: ``WARNING: ...`` on stderr)."""
+    try:
+        import mujoco
+    except ImportError:  # no MuJoCo: nothing to silence
+        yield
+        return
+    previous = mujoco.get_mju_user_warning()
+
+    def handler(message: str) -> None:
+        if message.startswith(KNOWN_MUJOCO_WARNINGS):
+            return
+        if previous is not None:
+            previous(message)
+        else:
+            print(f"WARNING: {message}", file=sys.stderr)
+
+    mujoco.set_mju_user_warning(handler)
+    try:
+        yield
+    finally:
+        mujoco.set_mju_user_warning(previous)
+
+
 def make_eval_env_fn(data: Any) -> Callable[[], Any]:
-    """A factory for the evaluation env of an ``OfflineData`` / ``MinariDataset`` / env id / EnvSpec."""
+    """A factory for the evaluation env of an ``OfflineData`` / ``MinariDataset`` / env id / EnvSpec (made with
+    :func:`known_mujoco_warnings_silenced`)."""
     import gymnasium as gym
 
     if hasattr(data, "eval_env_spec"):  # OfflineData
         spec = data.eval_env_spec or data.env_spec
         if spec is None:
             raise ValueError(f"dataset {data.name!r} records no environment spec; pass env= explicitly")
-        return lambda: gym.make(spec)
-    if hasattr(data, "recover_environment"):  # MinariDataset
-        return lambda: data.recover_environment(eval_env=True)
-    return lambda: gym.make(data)
+
+        def make() -> Any:
+            return gym.make(spec)
+    elif hasattr(data, "recover_environment"):  # MinariDataset
+        def make() -> Any:
+            return data.recover_environment(eval_env=True)
+    else:
+        def make() -> Any:
+            return gym.make(data)
+
+    def quiet() -> Any:
+        with known_mujoco_warnings_silenced():
+            return make()
+
+    return quiet
 
 
 def evaluate(

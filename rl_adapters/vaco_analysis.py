@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,8 @@ from .algorithms import make_algorithm
 from .algorithms.vaco import VACO
 from .data import OfflineData, load_dataset
 
-__all__ = ["add_arguments", "analyze_weights", "load_run", "pearson", "run_from_args", "score_dataset"]
+__all__ = ["add_arguments", "analyze_weights", "load_run", "pearson", "return_terciles", "run_from_args",
+           "score_dataset", "scorer_untrained"]
 
 
 def pearson(x: np.ndarray, y: np.ndarray) -> float | None:
@@ -37,6 +37,22 @@ def pearson(x: np.ndarray, y: np.ndarray) -> float | None:
     if x.size < 2 or x.std() == 0 or y.std() == 0:
         return None
     return float(np.corrcoef(x, y)[0, 1])
+
+
+def return_terciles(ep_ret: np.ndarray) -> np.ndarray:
+    """0 / 1 / 2 per trajectory: the lowest, middle and highest third of the trajectories ranked by return (equal
+    counts, sizes differing by at most one; ties broken by trajectory order)."""
+    order = np.argsort(np.asarray(ep_ret), kind="stable")
+    groups = np.empty(len(order), np.int64)
+    for g, idx in enumerate(np.array_split(order, 3)):
+        groups[idx] = g
+    return groups
+
+
+def scorer_untrained(algo: VACO) -> bool:
+    """Whether ``algo`` stopped in (or at the end of) its two-phase schedule's value-only phase 1: its meta-scorer
+    has taken no step yet, so it gives every transition the same weight."""
+    return algo.value_steps > 0 and algo.step <= algo.value_steps
 
 
 def load_run(
@@ -125,18 +141,12 @@ def _plots(
 
     fmt = lambda r: "n/a" if r is None else f"{r:.3f}"
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    lo, hi = ep_ret.min(), ep_ret.max()
-    thirds = (
-        np.digitize(ep_ret, [lo + (hi - lo) / 3, lo + 2 * (hi - lo) / 3])
-        if hi > lo
-        else np.zeros_like(ep_ret)
-    )
-    for g, (name, colour) in enumerate(
-        (("low third", "tab:blue"), ("middle third", "tab:orange"), ("top third", "tab:red"))
-    ):
-        m = thirds == g
+    groups = return_terciles(ep_ret)
+    for g, (name, colour) in enumerate((("lowest", "tab:blue"), ("middle", "tab:orange"), ("highest", "tab:red"))):
+        m = groups == g
         if m.any():
-            ax.scatter(ep_w[m], ep_ret[m], s=8, alpha=0.6, color=colour, label=f"return {name} ({m.sum()})")
+            ax.scatter(ep_w[m], ep_ret[m], s=8, alpha=0.6, color=colour,
+                       label=f"{name} third of trajectories by return ({m.sum()})")
     ax.set_xlabel("mean meta-weight of the trajectory")
     ax.set_ylabel("trajectory return")
     ax.set_title(f"{title}\nPearson r = {fmt(r_ret)} over {len(ep_ret)} trajectories", fontsize=9)
@@ -174,9 +184,11 @@ def analyze_weights(
     ``algo`` and ``data`` (in memory). ``out_dir`` defaults to ``run_dir/weights``; with neither ``run_dir``
     nor ``out_dir`` nothing is written. Keys of the result: ``pearson_traj_weight_return``,
     ``pearson_weight_q``, ``top10_weight_lift`` (mean weight in the top-10%-return trajectories over the mean
-    weight; ``top10_transition_share`` is their share of transitions), ``ess_fraction`` (over the dataset), ``weight`` (mean/std/quantiles over transitions), ``return_thirds`` (mean
-    trajectory weight of the bottom/middle/top third of the return range), ``episodes`` (per trajectory
-    return, length and mean weight).
+    weight; ``top10_transition_share`` is their share of transitions), ``ess_fraction`` (over the dataset), ``weight`` (mean/std/quantiles over transitions), ``return_thirds``
+    (mean trajectory weight, count and return range of the low/middle/top third of the trajectories ranked by
+    return: terciles of equal counts), ``scorer_trained`` (False for a run stopped in its value-only phase 1,
+    whose scorer has not been trained: every weight is equal) with ``warning`` (a sentence saying so, else
+    None), ``episodes`` (per trajectory return, length and mean weight).
     """
     if run_dir is not None:
         if algo is not None or data is not None:
@@ -197,19 +209,16 @@ def analyze_weights(
     ep_ret = data.episode_returns.cpu().double().numpy()
     w_np, q_np = w.numpy(), q.numpy()
     r_ret, r_q = pearson(ep_w, ep_ret), pearson(w_np, q_np)
-    lo, hi = float(ep_ret.min()), float(ep_ret.max())
+    groups = return_terciles(ep_ret)
     thirds = {}
-    for name, a, b in (
-        ("low", lo, lo + (hi - lo) / 3),
-        ("middle", lo + (hi - lo) / 3, lo + 2 * (hi - lo) / 3),
-        ("top", lo + 2 * (hi - lo) / 3, math.inf),
-    ):
-        m = (ep_ret >= a) & (ep_ret < b) if name != "top" else ep_ret >= a
+    for g, name in enumerate(("low", "middle", "top")):
+        m = groups == g
         thirds[name] = {
             "episodes": int(m.sum()),
             "mean_weight": float(ep_w[m].mean()) if m.any() else None,
-            "return_range": [a, min(b, hi)],
+            "return_range": [float(ep_ret[m].min()), float(ep_ret[m].max())] if m.any() else None,
         }
+    untrained = scorer_untrained(algo)
     # Lift: the mean weight of transitions in the best 10% of trajectories (the same selection as %BC-10,
     # OfflineData.top_trajectories) over the mean weight of all transitions; 1.0 is no preference and
     # 1 / top10_transition_share is %BC-10's own (all weight on those trajectories).
@@ -236,6 +245,11 @@ def analyze_weights(
         "ess_fraction": ess,
         "weight_norm": algo.config.weight_norm,
         "return_thirds": thirds,
+        "scorer_trained": not untrained,
+        "warning": None if not untrained else (
+            f"the run stopped at step {algo.step}, in its value-only phase 1 (steps 1-{algo.value_steps}), so the "
+            f"meta-scorer has not been trained yet: every weight is {w_np[0]:.3g} and no correlation is defined; "
+            f"train past step {algo.value_steps} first (bilevel-rl train --resume RUN_DIR)"),
         "episodes": {
             "return": ep_ret.tolist(),
             "length": counts.long().tolist(),
@@ -341,6 +355,13 @@ def run_from_args(args: argparse.Namespace) -> int:
             "weight",
         )
     }
+    summary["scorer_trained"] = res["scorer_trained"]
     summary["out"] = str(out)
+    if res["warning"]:
+        import shlex
+        import sys
+
+        warning = res["warning"].replace("RUN_DIR", shlex.quote(str(args.run_dir)))
+        print(f"bilevel-rl analyze-weights: warning: {warning}", file=sys.stderr)
     print(json.dumps(summary))
     return 0

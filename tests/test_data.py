@@ -151,7 +151,9 @@ def test_non_box_space(minari_root):
     buf = EpisodeBuffer(
         id=0, observations=np.stack(o), actions=np.asarray(a), rewards=r, terminations=te, truncations=tr
     )
-    minari.create_dataset_from_buffers("tiny/cartpole/discrete-v0", [buf], env=env)
+    minari.create_dataset_from_buffers("tiny/cartpole/discrete-v0", [buf], env=env, eval_env=env.spec,
+                                       algorithm_name="always 0", author="tests", author_email="tests@localhost",
+                                       code_permalink="local", description="a discrete-action dataset")
     with pytest.raises(DatasetError, match=r"'tiny/cartpole/discrete-v0': action_space is Discrete.*Box"):
         load_dataset("tiny/cartpole/discrete-v0")
 

@@ -82,7 +82,7 @@ def test_one_step_hypergradient_matches_finite_differences_and_step_lowers_outer
     count = int(st.count[0])
     assert count == 6 and len(mu) == len(names)
     alpha0 = {n: p.detach().clone() for n, p in algo.scorer.named_parameters()}
-    G = lambda alpha: float(_hand_one_step_outer(algo, alpha, theta0, mu, nu, count, vb))
+    G = lambda alpha: float(_hand_one_step_outer(algo, alpha, theta0, mu, nu, count, vb).detach())
 
     hyper = solver.hypergradient(vb)
     assert sum(float(h.norm()) for h in hyper) > 0

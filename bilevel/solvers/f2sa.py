@@ -39,6 +39,7 @@ from typing import Any
 import torch
 import torchopt
 
+from ..functional import write_params
 from ..problem import Problem
 from .base import Solver, _detach_tree, _Result, _zeros_for_none
 
@@ -65,6 +66,13 @@ class F2SASolver(Solver):
     and one outer-optimiser step on D_lambda (the returned hypergradient). U, U' are the inner
     optimiser with separate states; y starts at the inner parameters on the first call. (y's step takes
     grad g at y, as in the paper's algorithm; benchopt's F2SA code evaluates it at z.)
+
+    **A fresh solver's hypergradient is not yet an estimate.** y starts at z, so the first calls return
+    about ``d_lambda g`` plus mu times the difference of ``d_lambda f`` between two points only K steps
+    apart: missing the implicit term, often with the wrong sign, and correct only once z and y have
+    converged over many ``step`` calls. For an estimate at once, call :meth:`warm_up` first: it runs the
+    inner iterations on z and y (no outer step, mu unchanged) until both are near their minimisers, so
+    the next ``hypergradient`` is the penalised value function's gradient (O(1 / mu) from the true one).
 
     What it estimates: with y = y*_mu (the minimiser of f + g / mu) and z = z* (of f), E[D_lambda] is
     the gradient of the penalised value function L_mu (module docstring), which differs from the true
@@ -144,6 +152,27 @@ class F2SASolver(Solver):
         """mu_t = min(mu_0 + t * delta_mu, mu_max), the penalty used by the (t+1)-th ``step``."""
         mu = self.penalty + t * self.penalty_growth
         return mu if self.max_penalty is None else min(mu, self.max_penalty)
+
+    def warm_up(self, inner_batch: Any, outer_batch: Any = None, steps: int = 100) -> dict[str, float]:
+        """``steps`` rounds of the inner iterations of :meth:`step` (K steps each on z and on y, with
+        ``inner_batch`` / ``outer_batch`` as :meth:`step` takes them) at the current lambda and mu: z (the
+        inner parameters) and y move, lambda, the outer optimiser and the step counter (which sets mu) do not.
+
+        A fresh solver has y = z, so its ``hypergradient`` misses the implicit term (often with the wrong
+        sign) until many ``step`` calls have separated them; after ``warm_up`` with enough steps (about
+        ``1 / (lr * mu_f)`` inner steps in all, mu_f the smallest curvature of f) ``hypergradient`` is the
+        gradient of the penalised value function, within O(1 / mu) of the implicit hypergradient.
+        Returns ``{"gap": f(y) - f(z)}`` after the last round (>= 0 up to noise)."""
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"F2SASolver.warm_up steps must be an int >= 1, got {steps!r}")
+        gap = float("nan")
+        for _ in range(steps):
+            res = self._run(inner_batch, outer_batch, copy_buffers=False)
+            write_params(self.problem.inner, self._inner_names, res.theta)
+            self.inner_state = _detach_tree(res.state)
+            self.y, self.y_state = res.carry  # not _commit: mu's step counter stays
+            gap = res.extras["gap"]
+        return {"gap": gap}
 
     def _grads(self, loss: torch.Tensor, theta: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
         return _zeros_for_none(torch.autograd.grad(loss, theta, allow_unused=True), theta)

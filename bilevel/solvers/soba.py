@@ -52,6 +52,14 @@ class SOBASolver(Solver):
     then ``theta <- U(theta, D_theta)`` (the inner optimiser), ``v <- v - v_lr * D_v`` and one
     outer-optimiser step on ``D_lambda`` (the returned hypergradient). v starts at 0.
 
+    **A fresh solver's hypergradient is not yet an estimate.** With v = 0, ``hypergradient()`` returns only
+    the direct term ``d_lambda g`` (0 when lambda reaches g only through theta, e.g. data weights or a
+    regulariser), and v approaches ``H^{-1} grad_theta g`` only over many ``step`` calls (about
+    ``1 / (v_lr * mu_f)`` of them, mu_f the smallest curvature of f). For an estimate at once, call
+    :meth:`warm_up` first: it solves for v by conjugate gradients at the current theta (optionally after
+    some inner steps that bring theta near theta*), so that the next ``hypergradient`` is the implicit one
+    (equal to it on a quadratic; tests check it).
+
     Unbiasedness: given (theta, v, lambda) each direction is linear in the sampled derivatives, so
     E[D_lambda] = d_lambda g - (d2 f / d lambda d theta) v for the full-batch losses; at theta = theta*
     and v = v* = H^{-1} grad_theta g this is the true hypergradient (tests check it exactly by averaging
@@ -123,6 +131,59 @@ class SOBASolver(Solver):
             raise ValueError(f"SOBASolver damping must be >= 0, got {damping}")
         if not isinstance(power_iterations, int) or power_iterations < 1:
             raise ValueError(f"SOBASolver power_iterations must be an int >= 1, got {power_iterations!r}")
+
+    def warm_up(self, inner_batch: Any, outer_batch: Any = None, inner_steps: int = 0, iterations: int = 100,
+                tol: float = 1e-10) -> dict[str, float]:
+        """Bring the solver's state to where its hypergradient is an estimate: ``inner_steps`` plain inner steps
+        on ``inner_batch`` (as :meth:`inner_update`; 0: theta stays), then v solved from
+        ``(H + damping I) v = grad_theta g`` by conjugate gradients (``iterations`` Hessian-vector products at
+        most, stopping at relative residual ``tol``), H on ``inner_batch`` and ``grad_theta g`` on
+        ``outer_batch`` (``None``: ``inner_batch``) at the current theta. lambda and the outer optimiser are
+        not touched.
+
+        A fresh solver starts from v = 0, so its ``hypergradient`` is only the direct term ``d_lambda g``
+        until many ``step`` calls have moved v. After ``warm_up`` (with theta at the inner solution, and
+        full-batch or large batches) ``hypergradient`` equals the implicit-function hypergradient
+        ``d_lambda g - (d2 f / d lambda d theta) H^{-1} grad_theta g``; the ``step`` calls that follow keep
+        v tracking it.
+
+        Returns ``{"v_residual": ||(H + damping I) v - grad_theta g|| / ||grad_theta g||, "v_iterations": ...,
+        "v_norm": ...}``.
+        """
+        if isinstance(inner_batch, list):
+            [inner_batch] = self._as_batches(inner_batch, 1, "SOBASolver")
+        outer_batch = inner_batch if outer_batch is None else outer_batch
+        if not isinstance(inner_steps, int) or inner_steps < 0:
+            raise ValueError(f"SOBASolver.warm_up inner_steps must be an int >= 0, got {inner_steps!r}")
+        if not isinstance(iterations, int) or iterations < 1:
+            raise ValueError(f"SOBASolver.warm_up iterations must be an int >= 1, got {iterations!r}")
+        for _ in range(inner_steps):
+            self.inner_update(inner_batch)
+        with self._slots_kept():
+            buffers = self._buffers(copy=True)
+            theta = tuple(t.detach().requires_grad_() for t in self.theta())
+            f = self.inner_value(theta, inner_batch, buffers)
+            df = _zeros_for_none(torch.autograd.grad(f, theta, create_graph=True, allow_unused=True), theta)
+            live = [i for i, d in enumerate(df) if d.requires_grad]
+
+            def hvp(u: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+                out = [torch.zeros_like(t) for t in theta]
+                if live:
+                    prods = torch.autograd.grad([df[i] for i in live], [theta[i] for i in live],
+                                                grad_outputs=[u[i] for i in live], retain_graph=True,
+                                                allow_unused=True)
+                    for i, h in zip(live, prods):
+                        if h is not None:
+                            out[i] = h.detach()
+                return tuple(o + self.damping * x for o, x in zip(out, u))
+
+            g = self.outer_value(theta, outer_batch, buffers)
+            b = tuple(t.detach() for t in _zeros_for_none(
+                torch.autograd.grad(g, theta, allow_unused=True), theta))
+            sol = linear.conjugate_gradient(hvp, b, iterations, tol=tol)
+        self.v = tuple(t.detach().clone() for t in sol.solution)
+        return {"v_residual": linear.relative_residual(hvp, self.v, b), "v_iterations": float(sol.iterations),
+                "v_norm": float(linear.norm(self.v))}
 
     def _solve(self, inner_batch: Any, outer_batch: Any, buffers: dict[str, torch.Tensor]) -> _Result:
         if isinstance(inner_batch, list):

@@ -54,6 +54,8 @@ from ..behavior_model import GRIDS, ODE_METHODS, TRACES, BehaviorModel, generate
 from ..data import Batch
 from ..networks import TwinCritic, mlp, soft_update
 from .base import Algorithm, BaseConfig, adam, register
+from .iql import IQLConfig
+from .options import AT_LEAST_0, AT_LEAST_1, POSITIVE, learning_rate, like, option
 
 __all__ = ["ARQ", "POLICIES", "ARQConfig", "GaussianActor", "awr_weights", "kth_max"]
 
@@ -73,54 +75,50 @@ class ARQConfig(BaseConfig):
     "CPU settings"; docs/algorithms.md measures what they change).
     """
 
-    batch_size: int = 512
-    critic_lr: float = 3e-4
-    actor_lr: float = 3e-4
-    k: int = 9
-    alpha: float = 1.0
-    max_weight: float = 100.0
-    normalize_reward: bool = True
-    policy: str = "explicit"
-    bm_steps: int = 50_000
-    bm_lr: float = 1e-4
-    bm_hidden_dim: int = 256
-    bm_blocks: int = 3
-    bm_ema: float = 0.999
-    n_candidates: int = 30
-    log_density_threshold: float = -5.0
-    sampler_steps: int = 500
-    corrector_steps: int = 1
-    snr: float = 0.16
-    sampler_grid: str = "quadratic"
-    ode_steps: int = 100
-    ode_method: str = "rk4"
-    trace: str = "exact"
-    candidate_chunk: int = 1024
+    batch_size: int = like(BaseConfig, "batch_size", 512)
+    critic_lr: float = learning_rate(3e-4, "Adam learning rate of the twin critic")
+    actor_lr: float = learning_rate(3e-4, "Adam learning rate of the Gaussian actor (--policy explicit)")
+    k: int = option(9, "the K of the TD target's K-th largest Q'(s', a') over the valid candidates a' (at most "
+                    "--n-candidates)", range=AT_LEAST_1, unit="candidates")
+    alpha: float = option(1.0, "inverse temperature of the advantage: actor weights exp(alpha A) (explicit), "
+                          "candidate probabilities softmax(alpha A) (implicit)", range=AT_LEAST_0,
+                          unit="per unit of advantage")
+    max_weight: float = option(100.0, "cap on the actor's advantage weights exp(alpha A)", range=POSITIVE)
+    normalize_reward: bool = like(IQLConfig, "normalize_reward", True)
+    policy: str = option("explicit", "explicit: an AWR-trained Gaussian actor; implicit: no actor, act by drawing "
+                         "one of N candidates with probability softmax(alpha A) (paper Eq. 6)", choices=POLICIES)
+    bm_steps: int = option(50_000, "behaviour-model updates at the start of the run (counted in --steps)",
+                           range=AT_LEAST_1, unit="updates")
+    bm_lr: float = learning_rate(1e-4, "Adam learning rate of the behaviour (score) model")
+    bm_hidden_dim: int = option(256, "width of the behaviour model's residual MLP", range=AT_LEAST_1, unit="neurons")
+    bm_blocks: int = option(3, "residual blocks of the behaviour model", range=AT_LEAST_1, unit="blocks")
+    bm_ema: float = option(0.999, "EMA decay of the behaviour model's weights; the EMA model samples the candidates",
+                           range=(0, 1, False, True), unit="per behaviour-model update")
+    n_candidates: int = option(30, "behaviour-model actions sampled per dataset state (N)", range=AT_LEAST_1,
+                               unit="actions per state")
+    log_density_threshold: float = option(-5.0, "a candidate is valid if its behaviour log-density log beta(a | s) "
+                                          "is at least this (the paper drops beta < e^-5)", unit="nats")
+    sampler_steps: int = option(500, "predictor (reverse-SDE Euler-Maruyama) steps of the candidate sampler",
+                                range=AT_LEAST_1, unit="steps")
+    corrector_steps: int = option(1, "Langevin corrector steps per predictor step (0: none)", range=AT_LEAST_0,
+                                  unit="steps")
+    snr: float = option(0.16, "signal-to-noise ratio that sets the Langevin corrector's step size", range=POSITIVE)
+    sampler_grid: str = option("quadratic", "the sampler's time grid: quadratic (dense near t = 0) or uniform (the "
+                               "paper's)", choices=GRIDS)
+    ode_steps: int = option(100, "fixed steps of the probability-flow ODE that gives each candidate's log-density",
+                            range=AT_LEAST_1, unit="steps")
+    ode_method: str = option("rk4", "integrator of that ODE", choices=ODE_METHODS)
+    trace: str = option("exact", "the ODE's divergence: exact (one backward pass per action dimension) or "
+                        "hutchinson (a one-sample estimate)", choices=TRACES)
+    candidate_chunk: int = option(1024, "dataset states per behaviour-model call while generating candidates "
+                                  "(memory against speed; part of what the candidates depend on)", range=AT_LEAST_1,
+                                  unit="states")
 
     def __post_init__(self) -> None:
-        # Every check here runs in make_config, so a bad value fails before any data loads.
-        def bad(field: str, what: str, example: Any) -> ValueError:
-            flag = "--" + field.replace("_", "-")
-            return ValueError(f"{field} ({flag}) = {getattr(self, field)!r}: must be {what}; e.g. {flag} {example}")
-
-        for field, allowed in (("policy", POLICIES), ("ode_method", ODE_METHODS), ("trace", TRACES),
-                               ("sampler_grid", GRIDS)):
-            if getattr(self, field) not in allowed:
-                raise bad(field, f"one of {', '.join(allowed)}", allowed[0])
-        for field, low, example in (
-            ("bm_steps", 1, 50_000), ("bm_hidden_dim", 1, 256), ("bm_blocks", 1, 3), ("n_candidates", 1, 30),
-            ("sampler_steps", 1, 500), ("corrector_steps", 0, 1), ("ode_steps", 1, 100), ("candidate_chunk", 1, 1024),
-        ):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise bad(field, f"an integer >= {low}", example)
-        if not 1 <= self.k <= self.n_candidates:
-            raise bad("k", f"an integer in [1, n_candidates = {self.n_candidates}] (the K of the K-th max)", 9)
-        if not 0.0 <= self.bm_ema < 1.0:
-            raise bad("bm_ema", "in [0, 1) (the EMA decay of the behaviour model)", 0.999)
-        for field in ("bm_lr", "critic_lr", "actor_lr", "snr", "max_weight"):
-            if not getattr(self, field) > 0:
-                raise bad(field, "> 0", {"snr": 0.16, "max_weight": 100.0, "bm_lr": 1e-4}.get(field, 3e-4))
+        # Only what relates fields: each field's own range and choices are in its option() (checked by make_config).
+        if not self.k <= self.n_candidates:
+            raise ValueError(f"k (--k) = {self.k!r}: must be an integer in [1, n_candidates = {self.n_candidates}] "
+                             f"(the K of the K-th max); e.g. --k {min(9, self.n_candidates)}")
 
     def check_steps(self, steps: int) -> None:
         """Refuse a run too short to reach the Q-learning phase (called with ``--steps`` before data loads)."""
@@ -265,9 +263,11 @@ class ARQ(Algorithm):
         actions, logp = generate_candidates(
             self.behavior, self._state_obs, c.n_candidates, c.sampler_steps, c.corrector_steps, c.snr, c.ode_steps,
             c.ode_method, c.trace, gen, c.candidate_chunk, self._progress, c.sampler_grid,
+            announce=lambda text: print(f"ARQ: {text}", file=sys.stderr, flush=True),
         )
         seconds = time.perf_counter() - start
         self.set_candidates(actions, logp)
+        self.warn_if_few_valid()
         if path is not None:
             tmp = path.with_name(path.name + ".tmp")
             torch.save({"key": key, "actions": actions.cpu(), "logp": logp.cpu()}, tmp)
@@ -280,6 +280,21 @@ class ARQ(Algorithm):
             if self._progress:
                 print(f"ARQ: {actions.shape[0]} states x {c.n_candidates} candidates in {seconds:.0f} s, "
                       f"{100 * info['valid_fraction']:.1f}% valid", file=sys.stderr)
+
+    def warn_if_few_valid(self, below: float = 0.5) -> str | None:
+        """One line on stderr (also returned) when fewer than ``below`` of the candidates are valid: the behaviour
+        model's phase was too short for its samples to reach the data's density, with a longer one to try."""
+        c = self.config
+        fraction = self.candidate_valid.float().mean().item()
+        if fraction >= below:
+            return None
+        more = max(2 * c.bm_steps, min(50_000, 10 * c.bm_steps))
+        text = (f"ARQ: warning: only {100 * fraction:.1f}% of the behaviour model's candidates are valid (log-density "
+                f">= {c.log_density_threshold:g}; under {100 * below:.0f}% the advantage baseline averages few "
+                f"actions): its {c.bm_steps}-step phase is too short; train it longer, e.g. --bm-steps {more} "
+                f"--steps {more + max(1, self.total_steps - c.bm_steps)}")
+        print(text, file=sys.stderr, flush=True)
+        return text
 
     def set_candidates(self, actions: torch.Tensor, logp: torch.Tensor) -> None:
         """Use ``actions`` ``(S, N, d)`` with log-likelihoods ``logp`` ``(S, N)`` as the states' candidates."""

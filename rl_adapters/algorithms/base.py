@@ -1,8 +1,8 @@
 """What every offline RL algorithm in this package shares: construction, acting, checkpoint state, the
 hooks the trainer calls, and the registry.
 
-A subclass defines a ``Config`` dataclass (its fields become ``--flags`` of ``bilevel-rl train``),
-builds its networks and optimizers in ``build()`` and implements ``update(batch)``.  It registers
+A subclass defines a ``Config`` dataclass (its fields, each an :func:`~rl_adapters.algorithms.options.option`
+with its help and allowed values, become ``--flags`` of ``bilevel-rl train``), builds its networks and optimizers in ``build()`` and implements ``update(batch)``.  It registers
 what must survive a checkpoint in ``self.modules`` / ``self.optimizers`` / ``self.schedulers``, overrides
 the hooks it needs (:meth:`Algorithm.value_phase`, :meth:`~Algorithm.training_data`,
 :meth:`~Algorithm.attach_data`, :meth:`~Algorithm.plot_metrics`, :meth:`BaseConfig.check_steps`; each is a
@@ -25,6 +25,7 @@ from torch import nn
 
 from ..data import Batch, DatasetStats, OfflineData
 from .optim import adam
+from .options import AT_LEAST_1, option
 
 __all__ = ["ALGORITHMS", "Algorithm", "BaseConfig", "ValuePhase", "adam", "register"]
 
@@ -43,12 +44,20 @@ class ValuePhase:
 
 @dataclasses.dataclass
 class BaseConfig:
-    """Hyper-parameters common to all algorithms (SPEC section 3)."""
+    """Hyper-parameters common to all algorithms (SPEC section 3).
 
-    hidden_dim: int = 256
-    batch_size: int = 256
-    discount: float = 0.99
-    tau: float = 0.005
+    Every field of an algorithm's ``Config`` is made with :func:`~rl_adapters.algorithms.options.option` (or
+    :func:`~rl_adapters.algorithms.options.like`): its help, unit and allowed values are defined there, once.
+    """
+
+    hidden_dim: int = option(256, "width of each hidden layer of the actor, critic and value networks",
+                             range=AT_LEAST_1, unit="neurons")
+    batch_size: int = option(256, "transitions sampled from the dataset for each gradient update", range=AT_LEAST_1,
+                             unit="transitions")
+    discount: float = option(0.99, "discount factor gamma of the TD targets (unused by BC)", range=(0, 1, False, False),
+                             unit="per environment step")
+    tau: float = option(0.005, "Polyak rate of the target networks, target <- (1 - tau) target + tau online (unused "
+                        "by BC)", range=(0, 1, True, False), unit="per target update")
 
     def check_steps(self, steps: int) -> None:
         """Refuse (``ValueError``) options that cannot work in a run of ``steps`` updates; the trainer calls it
@@ -76,9 +85,6 @@ class Algorithm(abc.ABC):
     #: modules and tensor inputs: then :class:`~rl_adapters.training.seed_stack.SeedStack` can train N seeds
     #: of it in one process.
     stackable: ClassVar[bool] = False
-    #: Allowed values of this algorithm's string options beyond :data:`rl_adapters.algorithms.CHOICES`
-    #: (``{"field": ("a", "b")}``), checked by ``make_config`` and listed by ``bilevel-rl train --help``.
-    choices: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     def __init__(
         self,

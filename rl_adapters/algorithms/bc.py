@@ -14,14 +14,15 @@ import torch
 from ..data import Batch, OfflineData
 from ..networks import DeterministicActor
 from .base import Algorithm, BaseConfig, adam, register
+from .options import learning_rate, option
 
 
 @dataclasses.dataclass
 class BCConfig(BaseConfig):
-    actor_lr: float = 3e-4  # Adam learning rate of the actor
-    # Share of trajectories, best return first, that BC trains on: 1.0 is plain BC, 0.1 is %BC-10
-    # (the whole dataset still sets the observation normalisation).
-    top_fraction: float = 1.0
+    actor_lr: float = learning_rate(3e-4, "Adam learning rate of the actor")
+    top_fraction: float = option(
+        1.0, "share of trajectories, best return first, that BC trains on: 1.0 is plain BC, 0.1 is %BC-10 (the whole "
+        "dataset still sets the observation normalisation)", range=(0, 1, True, False), unit="fraction of trajectories")
 
 
 @register

@@ -20,19 +20,23 @@ import torch
 from ..data import Batch
 from .base import Algorithm, BaseConfig, adam, register
 from .iql_value import build_iql_networks, expectile_loss
+from .options import AT_LEAST_0, POSITIVE, learning_rate, option
 
 __all__ = ["IQL", "IQLConfig", "expectile_loss"]
 
 
 @dataclasses.dataclass
 class IQLConfig(BaseConfig):
-    actor_lr: float = 3e-4
-    critic_lr: float = 3e-4
-    value_lr: float = 3e-4
-    expectile: float = 0.7
-    beta: float = 3.0
-    max_weight: float = 100.0
-    normalize_reward: bool = True
+    actor_lr: float = learning_rate(3e-4, "initial Adam learning rate of the actor, cosine-decayed to 0 over --steps")
+    critic_lr: float = learning_rate(3e-4, "Adam learning rate of the twin critic")
+    value_lr: float = learning_rate(3e-4, "Adam learning rate of the state-value network V")
+    expectile: float = option(0.7, "expectile of V's regression onto min_i Q'_i(s, a): 0.5 is the mean, near 1 the "
+                              "max over the data's actions", range=(0, 1, True, True))
+    beta: float = option(3.0, "inverse temperature of the actor's advantage weights exp(beta A)", range=AT_LEAST_0,
+                         unit="per unit of advantage")
+    max_weight: float = option(100.0, "cap on the advantage weights exp(beta A)", range=POSITIVE)
+    normalize_reward: bool = option(True, "scale rewards by 1000 / (max - min episode return), IQL's locomotion "
+                                    "setting (--no-normalize-reward: raw rewards)")
 
 
 @register

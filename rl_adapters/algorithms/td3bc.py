@@ -23,6 +23,7 @@ from torch import nn
 from ..data import Batch
 from ..networks import CRITIC_INITS, DeterministicActor, TwinCritic, soft_update
 from .base import Algorithm, BaseConfig, adam, register
+from .options import AT_LEAST_0, AT_LEAST_1, learning_rate, option
 
 
 def clipped_double_q_loss(
@@ -47,22 +48,21 @@ def clipped_double_q_loss(
 
 @dataclasses.dataclass
 class TD3BCConfig(BaseConfig):
-    actor_lr: float = 3e-4
-    critic_lr: float = 3e-4
-    alpha: float = 2.5
-    policy_noise: float = 0.2
-    noise_clip: float = 0.5
-    policy_freq: int = 2
-    critic_hidden_layers: int = 2
-    critic_layer_norm: bool = False
-    critic_init: str = "torch"
-
-    def __post_init__(self) -> None:
-        # Checked here so that ``make_config`` rejects a bad value before any data is loaded.
-        if self.critic_init not in CRITIC_INITS:
-            raise ValueError(f"critic_init must be one of {CRITIC_INITS}, got {self.critic_init!r}")
-        if self.policy_freq < 1:
-            raise ValueError(f"policy_freq must be an int >= 1, got {self.policy_freq!r}")
+    actor_lr: float = learning_rate(3e-4, "Adam learning rate of the actor")
+    critic_lr: float = learning_rate(3e-4, "Adam learning rate of the twin critic")
+    alpha: float = option(2.5, "weight of the Q term in the actor loss -(alpha / mean|Q1|) mean Q1 + mse(pi(s), a)",
+                          range=AT_LEAST_0)
+    policy_noise: float = option(0.2, "std of the target-policy smoothing noise added to pi'(s')", range=AT_LEAST_0,
+                                 unit="action half-ranges")
+    noise_clip: float = option(0.5, "the smoothing noise is clipped to [-noise_clip, noise_clip]", range=AT_LEAST_0,
+                               unit="action half-ranges")
+    policy_freq: int = option(2, "critic updates per actor and target-network update (TD3's delay)",
+                              range=AT_LEAST_1, unit="critic updates")
+    critic_hidden_layers: int = option(2, "hidden layers of each critic network (3 with --critic-layer-norm: "
+                                       "ASPC's robust critic)", range=AT_LEAST_1, unit="layers")
+    critic_layer_norm: bool = option(False, "LayerNorm after each hidden ReLU of the critic (ASPC's robust critic)")
+    critic_init: str = option("torch", "critic initialisation: torch (PyTorch's default) or aspc (the ASPC authors': "
+                              "constant 0.1 hidden biases, output layer near 0)", choices=CRITIC_INITS)
 
 
 @register

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 
 from .types import DatasetError, DatasetNotFoundError
 
@@ -59,7 +60,9 @@ def unknown_id_error(dataset_id: str, cause: Exception | None = None) -> Dataset
     root = os.environ.get("MINARI_DATASETS_PATH")
     where = f"MINARI_DATASETS_PATH={root}" if root else "~/.minari/datasets (MINARI_DATASETS_PATH is not set)"
     try:
-        local = sorted(minari.list_local_datasets().keys())
+        with warnings.catch_warnings():  # a broken dataset elsewhere in the root is not this error
+            warnings.filterwarnings("ignore", message="Misconfigured dataset named", category=UserWarning)
+            local = sorted(minari.list_local_datasets().keys())
     except (OSError, ValueError, KeyError):  # a broken root must not hide the original error
         local = []
     shown = ", ".join(local[:8]) + (f" and {len(local) - 8} more" if len(local) > 8 else "") if local else "none"

@@ -93,7 +93,7 @@ def _load_one(dataset: Any) -> Part:
     ep_ids = np.empty(n_total, np.int64)
     ep_returns = np.empty(len(episode_indices), np.float64)
     pos = 0
-    for k, ep in enumerate(dataset.storage.get_episodes(episode_indices)):
+    for k, ep in enumerate(_episodes(dataset, episode_indices)):
         t = len(ep["actions"])
         lengths = {
             "observations": len(ep["observations"]),
@@ -158,13 +158,80 @@ def _load_one(dataset: Any) -> Part:
     )
 
 
+#: What h5py and minari raise on a truncated or garbled file (h5py: OSError on open, KeyError for a damaged
+#: object, RuntimeError / ValueError / TypeError for a damaged dataset; minari: an AssertionError on a wrong type).
+_READ_ERRORS = (OSError, KeyError, RuntimeError, ValueError, TypeError, AssertionError)
+
+
+def _rebuild_hint(dataset_id: str, folder: Any) -> str:
+    return (f"delete {folder} and build the dataset again (bilevel-rl make-dataset), download it again "
+            f"(minari download {dataset_id}), or set MINARI_DATASETS_PATH to a folder holding an intact copy")
+
+
+def _unreadable(dataset_id: str, path: Any, folder: Any, what: str, e: BaseException) -> DatasetError:
+    cause = " ".join(str(e).split()) or "no detail"
+    return DatasetError(f"dataset {dataset_id!r}: {path} {what} ({type(e).__name__}: {cause}); "
+                        f"{_rebuild_hint(dataset_id, folder)}")
+
+
+def _episodes(dataset: Any, episode_indices: np.ndarray) -> Iterable[dict[str, Any]]:
+    """``dataset.storage.get_episodes`` one by one; a truncated or garbled HDF5 file is a one-line
+    :class:`DatasetError` naming the file and the fix."""
+    storage = dataset.storage
+    path = getattr(storage, "_file_path", None) or storage.data_path
+    it = iter(storage.get_episodes(episode_indices))
+    while True:
+        try:
+            ep = next(it)
+        except StopIteration:
+            return
+        except DatasetError:
+            raise
+        except _READ_ERRORS as e:
+            raise _unreadable(dataset.spec.dataset_id, path, storage.data_path.parent,
+                              "cannot be read: the file is truncated or corrupted", e) from e
+        yield ep
+
+
+def _broken_dataset(dataset_id: str, e: BaseException) -> DatasetError | None:
+    """Why ``minari.load_dataset`` failed on a dataset whose folder exists (a corrupted or missing
+    ``metadata.json`` or ``main_data.hdf5``); None when there is no such folder (the id is unknown)."""
+    import json
+
+    from minari.storage.datasets_root_dir import get_dataset_path
+
+    try:
+        folder = get_dataset_path(dataset_id)
+    except (OSError, ValueError):
+        return None
+    data = folder / "data"
+    if not data.is_dir():
+        return None
+    meta = data / "metadata.json"
+    if not meta.is_file():
+        return _unreadable(dataset_id, meta, folder, "is missing", e)
+    try:
+        json.loads(meta.read_text())
+    except (OSError, ValueError) as bad:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return _unreadable(dataset_id, meta, folder, "is not readable JSON: the file is truncated or corrupted",
+                           bad)
+    if isinstance(e, KeyError):
+        return _unreadable(dataset_id, meta, folder, f"lacks the field {e}", e)
+    hdf5 = data / "main_data.hdf5"
+    if not hdf5.is_file():
+        return _unreadable(dataset_id, hdf5, folder, "is missing", e)
+    return _unreadable(dataset_id, data, folder, "cannot be opened as a Minari dataset", e)
+
+
 def _open(dataset_id: str) -> Any:
     import minari
 
     try:
         return minari.load_dataset(dataset_id)
-    except (FileNotFoundError, ValueError, KeyError) as e:
+    except FileNotFoundError as e:
         raise unknown_id_error(dataset_id, e) from None
+    except (*_READ_ERRORS, ImportError) as e:
+        raise (_broken_dataset(dataset_id, e) or unknown_id_error(dataset_id, e)) from None
 
 
 def _to_tensor(a: np.ndarray, device: torch.device) -> torch.Tensor:

@@ -66,8 +66,11 @@ def _check_env(env_id: str, tiny: bool) -> None:
     except gym.error.Error as e:
         raise UsageError(f"--env {env_id}: not a registered gymnasium environment ({type(e).__name__}: "
                          f"{' '.join(str(e).split())}); e.g. --env {example}") from None
+    from ..evaluation import known_mujoco_warnings_silenced
+
     try:
-        env = gym.make(env_id)
+        with known_mujoco_warnings_silenced():
+            env = gym.make(env_id)
     except Exception as e:  # noqa: BLE001 - a missing simulator (mujoco) or a broken install: say which
         raise UsageError(f"--env {env_id}: cannot be created ({type(e).__name__}: {' '.join(str(e).split())}); "
                          f"install what it needs, e.g. pip install 'gymnasium[mujoco]'") from None

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..evaluation import known_mujoco_warnings_silenced
 from ..networks import DeterministicActor
 from .online_td3 import OnlineTD3, policy_from_actor
 from .rollout import Episode, random_policy, rollout_episodes, write_dataset
@@ -55,8 +56,9 @@ def make_suite(
     import gymnasium as gym
 
     t_start = time.perf_counter()
-    env = gym.make(env_id)
-    eval_env = gym.make(env_id)
+    with known_mujoco_warnings_silenced():
+        env = gym.make(env_id)
+        eval_env = gym.make(env_id)
     low, high = env.action_space.low.astype(np.float32), env.action_space.high.astype(np.float32)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     agent = OnlineTD3(obs_dim, act_dim, low, high, seed=seed, buffer_size=max(train_steps, 1))

@@ -2,7 +2,7 @@
 ``metrics.jsonl`` window and the learning-curve plot, one module each."""
 
 from .checkpoint import CHECKPOINT, load_checkpoint, read_checkpoint, restore_checkpoint, save_checkpoint
-from .config import DEFAULT_THREADS, TrainConfig, default_eval_every, resolve_device
+from .config import DEFAULT_THREADS, TrainConfig, default_eval_every, default_log_every, resolve_device
 from .interrupts import Interrupted, StopOnSignals
 from .loop import NonFiniteLossError, train
 from .metrics import TIMING_FIELDS, loss_series
@@ -16,6 +16,7 @@ __all__ = [
     "StopOnSignals",
     "TrainConfig",
     "default_eval_every",
+    "default_log_every",
     "load_checkpoint",
     "loss_series",
     "read_checkpoint",

@@ -19,8 +19,8 @@ from ..algorithms import make_config
 from ..data import check_dataset_available
 from ..errors import UsageError
 
-__all__ = ["DEFAULT_THREADS", "TrainConfig", "check_out_dir", "check_out_free", "clear_run_files", "default_eval_every", "free_sibling",
-           "resolve_device"]
+__all__ = ["DEFAULT_THREADS", "TrainConfig", "check_out_dir", "check_out_free", "clear_run_files", "default_eval_every",
+           "default_log_every", "free_sibling", "resolve_device"]
 
 #: torch CPU threads of a run unless set.  The networks are small (256x256 MLPs, batch 256): on an idle
 #: 2-core box two threads were 1.45x faster than one, but with both cores busy they were 12x slower
@@ -40,7 +40,7 @@ class TrainConfig:
     eval_every: int | None = None  # None: default_eval_every(steps), about 10 evaluations per run
     eval_episodes: int = 10
     checkpoint_every: int = 10_000
-    log_every: int = 1_000
+    log_every: int | None = None  # None: default_log_every(steps), about 50 rows of losses per run
     normalized_score: bool = True
     tensorboard: bool = False
     progress: bool = True
@@ -67,8 +67,22 @@ class TrainConfig:
 
     def resolved(self) -> TrainConfig:
         """A copy with the automatic defaults filled in (what ``config.json`` records)."""
-        every = default_eval_every(self.steps) if self.eval_every is None else self.eval_every
-        return dataclasses.replace(self, eval_every=every, hparams=dict(self.hparams))
+        every = default_eval_every(self.steps - self.value_only_steps()) if self.eval_every is None else self.eval_every
+        log_every = default_log_every(self.steps) if self.log_every is None else self.log_every
+        return dataclasses.replace(self, eval_every=every, log_every=log_every, hparams=dict(self.hparams))
+
+    def value_only_steps(self) -> int:
+        """The updates of a value-only first phase, which the trainer does not evaluate (the policy is untouched):
+        VACO's ``two_phase`` schedule spends ``round(value_fraction * steps)`` updates there.  The default
+        ``eval_every`` spreads its ten evaluations over the rest of the run.  0 for the other algorithms."""
+        try:
+            algo_cfg = make_config(self.algo, **self.hparams)
+        except (UsageError, ValueError, TypeError, KeyError):
+            return 0  # validate() names the bad option
+        if getattr(algo_cfg, "schedule", None) != "two_phase" or not isinstance(self.steps, int):
+            return 0
+        fraction = getattr(algo_cfg, "value_fraction", 0.0)
+        return min(max(0, round(fraction * self.steps)), self.steps - 1)
 
     def check_seeds(self) -> None:
         from .seed_stack import stackable_algorithms
@@ -97,12 +111,14 @@ class TrainConfig:
         need_int("--seed", self.seed, 0, "numpy seeds must be non-negative", 0)
         if self.seed >= 2**32:
             raise UsageError(f"--seed {self.seed}: must be < 2**32 (numpy's seed range); e.g. --seed 0")
-        need_int("--eval-every", self.eval_every, 0, "0: evaluate only at the end", default_eval_every(
-            self.steps if isinstance(self.steps, int) and self.steps > 0 else 100_000), none_ok=True)
+        steps = self.steps if isinstance(self.steps, int) and self.steps > 0 else 100_000
+        need_int("--eval-every", self.eval_every, 0, "0: evaluate only at the end", default_eval_every(steps),
+                 none_ok=True)
         need_int("--eval-episodes", self.eval_episodes, 0, "0: never evaluate", 10)
         need_int("--checkpoint-every", self.checkpoint_every, 1, "updates between checkpoints; a value >= --steps "
                  "checkpoints only at the end", 10_000)
-        need_int("--log-every", self.log_every, 1, "steps per line of metrics.jsonl", 1_000)
+        need_int("--log-every", self.log_every, 1, "steps per line of metrics.jsonl", default_log_every(steps),
+                 none_ok=True)
         need_int("--threads", self.threads, 1, "torch CPU threads", DEFAULT_THREADS, none_ok=True)
         if self.seeds is not None:
             self.check_seeds()
@@ -146,6 +162,17 @@ def parse_seeds(text: str) -> list[int]:
 def default_eval_every(steps: int) -> int:
     """``ceil(steps / 10)``: ten evaluations per run (the last one at the end)."""
     return max(1, -(-steps // 10))
+
+
+#: The most steps one row of ``metrics.jsonl`` averages over by default (a long run: a row per 1000 updates).
+MAX_DEFAULT_LOG_EVERY = 1_000
+
+
+def default_log_every(steps: int) -> int:
+    """``ceil(steps / 50)``, at most 1000: about 50 rows of mean losses per run, so that a short run's curve has
+    points too (a 2000-step run logs every 40 steps; a loss that exists in one half of it still gets 25 points),
+    and a long one logs every 1000 steps as before."""
+    return max(1, min(MAX_DEFAULT_LOG_EVERY, -(-steps // 50)))
 
 
 def check_out_dir(out: str) -> None:

@@ -12,7 +12,7 @@ from .metrics import loss_series, read_metrics
 if TYPE_CHECKING:
     from ..algorithms import Algorithm
 
-__all__ = ["decade_label", "plot_learning_curve", "symlog_decades", "write_run_figures"]
+__all__ = ["decade_label", "learning_curve_figure", "loss_axis", "plot_learning_curve", "symlog_decades", "write_run_figures"]
 
 
 def decade_label(v: float, linthresh: float = 1.0, stride: int = 1) -> str:
@@ -50,10 +50,65 @@ def symlog_decades(ax: Any, values: list[float]) -> None:
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: decade_label(v, linthresh, stride)))
 
 
+def loss_axis(ax: Any, values: list[float]) -> None:
+    """The y scale of one loss: linear when its values keep one sign within a factor of 30 (ordinary tick labels),
+    log when they are positive and span more, :func:`symlog_decades` when they cross or touch 0 or are negative
+    and span more."""
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return
+    lo, hi = min(finite), max(finite)
+    same_sign = lo > 0 or hi < 0
+    magnitudes = [abs(v) for v in finite]
+    if same_sign and max(magnitudes) <= 30 * min(magnitudes):
+        return
+    if lo > 0:
+        ax.set_yscale("log")
+        return
+    symlog_decades(ax, finite)
+
+
 def atomic_savefig(fig: Any, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     fig.savefig(tmp, dpi=100, format=path.suffix.lstrip(".") or "png")
     os.replace(tmp, path)
+
+
+def learning_curve_figure(rows: list[dict[str, Any]], title: str) -> Any:
+    """The figure of :func:`plot_learning_curve` for the rows of ``metrics.jsonl``: the evaluation scores in the
+    first panel, then **one panel per loss** (a loss of its own scale on its own symlog axis, so no series hides
+    under another, e.g. VACO's ``bc_loss`` under ``inner_loss`` or ASPC's ``actor_loss`` under ``outer_loss``).
+    Each panel's title gives its number of points; series of up to 60 points are drawn with markers."""
+    import matplotlib.pyplot as plt
+
+    evals = [r for r in rows if "eval_return" in r]
+    series = loss_series(rows)
+    n = 1 + len(series)
+    ncols = min(n, 3)
+    nrows = -(-n // ncols)
+    fig, grid = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 2.9 * nrows), squeeze=False)
+    axes = list(grid.flat)
+    ax = axes[0]
+    if evals:
+        key = "eval_normalized_score" if evals[0].get("eval_normalized_score") is not None else "eval_return"
+        ax.plot([r["step"] for r in evals], [r[key] for r in evals], marker="o", markersize=4, color="black")
+        ax.set_ylabel(key)
+    ax.set_title(f"evaluation ({len(evals)} points)", fontsize=9)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (name, (steps, values)) in enumerate(series.items()):
+        ax = axes[1 + i]
+        ax.plot(steps, values, color=colours[i % len(colours)], linewidth=1.2,
+                marker="." if len(steps) <= 60 else None, markersize=5)
+        loss_axis(ax, values)
+        ax.set_title(f"{name} ({len(steps)} points)", fontsize=9)
+    for ax in axes[:n]:
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
 
 
 def plot_learning_curve(metrics_path: Path, png: Path, title: str) -> None:
@@ -62,25 +117,7 @@ def plot_learning_curve(metrics_path: Path, png: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = read_metrics(metrics_path)
-    evals = [r for r in rows if "eval_return" in r]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    if evals:
-        key = "eval_normalized_score" if evals[0].get("eval_normalized_score") is not None else "eval_return"
-        axes[0].plot([r["step"] for r in evals], [r[key] for r in evals], marker="o")
-        axes[0].set_ylabel(key)
-    axes[0].set_xlabel("step")
-    axes[0].set_title(f"evaluation ({len(evals)} points)")
-    series = loss_series(rows)
-    if series:
-        for k, (steps, values) in series.items():
-            axes[1].plot(steps, values, label=k, marker="." if len(steps) < 3 else None)
-        symlog_decades(axes[1], [v for _, values in series.values() for v in values])
-        axes[1].legend(fontsize=7)
-    axes[1].set_xlabel("step")
-    axes[1].set_title("training losses")
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig = learning_curve_figure(read_metrics(metrics_path), title)
     atomic_savefig(fig, png)
     plt.close(fig)
 

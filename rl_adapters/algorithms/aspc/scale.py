@@ -86,8 +86,7 @@ class AdaptiveScale(abc.ABC):
                                        outer_loss=self._outer_loss)
         inner_opt = torchopt.adam(lr=self.inner_lr(), eps_root=ADAM_EPS_ROOT)
         # K = 1: every solver differentiates the same single Adam step.
-        options = {} if c.solver == "one_step" else {"steps": 1}
-        self.solver = bilevel.make_solver(c.solver, self.problem, inner_opt, self.rho_opt, **options)
+        self.solver = bilevel.make_solver(c.solver, self.problem, inner_opt, self.rho_opt, **c.solver_options())
         self.actor_updates = 0
         self.outer_updates = 0
         self.ema_q: torch.Tensor | None = None
