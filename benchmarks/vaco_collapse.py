@@ -80,8 +80,8 @@ def initial_pearson(dataset: str, seed: int, args: argparse.Namespace) -> float 
 
     torch.set_num_threads(1)
     from rl_adapters.algorithms import make_algorithm
-    from rl_adapters.vaco_analysis import analyze_weights
     from rl_adapters.data import load_dataset
+    from rl_adapters.vaco_analysis import analyze_weights
 
     data = load_dataset(dataset)
     algo = make_algorithm("vaco", data.obs_dim, data.act_dim, data.stats, seed=seed,

@@ -2,8 +2,8 @@
 
 Names: ``one_step``, ``k_step``, ``implicit``, ``soba``, ``f2sa``, and the shorthands ``k_step_forward`` /
 ``k_step_reverse`` (``k_step`` with ``mode`` fixed). Options are the solver class's keyword arguments
-(``steps``, ``truncate``, ``mode``, ``checkpoint``; ``inner_steps``, ``linear_solver``, ``iterations``,
-``damping``, ...). :func:`check_solver` validates a name and its options without a problem, so a command
+(``steps``, ``truncate``, ``mode`` in :data:`MODES` = reverse / forward / mixed, ``checkpoint``, ``hvp``;
+``inner_steps``, ``linear_solver``, ``iterations``, ``damping``, ...). :func:`check_solver` validates a name and its options without a problem, so a command
 line or a config can refuse a bad choice before any data loads; :func:`make_solver` runs the same check
 and then builds the solver, refusing forward mode above :data:`FORWARD_MODE_MAX` outer scalars.
 """

@@ -80,7 +80,7 @@ def test_check_solver_refuses_bad_choices_without_a_problem(name, options, match
 def test_vocabulary_lists_every_name_and_value():
     assert set(bilevel.solver_names()) == {"one_step", "k_step", "implicit", "soba", "f2sa", "k_step_forward",
                                            "k_step_reverse"}
-    assert bilevel.MODES == ("reverse", "forward")
+    assert bilevel.MODES == ("reverse", "forward", "mixed")
     assert bilevel.LINEAR_SOLVERS == ("cg", "neumann", "fixed_point")
 
 

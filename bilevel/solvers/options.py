@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import warnings
 
-#: ``KStepSolver(mode=...)``: backpropagate through the stored unroll, or push tangents forward.
-MODES = ("reverse", "forward")
+#: ``KStepSolver(mode=...)``: backpropagate through the stored unroll, push tangents forward, or backpropagate
+#: from the stored iterates with forward-over-reverse Hessian-vector products.
+MODES = ("reverse", "forward", "mixed")
+#: ``KStepSolver(mode="mixed", hvp=...)``: Hessian-vector products of the backward sweep by forward-over-reverse
+#: or by a double backward through one step's gradient.
+HVPS = ("forward", "reverse")
 #: ``ImplicitSolver(linear_solver=...)``: how ``(H + delta I) v = grad_theta g`` is solved.
 LINEAR_SOLVERS = ("cg", "neumann", "fixed_point")
 #: Forward mode costs one unroll per outer scalar. Above ``FORWARD_MODE_WARN`` scalars reverse mode is almost
