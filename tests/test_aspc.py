@@ -86,7 +86,7 @@ def test_hypergradient_matches_central_finite_differences(tiny_dataset, name):
     rel = float(((grad - fd).abs() / fd.abs()).detach())
     assert rel < 1e-6, (float(grad.detach()), float(fd.detach()), rel)
     # every term contributes to the checked function
-    assert float(base.eq2) > 0 and float(base.eq3) > 0
+    assert float(base.eq2.detach()) > 0 and float(base.eq3.detach()) > 0
 
 
 def test_one_step_forward_and_reverse_k_step_agree(tiny_dataset):
