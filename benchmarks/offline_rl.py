@@ -558,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "report.md").write_text(section)
     (Path(args.out) / "headline.md").write_text(headline)
-    print(section.split("\n\n| dataset")[1].split("\n\n")[0] if "| dataset" in section else section)
+    print("| dataset" + section.split("\n\n| dataset", 1)[1].split("\n\n")[0] if "\n\n| dataset" in section else section)
     if not args.report_only:
         print(f"[offline_rl] wall time {wall:.0f}s")
     if args.report:
@@ -575,6 +575,7 @@ def _registered() -> list[str]:
     from rl_adapters.algorithms import ALGORITHMS
 
     return list(ALGORITHMS)
+
 
 if __name__ == "__main__":
     sys.exit(main())
