@@ -51,6 +51,9 @@ def _grid(algos: str, solvers: str, datasets: str, seeds: str, device: str, extr
             datasets, "--seeds", seeds, "--device", device, "--workers", "1", *extra)
 
 
+#: The CPU lane's algorithms: everything of the equal preset the GPU lane does not run.
+CPU_LANE_ALGOS = "bc,bc-top10,bc-top25,td3bc,iql,aspc,td3bc-rc,vaco"
+
 #: ARQ with the paper's candidate sampler (its defaults: no CPU shortcuts), on the sets the ARQ item names.
 ARQ_SETS = "suite/hopper/medium-v0,suite/halfcheetah/medium-v0,suite/hopper/medium-replay-v0,suite/halfcheetah/medium-replay-v0"
 
@@ -189,8 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     lanes = [Lane("gpu", jobs, deadline, env, out, common)]
     workers = args.cpu_workers if args.cpu_workers is not None else max(0, (os.cpu_count() or 2) - 2)
     if workers > 0:
+        # Not the GPU lane's cells (VACO K-step / implicit, ARQ): two processes must never train one cell.
         cpu_argv = ("-m", "benchmarks.offline_rl", "--preset", "equal", "--next", "1000", "--device", "cpu",
-                    "--workers", str(workers))
+                    "--workers", str(workers), "--algos", CPU_LANE_ALGOS, "--solvers", "one_step")
         if args.smoke:
             ds = args.dataset or "tiny/pendulum/mixed-v0"
             cpu_argv += ("--algos", "bc,bc-top25", "--datasets", ds, "--seeds", "0", "--steps", "40",
