@@ -250,6 +250,41 @@ def run_cell(algo: str, dataset: str, seed: int, args: argparse.Namespace,
     run_dir = out / "runs" / name
     log = out / "logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
+    holder = _claim(log.with_suffix(".lock"))
+    if holder is not None:  # two grids on one machine (e.g. two --next runs) must never train one cell together
+        return {"algo": algo, "dataset": dataset, "seed": seed, "failed": True,
+                "error": f"being trained by another process (pid {holder}); left to it"}
+    try:
+        return _run_cell(algo, dataset, seed, args, variant, group, out, results_at, seeds, names, name, run_dir, log)
+    finally:
+        log.with_suffix(".lock").unlink(missing_ok=True)
+
+
+def _claim(lock: Path) -> int | None:
+    """Take ``lock`` for this process; the pid of a live process that holds it instead (a dead holder's lock
+    is taken over)."""
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or 0)
+                os.kill(pid, 0)
+                return pid
+            except PermissionError:  # alive, another user's
+                return pid
+            except (ValueError, ProcessLookupError, OSError):
+                lock.unlink(missing_ok=True)  # its holder died: take it over
+                continue
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        return None
+    return -1
+
+
+def _run_cell(algo: str, dataset: str, seed: int, args: argparse.Namespace, variant: tuple[str, list[str]] | None,
+              group: list[int] | None, out: Path, results_at: Path, seeds: list[int], names: list[str], name: str,
+              run_dir: Path, log: Path) -> dict:
     base_algo, variant_sets = variant if variant is not None else VARIANTS.get(algo, (algo, []))
     steps, value_steps = policy_budget(base_algo, args, variant_sets)
     per_update = inner_steps_per_update(base_algo, variant_sets)
