@@ -241,12 +241,14 @@ def test_the_trainer_samples_filtered_bc_from_the_best_trajectories(tiny_dataset
 
 def test_a_cell_another_live_process_trains_is_left_to_it(tmp_path: Path) -> None:
     """Two grids on one machine (two --next runs) never train one cell together; a dead holder's claim lapses."""
+    import os
     import subprocess
     import sys
 
     lock = tmp_path / "cell.lock"
-    assert offline_rl._claim(lock) is None and lock.read_text() == str(__import__("os").getpid())
-    assert offline_rl._claim(lock) == __import__("os").getpid()  # held by a live process (this one)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    assert offline_rl._claim(lock) is None and lock.read_text() == str(os.getpid())
+    assert offline_rl._claim(lock) == os.getpid()  # held by a live process (this one)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
     lock.write_text(dead.stdout.strip())
     assert offline_rl._claim(lock) is None  # the holder exited: taken over
