@@ -180,10 +180,7 @@ def inner_steps_per_update(base_algo: str, variant_sets: Sequence[str] = ()) -> 
     ``--steps / K`` updates."""
     if base_algo != "vaco":
         return 1
-    from rl_adapters.algorithms import make_config
-    from rl_adapters.cli import _parse_literal
-
-    cfg = make_config("vaco", **{k: _parse_literal(v) for k, v in (kv.split("=", 1) for kv in variant_sets)})
+    cfg = store.config_of("vaco", variant_sets)
     return cfg.k if cfg.solver == "k_step" else cfg.implicit_steps if cfg.solver == "implicit" else 1
 
 

@@ -158,14 +158,17 @@ def load(store: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def expected_hparams(base_algo: str, variant_sets: Iterable[str]) -> dict[str, Any]:
-    """The resolved hyper-parameters the code would train ``base_algo`` with under ``variant_sets`` today."""
+def config_of(base_algo: str, variant_sets: Iterable[str]) -> Any:
+    """``base_algo``'s config under ``--set`` items ``KEY=VALUE``, parsed as ``bilevel-rl train --set`` parses them."""
     from rl_adapters.algorithms import make_config
     from rl_adapters.cli import _parse_literal
 
-    sets = dict(kv.split("=", 1) for kv in variant_sets)
-    return json.loads(json.dumps(dataclasses.asdict(make_config(base_algo, **{k: _parse_literal(v) for k, v in
-                                                                               sets.items()}))))
+    return make_config(base_algo, **{k: _parse_literal(v) for k, v in (kv.split("=", 1) for kv in variant_sets)})
+
+
+def expected_hparams(base_algo: str, variant_sets: Iterable[str]) -> dict[str, Any]:
+    """The resolved hyper-parameters the code would train ``base_algo`` with under ``variant_sets`` today."""
+    return json.loads(json.dumps(dataclasses.asdict(config_of(base_algo, variant_sets))))
 
 
 def stale_reason(rec: dict[str, Any], base_algo: str, variant_sets: Sequence[str], run: dict[str, int]) -> str | None:

@@ -27,6 +27,7 @@ from rl_adapters.data import OfflineData
 from rl_adapters.errors import UsageError
 from rl_adapters.training import TIMING_FIELDS, TrainConfig, train
 from rl_adapters.training.config import check_out_free
+from tests.test_resume_kill import _assert_identical
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--hidden-dim", "16", "--batch-size", "16", "--no-progress", "--no-plot", "--eval-episodes", "0",
@@ -202,22 +203,6 @@ def _state(ckpt: Path) -> dict[str, Any]:
     for timing_or_path in ("train_time_s", "wall_time_s", "config"):
         state.pop(timing_or_path)
     return state
-
-
-def _assert_identical(a: Any, b: Any, where: str = "checkpoint") -> None:
-    assert type(a) is type(b), where
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            _assert_identical(a[k], b[k], f"{where}[{k!r}]")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_identical(x, y, f"{where}[{i}]")
-    elif isinstance(a, torch.Tensor):
-        assert a.dtype == b.dtype and torch.equal(a, b), where
-    else:
-        assert a == b, where
 
 
 @pytest.mark.parametrize("signum, code, algo, seeds", [

@@ -166,16 +166,7 @@ class SOBASolver(Solver):
             df = _zeros_for_none(torch.autograd.grad(f, theta, create_graph=True, allow_unused=True), theta)
             live = [i for i, d in enumerate(df) if d.requires_grad]
 
-            def hvp(u: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-                out = [torch.zeros_like(t) for t in theta]
-                if live:
-                    prods = torch.autograd.grad([df[i] for i in live], [theta[i] for i in live],
-                                                grad_outputs=[u[i] for i in live], retain_graph=True,
-                                                allow_unused=True)
-                    for i, h in zip(live, prods):
-                        if h is not None:
-                            out[i] = h.detach()
-                return tuple(o + self.damping * x for o, x in zip(out, u))
+            hvp = _damped_hvp(df, theta, live, self.damping, detach=True)
 
             g = self.outer_value(theta, outer_batch, buffers)
             b = tuple(t.detach() for t in _zeros_for_none(
@@ -201,16 +192,7 @@ class SOBASolver(Solver):
         if v_lr is None:
             # One-off rule: 1 / L_hat on the first minibatch; afterwards fixed (and saved) so that the
             # iteration is plain SGD with a constant step.
-            def hvp(u: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-                out = [torch.zeros_like(t) for t in theta]
-                if live:
-                    prods = torch.autograd.grad([df[i] for i in live], [theta[i] for i in live],
-                                                grad_outputs=[u[i] for i in live], retain_graph=True,
-                                                allow_unused=True)
-                    for i, h in zip(live, prods):
-                        if h is not None:
-                            out[i] = h
-                return tuple(o + self.damping * x for o, x in zip(out, u))
+            hvp = _damped_hvp(df, theta, live, self.damping)
 
             l_hat = linear.power_iteration(hvp, theta, self.power_iterations)
             v_lr = 1.0 / l_hat if l_hat > 0 else 1.0
@@ -259,3 +241,21 @@ class SOBASolver(Solver):
         assert v is not None
         self.v = v
         self.v_lr = state.get("v_lr", self.v_lr)
+
+
+def _damped_hvp(df: tuple[torch.Tensor, ...], theta: tuple[torch.Tensor, ...], live: list[int], damping: float,
+                detach: bool = False) -> Any:
+    """``u -> (H + damping I) u`` with ``H u`` by a backward through ``df = grad_theta f`` (kept alive), only
+    for the entries of ``theta`` that ``df`` depends on (``live``); ``detach``: products without a graph."""
+
+    def hvp(u: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        out = [torch.zeros_like(t) for t in theta]
+        if live:
+            prods = torch.autograd.grad([df[i] for i in live], [theta[i] for i in live],
+                                        grad_outputs=[u[i] for i in live], retain_graph=True, allow_unused=True)
+            for i, h in zip(live, prods):
+                if h is not None:
+                    out[i] = h.detach() if detach else h
+        return tuple(o + damping * x for o, x in zip(out, u))
+
+    return hvp

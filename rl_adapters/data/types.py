@@ -14,6 +14,9 @@ import torch
 __all__ = ["STD_EPS", "Batch", "DatasetError", "DatasetNotFoundError", "DatasetStats", "OfflineData"]
 
 STD_EPS = 1e-3
+# The per-transition tensors of an OfflineData (one row per transition).
+_ROW_TENSORS = ("observations", "actions", "rewards", "next_observations", "dones", "truncations", "episode_ids",
+                "returns")
 
 
 class DatasetError(ValueError):
@@ -255,41 +258,15 @@ class OfflineData:
         keep_ep = torch.zeros(self.num_episodes, dtype=torch.bool)
         keep_ep[order[:n_keep]] = True
         rows = keep_ep.to(self.episode_ids.device)[self.episode_ids].nonzero().squeeze(1)
-        sub = OfflineData(
-            name=f"{self.name}[top {fraction:g} of episodes]",
-            action_low=self.action_low,
-            action_high=self.action_high,
-            env_spec=self.env_spec,
-            eval_env_spec=self.eval_env_spec,
-            ref_min_score=self.ref_min_score,
-            ref_max_score=self.ref_max_score,
-            source_ids=list(self.source_ids),
-            load_time_s=self.load_time_s,
-            episode_returns=self.episode_returns,
-            **{k: getattr(self, k)[rows] for k in ("observations", "actions", "rewards", "next_observations",
-                                                   "dones", "truncations", "episode_ids", "returns")},
-        )
+        sub = self._derived(f"{self.name}[top {fraction:g} of episodes]", episode_returns=self.episode_returns,
+                            **{k: getattr(self, k)[rows] for k in _ROW_TENSORS})
         sub.obs_mean, sub.obs_std = self.obs_mean, self.obs_std
         return sub
 
-    def to(self, device: str | torch.device) -> OfflineData:
-        device = torch.device(device)
-        moved = {
-            k: getattr(self, k).to(device)
-            for k in (
-                "observations",
-                "actions",
-                "rewards",
-                "next_observations",
-                "dones",
-                "truncations",
-                "episode_ids",
-                "returns",
-                "episode_returns",
-            )
-        }
+    def _derived(self, name: str, **tensors: torch.Tensor) -> OfflineData:
+        """A new OfflineData with these tensors and this one's metadata (bounds, env specs, reference scores)."""
         return OfflineData(
-            name=self.name,
+            name=name,
             action_low=self.action_low,
             action_high=self.action_high,
             env_spec=self.env_spec,
@@ -298,8 +275,12 @@ class OfflineData:
             ref_max_score=self.ref_max_score,
             source_ids=list(self.source_ids),
             load_time_s=self.load_time_s,
-            **moved,
+            **tensors,
         )
+
+    def to(self, device: str | torch.device) -> OfflineData:
+        device = torch.device(device)
+        return self._derived(self.name, **{k: getattr(self, k).to(device) for k in (*_ROW_TENSORS, "episode_returns")})
 
     def summary(self) -> str:
         return (
