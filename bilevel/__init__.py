@@ -8,7 +8,7 @@
 """
 
 from .factory import LINEAR_SOLVERS, MODES, check_solver, make_solver, solver_names
-from .functional import InnerView, StoredParameterError, escaped_transform
+from .functional import InnerView, StoredParameterError
 from .problem import NonFiniteError, Problem
 from .solvers import (
     F2SASolver,
@@ -26,5 +26,5 @@ __version__ = "0.1.0"
 __all__ = [
     "LINEAR_SOLVERS", "MODES", "F2SASolver", "ImplicitSolver", "InnerView", "KStepSolver", "NonFiniteError",
     "OneStepSolver", "Problem", "SOBASolver", "Solver", "StepInfo", "StoredParameterError", "check_solver",
-    "escaped_transform", "linear", "make_solver", "solver_names",
+    "linear", "make_solver", "solver_names",
 ]

@@ -523,9 +523,3 @@ def write_params(module: nn.Module, names: Sequence[str], values: Sequence[torch
         for n, v in zip(names, values):
             lookup[n].copy_(v)
 
-
-def escaped_transform(tensor: torch.Tensor) -> bool:
-    """True when ``tensor`` was made inside a ``torch.func`` transform (``jvp``, ``vmap``, ``grad``) that has
-    since returned, e.g. a value a loss stashed while ``KStepSolver(mode="forward")`` evaluated it: such a
-    tensor cannot be read any more and has to be recomputed outside the transform."""
-    return bool(torch._C._functorch.is_functorch_wrapped_tensor(tensor))

@@ -37,12 +37,20 @@ class Problem:
         inner_loss: ``f(inner, outer, batch) -> scalar``. ``inner`` is an :class:`InnerView`
             bound to the current theta; ``outer`` is the live module.
         outer_loss: ``g(inner, outer, batch) -> scalar``, same conventions.
+        has_aux: both losses return ``(scalar, aux)`` instead of a scalar (jaxopt's ``has_aux``): ``aux`` is
+            any pytree (tensors, numbers, ``None``) a loss computes on the side, e.g. per-example weights for
+            the metrics. :meth:`Solver.step` returns it, detached, in ``StepInfo.inner_aux`` /
+            ``StepInfo.outer_aux``: the inner loss's at the last evaluation before the outer loss, the outer
+            loss's at that evaluation (values a solver recomputes during its backward sweep do not replace
+            them). It is also the supported way to take a value out of a loss that a forward-mode solver runs
+            under ``torch.func.jvp``: a tensor stashed from inside the transform stays a functorch wrapper.
     """
 
     inner: nn.Module
     outer: nn.Module
     inner_loss: Loss
     outer_loss: Loss
+    has_aux: bool = False
 
     def __post_init__(self) -> None:
         for field, value in (("inner", self.inner), ("outer", self.outer)):
@@ -67,11 +75,43 @@ class Problem:
             raise ValueError("Problem.outer has no parameters with requires_grad=True: there is no outer "
                              "variable to take a hypergradient with respect to (make the hyperparameter an "
                              "nn.Parameter of the outer module)")
+        if not isinstance(self.has_aux, bool):
+            raise TypeError(f"Problem.has_aux must be True or False, got {self.has_aux!r}")
         inner_ids = {id(p) for _, p in trainable_named_parameters(self.inner)}
         shared = [n for n, p in trainable_named_parameters(self.outer) if id(p) in inner_ids]
         if shared:
             raise ValueError(f"Problem.outer shares parameters {shared} with Problem.inner; the levels must "
                              "be disjoint (freeze them in one of the modules)")
+
+
+class AuxRecord:
+    """The auxiliary outputs of one solver call (``Problem(has_aux=True)``).
+
+    Every inner-loss evaluation replaces ``pending``; an outer-loss evaluation pairs the pending inner aux
+    with its own. So recomputations a solver makes after the outer loss (checkpointed or mixed-mode backward
+    sweeps) do not change what the call reports.
+    """
+
+    def __init__(self) -> None:
+        self.pending: Any = None
+        self.inner: Any = None
+        self.outer: Any = None
+
+    def reset(self) -> None:
+        self.pending = self.inner = self.outer = None
+
+    def seen_outer(self, aux: Any) -> None:
+        self.inner, self.outer = self.pending, aux
+
+
+def split_aux(value: Any, which: str) -> tuple[Any, Any]:
+    """``(loss, aux)`` from what a ``has_aux`` loss returned, or raise naming the loss and the fix."""
+    if not isinstance(value, tuple) or len(value) != 2:
+        raise TypeError(
+            f"{which} must return a pair (loss, aux) because the Problem has has_aux=True, got "
+            f"{type(value).__name__}: return `loss, aux` (aux may be None), or build the Problem with has_aux=False"
+        )
+    return value
 
 
 def check_scalar(value: Any, which: str) -> torch.Tensor:

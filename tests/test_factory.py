@@ -110,15 +110,3 @@ def test_inner_update_is_steps_plain_inner_step():
     sa, sb = (torchopt.pytree.tree_leaves(s) for s in (a.inner_state, state))
     assert len(sa) == len(sb) > 0 and all(torch.equal(x, y) for x, y in zip(sa, sb))
 
-
-def test_escaped_transform_tells_stashed_jvp_tensors_apart():
-    stash = []
-
-    def fn(x):
-        y = x * 2
-        stash.append(y)
-        return y
-
-    torch.func.jvp(fn, (torch.ones(3),), (torch.ones(3),))
-    assert bilevel.escaped_transform(stash[0])
-    assert not bilevel.escaped_transform(torch.ones(3))

@@ -25,7 +25,7 @@ from ..functional import (
     trainable_named_parameters,
     write_params,
 )
-from ..problem import NonFiniteError, Problem, check_scalar
+from ..problem import AuxRecord, NonFiniteError, Problem, check_scalar, split_aux
 
 
 @dataclass
@@ -37,12 +37,17 @@ class StepInfo:
         outer_loss: outer loss ``g`` at the parameters the hypergradient was taken at.
         hypergrad_norm: Euclidean norm of the hypergradient over all outer parameters.
         extras: solver-specific numbers (e.g. ``residual`` of the implicit linear solve).
+        inner_aux: with ``Problem(has_aux=True)``, the inner loss's ``aux`` (detached) at its last evaluation
+            before the outer loss; ``None`` otherwise.
+        outer_aux: likewise the outer loss's ``aux``.
     """
 
     inner_loss: float
     outer_loss: float
     hypergrad_norm: float
     extras: dict[str, float] = field(default_factory=dict)
+    inner_aux: Any = None
+    outer_aux: Any = None
 
     def as_dict(self) -> dict[str, float]:
         return {"inner_loss": self.inner_loss, "outer_loss": self.outer_loss,
@@ -133,6 +138,8 @@ class Solver(abc.ABC):
                 "problem.outer.parameters()"
             )
         self._guard = StoredGuard(problem.inner)
+        #: The losses' auxiliary outputs during the current call (``Problem(has_aux=True)`` only).
+        self.aux = AuxRecord() if problem.has_aux else None
         self.inner_state = inner_optimizer.init(self.theta())
         #: What the last :meth:`step` did (``None`` before the first).
         self.last_info: StepInfo | None = None
@@ -208,12 +215,17 @@ class Solver(abc.ABC):
         """``f(theta, lambda; batch)`` as a 0-d tensor."""
         with self._guard("inner_loss"):
             out = self.problem.inner_loss(self._view(theta, buffers), self.problem.outer, batch)
+        if self.aux is not None:
+            out, self.aux.pending = split_aux(out, "inner_loss")
         return check_scalar(out, "inner_loss")
 
     def outer_value(self, theta: Sequence[torch.Tensor], batch: Any, buffers: dict[str, torch.Tensor]) -> torch.Tensor:
         """``g(theta, lambda; batch)`` as a 0-d tensor."""
         with self._guard("outer_loss"):
             out = self.problem.outer_loss(self._view(theta, buffers), self.problem.outer, batch)
+        if self.aux is not None:
+            out, aux = split_aux(out, "outer_loss")
+            self.aux.seen_outer(aux)
         return check_scalar(out, "outer_loss")
 
     def inner_step(
@@ -377,8 +389,13 @@ class Solver(abc.ABC):
     def _run(self, inner_batch: Any, outer_batch: Any, copy_buffers: bool) -> _Result:
         if not getattr(self, "_weight_norm_checked", False):
             self._warn_weight_norm()
+        if self.aux is not None:
+            self.aux.reset()
         with self._slots_kept():
             res = self._solve(inner_batch, outer_batch, self._buffers(copy=copy_buffers))
+        if self.aux is not None:  # keep no graph alive between calls
+            self.aux.inner, self.aux.outer = _detach_tree(self.aux.inner), _detach_tree(self.aux.outer)
+            self.aux.pending = None
         res.hypergrad = [g.detach() for g in res.hypergrad]
         res.summary = self._summarise(res)
         return res
@@ -410,7 +427,9 @@ class Solver(abc.ABC):
             p.grad = g.clone()
         self.outer_optimizer.step()
         inner_vals, outer_val, norm_val = res.summary
-        self.last_info = StepInfo(inner_vals[-1] if inner_vals else float("nan"), outer_val, norm_val, res.extras)
+        aux = (None, None) if self.aux is None else (self.aux.inner, self.aux.outer)
+        self.last_info = StepInfo(inner_vals[-1] if inner_vals else float("nan"), outer_val, norm_val, res.extras,
+                                  *aux)
         return self.last_info
 
 

@@ -30,6 +30,7 @@ import torchopt
 from torch import nn
 
 from ..functional import StoredParameterError, bind_tensors, stored_parameter_message
+from ..problem import AuxRecord
 
 __all__ = ["Unroll", "forward_hypergradient"]
 
@@ -52,6 +53,8 @@ class Unroll:
     #: The inner module's stored trainable parameters and their names: a loss must not reach them.
     inner_params: list[torch.Tensor] = field(default_factory=list)
     inner_names: list[str] = field(default_factory=list)
+    #: Where the losses' ``aux`` goes (``Problem(has_aux=True)``); the unroll carries it out of the transforms.
+    aux: AuxRecord | None = None
 
 
 def _reroot(x: Any) -> Any:
@@ -68,13 +71,43 @@ def _unroll_functional(
     buffers: dict[str, torch.Tensor],
 ) -> tuple[torch.Tensor, tuple[Any, ...]]:
     losses = []
+    rec = u.aux
+
+    def value(th: tuple[torch.Tensor, ...], b: Any) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        loss = u.inner_value(th, b, buffers)
+        return loss, (() if rec is None else _tensor_leaves(rec.pending))
+
     for batch in batches:
-        grads, loss = torch.func.grad_and_value(lambda th, b=batch: u.inner_value(th, b, buffers))(theta)
+        # The inner aux leaves grad_and_value as its aux: a tensor made inside it is unreadable afterwards.
+        grads, (loss, pending) = torch.func.grad_and_value(lambda th, b=batch: value(th, b), has_aux=True)(theta)
+        if rec is not None:
+            rec.pending = _with_tensors(rec.pending, pending)
         updates, state = u.optimizer.update(grads, state, params=theta, inplace=False)
         theta = tuple(torchopt.apply_updates(theta, updates, inplace=False))
         losses.append(loss)
     g = u.outer_value(theta, outer_batch, buffers)
-    return g, (theta, state, losses, g)
+    return g, (theta, state, losses, g, _aux_tensors(rec))
+
+
+def _tensor_leaves(tree: Any) -> tuple[torch.Tensor, ...]:
+    """The tensor leaves of an aux pytree: the transforms pass tensors only (``grad_and_value``'s and
+    ``vmap``'s outputs); :func:`_with_tensors` puts them back among the other leaves."""
+    return tuple(x for x in torchopt.pytree.tree_leaves(tree) if isinstance(x, torch.Tensor))
+
+
+def _with_tensors(tree: Any, tensors: Sequence[torch.Tensor]) -> Any:
+    leaves, spec = torchopt.pytree.tree_flatten(tree)
+    it = iter(tensors)
+    return torchopt.pytree.tree_unflatten(spec, [next(it) if isinstance(x, torch.Tensor) else x for x in leaves])
+
+
+def _aux_tensors(rec: AuxRecord | None) -> tuple[torch.Tensor, ...]:
+    return () if rec is None else _tensor_leaves((rec.inner, rec.outer))
+
+
+def _put_aux(rec: AuxRecord | None, tensors: Sequence[torch.Tensor]) -> None:
+    if rec is not None:
+        rec.inner, rec.outer = _with_tensors((rec.inner, rec.outer), tensors)
 
 
 def forward_hypergradient(
@@ -97,6 +130,8 @@ def forward_hypergradient(
     try:
         hypergrad, aux = _jvp_batched(unrolled, lam)
         batched_ok = all(a.dtype == b.dtype for a, b in zip(aux[0], theta0))
+        _put_aux(u.aux, aux[4])
+        aux = aux[:4]
     except StoredParameterError:
         raise
     except RuntimeError as err:
@@ -222,6 +257,8 @@ def _forward_ad_loop(
                 strip = lambda t: fwAD.unpack_dual(t).primal.detach() if isinstance(t, torch.Tensor) else t
                 aux = (tuple(strip(t) for t in theta), torchopt.pytree.tree_map(strip, state), step_losses,
                        primal.detach())
+                if u.aux is not None:
+                    u.aux.inner, u.aux.outer = torchopt.pytree.tree_map(strip, (u.aux.inner, u.aux.outer))
     return hypergrad, aux
 
 

@@ -167,7 +167,7 @@ class KStepSolver(Solver):
             hypergrad = self.outer_grad(g)
             return _Result(hypergrad, tuple(t.detach() for t in theta), state, losses, g.detach())
         unroll = Unroll(self.inner_value, self.outer_value, self.inner_optimizer, self.problem.outer,
-                        self._outer_params, self._outer_names, self._stored_inner(), self._inner_names)
+                        self._outer_params, self._outer_names, self._stored_inner(), self._inner_names, self.aux)
         hypergrad, (theta, state, step_losses, g) = forward_hypergradient(unroll, theta, state, live, outer_batch,
                                                                           buffers)
         return _Result(hypergrad, tuple(t.detach() for t in theta), _detach_tree(state),

@@ -94,9 +94,6 @@ class VACO(Algorithm):
             self.value_steps = 0
         self.bilevel_steps = max(1, self.total_steps - self.value_steps)
         self._scorer_numel = sum(p.numel() for p in self.scorer.parameters())
-        self._last_raw: torch.Tensor | None = None
-        self._last_weights: torch.Tensor | None = None
-        self._last_bc: torch.Tensor | None = None
 
     @property
     def scorer_eps(self) -> float:
@@ -119,7 +116,7 @@ class VACO(Algorithm):
         self.schedulers = {}
         inner_opt = torchopt.adam(lr=c.actor_lr, eps=c.adam_eps, weight_decay=c.weight_decay)
         self.problem = bilevel.Problem(
-            inner=self.actor, outer=self.scorer, inner_loss=self.inner_loss, outer_loss=self.outer_loss
+            inner=self.actor, outer=self.scorer, inner_loss=self.inner_loss, outer_loss=self.outer_loss, has_aux=True
         )
         try:
             self.solver = bilevel.make_solver(c.solver, self.problem, inner_opt, self.scorer_opt,
@@ -129,17 +126,17 @@ class VACO(Algorithm):
                              f"size)") from e
 
     # ------------------------------------------------------------------ the two losses
-    def inner_loss(self, inner: bilevel.InnerView, outer: nn.Module, batch: VACOBatch) -> torch.Tensor:
-        """``J_w(phi) = mean_b w_alpha(s_b, a_b, q_b) ||pi_phi(s_b) - a_b||^2``."""
+    def inner_loss(self, inner: bilevel.InnerView, outer: nn.Module,
+                   batch: VACOBatch) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """``J_w(phi) = mean_b w_alpha(s_b, a_b, q_b) ||pi_phi(s_b) - a_b||^2``, with ``(raw, w, bc)`` as aux:
+        the metrics then cost no second scorer / policy pass, under every solver."""
         raw = outer.raw(batch.obs, batch.actions, batch.q_in)
         w = outer.normalise(raw)
         bc = (inner(batch.obs) - batch.actions).pow(2).sum(-1)
-        # Kept for the metrics so they cost no second scorer / policy pass (plain tensors, not under a
-        # torch.func transform: forward mode recomputes them instead, see ``update``).
-        self._last_raw, self._last_weights, self._last_bc = raw.detach(), w.detach(), bc.detach()
-        return (w * bc).mean()
+        return (w * bc).mean(), (raw, w, bc)
 
-    def outer_loss(self, inner: bilevel.InnerView, outer: nn.Module, batch: VACOBatch) -> torch.Tensor:
+    def outer_loss(self, inner: bilevel.InnerView, outer: nn.Module,
+                   batch: VACOBatch) -> tuple[torch.Tensor, None]:
         """``J_pi = -mean_b min_i Q'_i(s_b, pi_phi'(s_b + sigma eps_b))`` [``/ mean_b |Q'(s_b, a_b)|``]
         [``+ weight_kl * KL(w / sum w || uniform)``].
 
@@ -153,7 +150,7 @@ class VACO(Algorithm):
         if self.config.weight_kl > 0:
             # A direct dependence on alpha: every solver adds its gradient to the hypergradient.
             loss = loss + self.config.weight_kl * weight_kl_to_uniform(outer.raw(batch.obs, batch.actions, batch.q_in))
-        return loss
+        return loss, None
 
     # ------------------------------------------------------------------ pieces of an update
     def value_update(self, batch: Batch) -> dict[str, float]:
@@ -214,16 +211,8 @@ class VACO(Algorithm):
             target_q = self.critic_target.min_q(batch.obs, batch.actions)
         sigma = self.sigma_at(self.step)
         vb = self.make_bilevel_batch(batch, target_q, sigma)
-        self._last_raw = self._last_weights = self._last_bc = None
         info = self.solver.step(vb)
-        raw, w, bc = self._last_raw, self._last_weights, self._last_bc
-        if raw is None or w is None or bc is None or bilevel.escaped_transform(w):
-            # Forward-mode K-step evaluated the losses under torch.func.jvp; recompute outside it
-            # (with the pre-step alpha the inner loss used: scorer params are restored after jvp).
-            with torch.no_grad():
-                raw = self.scorer.raw(vb.obs, vb.actions, vb.q_in)
-                w = self.scorer.normalise(raw)
-                bc = (self.actor(vb.obs) - vb.actions).pow(2).sum(-1)
+        raw, w, bc = info.inner_aux
         qs = torch.tensor(WEIGHT_QUANTILES, dtype=w.dtype, device=w.device)
         packed = torch.cat(
             [torch.stack([w.mean(), w.std(unbiased=False), bc.mean(), raw.mean(), effective_sample_fraction(raw)]),
