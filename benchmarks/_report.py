@@ -1,7 +1,12 @@
-"""Writing one section of docs/benchmarks.md without touching the others.
+"""What every benchmark script shares to write its report: one section of docs/benchmarks.md, the readings
+people wrote for it (benchmarks/notes/), the header line of a run, and figures.
 
 Each benchmark script owns the text between ``<!-- BEGIN name -->`` and ``<!-- END name -->``; a
 re-run replaces only its own section, so scripts can run in any order and on different machines.
+
+The command-line convention of the scripts (``python -m benchmarks.X``): ``main(argv: list[str] | None = None)
+-> int``; nothing under docs/ is written without ``--report``; ``--report-only`` runs nothing and renders from
+the data a previous run saved (where a script saves any).
 """
 
 from __future__ import annotations
@@ -12,8 +17,10 @@ import platform
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 REPORT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+NOTES = Path(__file__).resolve().parent / "notes"
 HEADER = "# Benchmarks\n\nEvery number below is produced by a script in `benchmarks/`; each section names its command.\n"
 
 
@@ -70,3 +77,27 @@ def write_section(name: str, body: str, path: Path = REPORT) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def note(name: str) -> str:
+    """The text of ``benchmarks/notes/<name>.md`` (a reading written by people, appended to a section), or ""."""
+    path = NOTES / f"{name}.md"
+    return path.read_text() if path.exists() else ""
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, png: Path, dpi: int = 100) -> None:
+    """Save ``fig`` to ``png`` (its folder made) without software/date metadata, so that the same data give the
+    same bytes, and close it."""
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=dpi, metadata={"Software": None})
+    pyplot().close(fig)

@@ -4,7 +4,7 @@ Three parts, all on by default:
 
 * grid: ``aspc`` and ``td3bc-rc`` (the runner's variant ``td3bc --set critic_hidden_layers=3 --set
   critic_layer_norm=True``) on every dataset x seed, one worker process per cell through
-  ``offline_rl.run_cell`` on ``benchmarks/grid.py``'s pool, or on Ray with ``--ray`` / ``--ray-address``
+  ``grid_cells.run_cell`` on ``benchmarks/grid.py``'s pool, or on Ray with ``--ray`` / ``--ray-address``
   (resumable: finished cells are skipped, interrupted ones resumed); the
   final alpha and the alpha curve of each ASPC cell come from its ``metrics.jsonl``;
 * timing: both algorithms in *this* process on the same batches, blocks of updates interleaved
@@ -15,7 +15,7 @@ Three parts, all on by default:
   dataset) and, with ``--report``, the "aspc" section of docs/benchmarks.md (plus the figure in docs/).
 
 Grid and timing results are stored in ``<out>/grid.json`` and ``<out>/timing.json``; ``--no-grid`` /
-``--no-timing`` skip a part and the report reuses its stored result when there is one.
+``--no-timing`` skip a part and the report reuses its stored result when there is one (``--report-only``: both).
 
 Full run (1 GPU, 16 cores; 18 cells of 20000 updates, sized for about 6-7 minutes; re-running the same
 command resumes an interrupted grid from the cells' checkpoints)::
@@ -47,10 +47,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 
 from benchmarks import grid as grid_runner  # the shared grid runner (both paths)
-from benchmarks.offline_rl import make_cells
+from benchmarks.grid_cells import make_cells
 
 DATASETS = "suite/hopper/medium-v0,suite/hopper/medium-replay-v0,suite/halfcheetah/medium-expert"
-#: grid cell names (``td3bc-rc`` is a variant of ``offline_rl.VARIANTS``) -> table labels
+#: grid cell names (``td3bc-rc`` is a variant of ``grid_cells.VARIANTS``) -> table labels
 LABELS = {"aspc": "ASPC", "td3bc-rc": "TD3+BC (alpha 2.5, robust critic)"}
 
 
@@ -160,11 +160,9 @@ def timing_table(rows: list[dict[str, float]]) -> str:
 
 def plot_alpha(results: list[dict[str, Any]], datasets: list[str], png: Path) -> None:
     """alpha over training, one line per dataset (mean over seeds, band = min..max)."""
-    import matplotlib
+    from benchmarks._report import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for ds in datasets:
         curves = [r["alpha_curve"] for r in results if r["label"] == "aspc" and r["dataset"] == ds and r["alpha_curve"]]
@@ -180,8 +178,7 @@ def plot_alpha(results: list[dict[str, Any]], datasets: list[str], png: Path) ->
     ax.set_title("ASPC: alpha over training")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
+    save_figure(fig, png)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,10 +202,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-timing", action="store_true", help="skip the timing (the report reuses <out>/timing.json)")
     p.add_argument("--out", default="results/aspc")
     p.add_argument("--report", action="store_true", help="write the 'aspc' section of docs/benchmarks.md")
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing: render from <out>/grid.json and <out>/timing.json (--no-grid --no-timing)")
     p.add_argument("--note", default="", help="extra line for the report (e.g. 'smoke run')")
     grid_runner.add_arguments(p)
     args = p.parse_args(argv)
     grid_runner.check_arguments(p, args)
+    if args.report_only:
+        args.no_grid = args.no_timing = True
+        if not any((Path(args.out) / f).exists() for f in ("grid.json", "timing.json")):
+            p.error(f"--report-only: neither {args.out}/grid.json nor {args.out}/timing.json exists; run the grid first")
     import torch
 
     torch.set_num_threads(1)  # the timing is defined on one thread; the report states this process's count
@@ -272,8 +275,7 @@ def main(argv: list[str] | None = None) -> int:
                    f"Machine: {machine_description(args.device)}; git {git_revision()}.\n\n"
                    + grid_txt + timing_txt + (f"\n{args.note}\n" if args.note else "") + f"\n{body}\n{fig}")
         write_section("aspc", section)
-    failed = [r for r in results if r.get("failed")]
-    return 1 if failed else 0
+    return grid_runner.exit_code(results)
 
 
 if __name__ == "__main__":

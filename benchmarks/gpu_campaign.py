@@ -69,8 +69,9 @@ def plan(smoke: bool, dataset: str | None) -> list[Job]:
     me = "suite/hopper/medium-expert,suite/halfcheetah/medium-expert"
     return [
         Job("CUDA tests", ("-m", "pytest", "-q", "-m", "cuda", "tests"), 60),
-        Job("hypergradient GPU rows", ("-m", "benchmarks.hypergradients", "--device", "cuda", "--quick", "--no-report",
-                                        "--out", "{out}/hypergradients"), 120, "re-render with --from-json",
+        Job("hypergradient GPU rows", ("-m", "benchmarks.hypergradients", "--device", "cuda", "--quick",
+                                        "--out", "{out}/hypergradients"), 120,
+            "re-render here with --report-only --report --from-json",
             done_if="{out}/hypergradients/hypergradients.json"),
         Job("throughput GPU rows", ("-m", "benchmarks.throughput", "--device", "cuda", "--seeds-n", "1,4,10",
                                      "--seconds", "5", "--repeats", "2", "--save", "{out}/throughput_cuda.json"), 120,

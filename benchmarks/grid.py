@@ -1,7 +1,7 @@
 """The grid runner of every benchmark grid script: cells on a local process pool (default) or on Ray.
 
 A cell is one training run, ``python -m rl_adapters train`` in a subprocess with one torch thread
-(:func:`benchmarks.offline_rl.run_cell`); both paths run that same function and share what is around it:
+(:func:`benchmarks.grid_cells.run_cell`); both paths run that same function and share what is around it:
 
 * a cell whose ``<out>/<cell>.json`` exists is finished and is not run again (its summary is reused);
 * a cell whose ``<out>/runs/<cell>/`` holds a checkpoint was interrupted and is resumed from it;
@@ -41,37 +41,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks import grid_cells
+from benchmarks.grid_cells import Cell, cell_name, finished_result, stop_children
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # A node's task retries after its node died (not after the cell's own failure, which is deterministic).
 RAY_MAX_RETRIES = 2
 STORAGE_ID = ".storage_id"  # in --out: lets a Ray task check that it sees the driver's results folder
 SWEEP_HINT = 'pip install -e ".[sweep]"'
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One grid cell, resolved on the driver so that a worker never consults the scripts' variant tables."""
-
-    algo: str  # the grid's name for it (e.g. ``vaco-k_step``): result files and tables use this
-    dataset: str
-    seed: int
-    base_algo: str  # the registered algorithm it trains
-    variant_sets: tuple[str, ...] = ()  # the variant's ``--set`` items
-    steps: int = 0  # total updates, for the progress line (all seeds of a group)
-    group: tuple[int, ...] = ()  # seeds trained together in one process (``bilevel-rl train --seeds``)
-
-    @property
-    def name(self) -> str:
-        if self.group:  # its seeds keep their own result files, under their single-cell names
-            return f"{self.algo}__{self.dataset.replace('/', '_')}__s{'_'.join(map(str, self.group))}"
-        return cell_name(self.algo, self.dataset, self.seed)
-
-
-def cell_name(algo: str, dataset: str, seed: int) -> str:
-    """A cell's file name in ``--out`` (``<name>.json``, ``runs/<name>``, ``logs/<name>.log``): grids that are
-    running must resume after any change here, so it never changes."""
-    return f"{algo}__{dataset.replace('/', '_')}__s{seed}"
 
 
 # ------------------------------------------------------------------------------------------- flags
@@ -191,60 +169,9 @@ class Progress:
 
 
 # ---------------------------------------------------------------------------------------- the cell
-_CHILDREN: set[subprocess.Popen] = set()
-_CHILDREN_LOCK = threading.Lock()
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child before exec
-    # PR_SET_PDEATHSIG: the training subprocess gets SIGKILL when the thread that started it dies, so a
-    # killed runner or Ray worker never leaves a cell training unsupervised (a rerun would resume it twice).
-    if _LIBC is not None:
-        _LIBC.prctl(1, signal.SIGKILL)
-
-
-try:  # loaded once here: the child between fork and exec must not import anything
-    import ctypes
-
-    _LIBC = ctypes.CDLL("libc.so.6", use_errno=True) if sys.platform.startswith("linux") else None
-except OSError:
-    _LIBC = None
-
-
-def run_child(cmd: list[str], **kw: Any) -> int:
-    """``subprocess.run(cmd, **kw).returncode`` for a cell's training process: it dies with its runner, and an
-    interrupted pool stops it (:func:`stop_children`)."""
-    # preexec_fn is safe here although the pool has threads: it makes one libc call and imports nothing.
-    proc = subprocess.Popen(cmd, preexec_fn=_die_with_parent if _LIBC is not None else None, **kw)  # noqa: PLW1509
-    with _CHILDREN_LOCK:
-        _CHILDREN.add(proc)
-    try:
-        return proc.wait()
-    finally:
-        with _CHILDREN_LOCK:
-            _CHILDREN.discard(proc)
-
-
-def stop_children() -> None:
-    with _CHILDREN_LOCK:
-        procs = list(_CHILDREN)
-    for proc in procs:
-        proc.terminate()
-
-
-def finished_result(out: Path, cell: Cell) -> dict[str, Any] | None:
-    """The saved summary of a cell finished by an earlier invocation (on any machine), else None."""
-    path = out / f"{cell.name}.json"
-    try:
-        return json.loads(path.read_text()) | {"skipped": True}
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 def _run(cell: Cell, args: argparse.Namespace) -> dict[str, Any]:
-    from benchmarks.offline_rl import run_cell
-
     try:
-        return run_cell(cell.algo, cell.dataset, cell.seed, args, variant=(cell.base_algo, list(cell.variant_sets)),
+        return grid_cells.run_cell(cell.algo, cell.dataset, cell.seed, args, variant=(cell.base_algo, list(cell.variant_sets)),
                         group=list(cell.group) or None)
     except Exception as e:  # noqa: BLE001 - one broken cell must not take the rest of the grid down with it
         return {"algo": cell.algo, "dataset": cell.dataset, "seed": cell.seed, "failed": True,
@@ -286,7 +213,7 @@ class RayCodeMismatch(RuntimeError):
 def run_grid(cells: Sequence[Cell], args: argparse.Namespace, tag: str) -> list[dict[str, Any]]:
     """Run every cell that is not finished yet (in the given order, longest first is best) on the pool or
     on Ray; returns the summaries in the order of ``cells``. ``args`` carries the cell settings
-    (:func:`benchmarks.offline_rl.run_cell`) and the runner flags (:func:`add_arguments`); ``args.out`` is
+    (:func:`benchmarks.grid_cells.run_cell`) and the runner flags (:func:`add_arguments`); ``args.out`` is
     made absolute and ``args.workers`` set to the number of cells that ran at once."""
     args.out = str(Path(args.out).resolve())
     out = Path(args.out)
@@ -463,7 +390,8 @@ def _run_ray(todo: Sequence[Cell], args: argparse.Namespace, progress: Progress)
         ray.shutdown()
 
 
-def main_exit_code(results: Sequence[dict[str, Any]]) -> int:
+def exit_code(results: Sequence[dict[str, Any]]) -> int:
+    """A grid script's exit status: 1 when a cell failed, else 0."""
     return 0 if all(not r.get("failed") for r in results) else 1
 
 
@@ -473,7 +401,7 @@ __all__ = [
     "add_arguments",
     "cell_name",
     "check_arguments",
-    "finished_result",
+    "exit_code",
     "gpus_per_cell",
     "last_step",
     "ray_runtime_env",

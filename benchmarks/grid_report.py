@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import store
+from benchmarks._report import pyplot, save_figure
 
 
 def _fmt(v: float | None, spec: str = ".2f") -> str:
@@ -70,28 +71,12 @@ def summary(records: Sequence[dict[str, Any]], algos: Sequence[str], datasets: S
     return "\n".join(lines)
 
 
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig: Any, png: Path) -> None:
-    png.parent.mkdir(parents=True, exist_ok=True)
-    # No software/date metadata: the same records give the same bytes.
-    fig.savefig(png, dpi=100, metadata={"Software": None})
-    _plt().close(fig)
-
-
 def learning_curves(records: Sequence[dict[str, Any]], algos: Sequence[str], datasets: Sequence[str],
                     png: Path) -> bool:
     """Mean evaluation score over seeds against policy steps, one panel per dataset (band: min..max of seeds)."""
     if not records:
         return False
-    plt = _plt()
+    plt = pyplot()
     cols = min(3, len(datasets))
     rows_n = -(-len(datasets) // cols)
     fig, axes = plt.subplots(rows_n, cols, figsize=(5 * cols, 3.4 * rows_n), squeeze=False)
@@ -116,7 +101,7 @@ def learning_curves(records: Sequence[dict[str, Any]], algos: Sequence[str], dat
     for ax in list(axes.flat)[len(datasets):]:
         ax.axis("off")
     fig.tight_layout()
-    _save(fig, png)
+    save_figure(fig, png)
     return True
 
 
@@ -128,7 +113,7 @@ def vaco_weights(records: Sequence[dict[str, Any]], png: Path) -> bool:
     if not cells:
         return False
     cells.sort(key=lambda r: (r["dataset"], r["algo"]))
-    plt = _plt()
+    plt = pyplot()
     cols = min(4, len(cells))
     rows_n = -(-len(cells) // cols)
     fig, axes = plt.subplots(rows_n, cols, figsize=(3.8 * cols, 3.2 * rows_n), squeeze=False)
@@ -144,7 +129,7 @@ def vaco_weights(records: Sequence[dict[str, Any]], png: Path) -> bool:
     for ax in list(axes.flat)[len(cells):]:
         ax.axis("off")
     fig.tight_layout()
-    _save(fig, png)
+    save_figure(fig, png)
     return True
 
 
@@ -157,7 +142,7 @@ def train_curve_panel(records: Sequence[dict[str, Any]], keys: Sequence[tuple[st
             groups.setdefault(f"{r['algo']} {r['dataset'].replace('suite/', '')}", []).append(r)
     if not groups:
         return False
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 3.4), squeeze=False)
     for ax, (key, label) in zip(axes[0], keys):
         for i, (name, rs) in enumerate(sorted(groups.items())):
@@ -173,5 +158,5 @@ def train_curve_panel(records: Sequence[dict[str, Any]], keys: Sequence[tuple[st
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=5)
     fig.tight_layout()
-    _save(fig, png)
+    save_figure(fig, png)
     return True

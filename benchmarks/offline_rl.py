@@ -44,7 +44,8 @@ Quick preset on a small CPU box::
 
     MINARI_DATASETS_PATH=../shared/datasets python -m benchmarks.offline_rl --preset quick --workers 2 --report
 
-The cells run through ``benchmarks/grid.py``: a local process pool by default, Ray with ``--ray`` (this
+The cells run through ``benchmarks/grid.py`` (the runner) and ``benchmarks/grid_cells.py`` (one cell, its
+variants and budget): a local process pool by default, Ray with ``--ray`` (this
 machine's cores) or ``--ray-address ADDR`` (a cluster sharing a filesystem), with the same cells, results
 layout and report; docs/rl.md "Benchmark grids on one machine or a Ray cluster" has the cluster steps::
 
@@ -54,45 +55,28 @@ layout and report; docs/rl.md "Benchmark grids on one machine or a Ray cluster" 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import subprocess
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks import grid, store
+from benchmarks import grid, grid_report, store
+from benchmarks._report import REPORT, note, write_section
+from benchmarks.grid_cells import (
+    COST_MS,
+    VARIANTS,
+    Cell,
+    cell_status,
+    group_seeds,
+    make_cells,
+    parse_seeds,
+    result_dir,
+    retire_stale,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
 DEFAULT_DATASETS = "suite/hopper/medium-v0,suite/halfcheetah/medium-replay-v0"
-
-# Grid cells that are one registered algorithm with fixed hyper-parameters: name -> (algo, --set items).
-VARIANTS: dict[str, tuple[str, list[str]]] = {
-    # Filtered BC ("%BC", Chen et al. 2021): BC on the best 10% / 25% of trajectories by return.
-    "bc-top10": ("bc", ["top_fraction=0.1"]),
-    "bc-top25": ("bc", ["top_fraction=0.25"]),
-    "vaco-one_step": ("vaco", ["solver=one_step"]),
-    "vaco-k_step": ("vaco", ["solver=k_step", "k=5", "mode=reverse"]),
-    "vaco-implicit": ("vaco", ["solver=implicit"]),
-    # TD3+BC with ASPC's robust critic (3 hidden layers + LayerNorm, the authors' initialisation): ASPC
-    # with alpha frozen at 2.5.
-    "td3bc-rc": ("td3bc", ["critic_hidden_layers=3", "critic_layer_norm=True", "critic_init=aspc"]),
-    # ARQ with the CPU candidate settings (docs/algorithms.md "ARQ"); its behaviour-model phase
-    # (--arq-bm-steps) comes on top of --steps, like VACO's value phase.
-    "arq": ("arq", ["sampler_steps=20", "corrector_steps=0", "ode_steps=2", "ode_method=heun", "trace=hutchinson"]),
-    # ARQ with its paper's sampler and ODE settings (the config's defaults): affordable on a GPU only.
-    "arq-paper": ("arq", []),
-}
-
-
-# Mean milliseconds per update at one thread (2-core Xeon box, two-phase VACO averaged over its
-# phases): only used to start the longest cells first.
-COST_MS = {"bc-top10": 3.6, "bc-top25": 3.6, "vaco-k_step": 29.0, "vaco-implicit": 23.0, "vaco-one_step": 11.0, "iql": 10.8, "aspc": 9.5,
-           "td3bc-rc": 9.5, "td3bc": 9.0, "bc": 3.6,
-           "arq": 100.0, "arq-paper": 400.0}  # ARQ: ~11x TD3+BC per Q/policy update, plus ~20+ min of candidates per dataset
 
 PRESETS: dict[str, dict[str, object]] = {
     "quick": {
@@ -149,17 +133,6 @@ def expand_solvers(algos: list[str], solvers: list[str]) -> list[str]:
     return out
 
 
-def host_description() -> str:
-    """CPU model and core count: the updates/s of a cell mean something only next to this."""
-    cpu = platform.machine()
-    try:
-        cpu = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                   if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores"
-
-
 def hosts_line(results: list[dict], datasets: list[str]) -> str:
     """Which machine ran which dataset's cells, when a grid was spread over more than one."""
     hosts = {r["host"] for r in results if r.get("host")}
@@ -172,200 +145,6 @@ def hosts_line(results: list[dict], datasets: list[str]) -> str:
         parts.append(f"{h}: {', '.join(ds)}")
     return ("Cells ran on more than one machine (updates/s compare only within a machine): "
             + "; ".join(parts) + ".")
-
-
-def inner_steps_per_update(base_algo: str, variant_sets: Sequence[str] = ()) -> int:
-    """Policy gradient steps one update of the cell takes: K for VACO K-step (it keeps theta_K), the implicit
-    solver's ``implicit_steps``, 1 otherwise. The equal-budget rule counts policy steps, so such a cell runs
-    ``--steps / K`` updates."""
-    if base_algo != "vaco":
-        return 1
-    cfg = store.config_of("vaco", variant_sets)
-    return cfg.k if cfg.solver == "k_step" else cfg.implicit_steps if cfg.solver == "implicit" else 1
-
-
-def policy_budget(base_algo: str, args: argparse.Namespace, variant_sets: Sequence[str] = ()) -> tuple[int, int]:
-    """``(total updates, value-only updates)`` of a cell: ``--steps`` policy gradient steps for every algorithm
-    (``--steps / K`` updates for a solver taking K policy steps per update, see :func:`inner_steps_per_update`);
-    a two-phase VACO cell adds ``--vaco-value-steps`` value-only updates in front when that is set, and
-    otherwise splits ``--steps`` by its ``value_fraction`` (the older presets); an ARQ cell adds
-    ``--arq-bm-steps`` behaviour-model updates in front."""
-    if base_algo == "arq":
-        bm = int(getattr(args, "arq_bm_steps", 0) or 0)
-        return args.steps + bm, bm
-    extra = int(getattr(args, "vaco_value_steps", 0) or 0)
-    if base_algo == "vaco" and extra > 0:
-        return args.steps // inner_steps_per_update(base_algo, variant_sets) + extra, extra
-    return args.steps, 0
-
-
-cell_name = grid.cell_name
-
-
-def make_cells(cells: list[tuple[str, str, int]], args: argparse.Namespace) -> list[grid.Cell]:
-    """``(algo, dataset, seed)`` -> runner cells, with each variant's algorithm, ``--set`` items and budget."""
-    out = []
-    for algo, dataset, seed in cells:
-        base, sets = VARIANTS.get(algo, (algo, []))
-        out.append(grid.Cell(algo, dataset, seed, base, tuple(sets), policy_budget(base, args, sets)[0]))
-    return out
-
-
-def group_seeds(cells: list[grid.Cell], args: argparse.Namespace) -> list[grid.Cell]:
-    """Unfinished cells of one stackable algorithm variant on one dataset merged into one cell per group
-    (``--seeds-per-process``); the others as they are."""
-    from rl_adapters.training.seed_stack import stackable_algorithms
-
-    groups, rest = {}, []
-    for c in cells:
-        finished = (result_dir(args) / f"{c.name}.json").exists()
-        if c.base_algo in stackable_algorithms() and not finished:
-            groups.setdefault((c.algo, c.dataset, c.base_algo, c.variant_sets), []).append(c)
-        else:
-            rest.append(c)
-    merged = [grid.Cell(a, d, members[0].seed, base, sets, sum(m.steps for m in members),
-                        group=tuple(m.seed for m in members)) if len(members) > 1 else members[0]
-              for (a, d, base, sets), members in groups.items()]
-    return merged + rest
-
-
-def run_cell(algo: str, dataset: str, seed: int, args: argparse.Namespace,
-             variant: tuple[str, list[str]] | None = None, group: list[int] | None = None) -> dict:
-    """Train one cell (or resume it from its checkpoint, or reuse its finished result) and write
-    ``<out>/<cell>.json`` atomically; the cell function of both grid paths (benchmarks/grid.py).
-    ``variant``: ``(registered algorithm, --set items)``, looked up in :data:`VARIANTS` when not given (a
-    Ray worker gets it from the driver, whose table the vaco/aspc scripts extend).  ``group``: seeds trained
-    together in one process (``bilevel-rl train --seeds``, ``--seeds-per-process``); each still writes the
-    result file of its own cell, and the return value is the first seed's result."""
-    out = Path(args.out)
-    results_at = result_dir(args)
-    seeds = group or [seed]
-    names = [cell_name(algo, dataset, s) for s in seeds]
-    if all((results_at / f"{n}.json").exists() for n in names):
-        return json.loads((results_at / f"{names[0]}.json").read_text()) | {"skipped": True}
-    name = grid.Cell(algo, dataset, seed, algo, group=tuple(group)).name if group else names[0]
-    run_dir = out / "runs" / name
-    log = out / "logs" / f"{name}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    holder = _claim(log.with_suffix(".lock"))
-    if holder is not None:  # two grids on one machine (e.g. two --next runs) must never train one cell together
-        return {"algo": algo, "dataset": dataset, "seed": seed, "failed": True,
-                "error": f"being trained by another process (pid {holder}); left to it"}
-    try:
-        return _run_cell(algo, dataset, seed, args, variant, group, out, results_at, seeds, names, name, run_dir, log)
-    finally:
-        log.with_suffix(".lock").unlink(missing_ok=True)
-
-
-def _claim(lock: Path) -> int | None:
-    """Take ``lock`` for this process; the pid of a live process that holds it instead (a dead holder's lock
-    is taken over)."""
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                pid = int(lock.read_text().strip() or 0)
-                os.kill(pid, 0)
-                return pid
-            except PermissionError:  # alive, another user's
-                return pid
-            except (ValueError, ProcessLookupError, OSError):
-                lock.unlink(missing_ok=True)  # its holder died: take it over
-                continue
-        os.write(fd, str(os.getpid()).encode())
-        os.close(fd)
-        return None
-    return -1
-
-
-def _run_cell(algo: str, dataset: str, seed: int, args: argparse.Namespace, variant: tuple[str, list[str]] | None,
-              group: list[int] | None, out: Path, results_at: Path, seeds: list[int], names: list[str], name: str,
-              run_dir: Path, log: Path) -> dict:
-    base_algo, variant_sets = variant if variant is not None else VARIANTS.get(algo, (algo, []))
-    steps, value_steps = policy_budget(base_algo, args, variant_sets)
-    per_update = inner_steps_per_update(base_algo, variant_sets)
-    # Evaluations and checkpoints every --eval-every *policy* steps, whatever an update takes.
-    eval_every, ckpt_every = max(1, args.eval_every // per_update), max(1, args.checkpoint_every // per_update)
-    if value_steps and base_algo == "vaco":
-        variant_sets = variant_sets + [f"value_fraction={value_steps / steps!r}"]
-    if base_algo == "arq":
-        variant_sets = variant_sets + [f"bm_steps={value_steps}"]
-    threads = int(getattr(args, "threads", 1))  # vaco_bench / aspc_bench have no --threads: one per cell
-    cmd = [sys.executable, "-m", "rl_adapters", "train", "--no-progress"]
-    checkpointed = (run_dir / "checkpoint.pt").exists() or any(run_dir.glob("seed*/checkpoint.pt"))
-    if checkpointed and (run_dir / "config.json").exists():
-        cmd += ["--resume", str(run_dir)]  # with the threads its config.json recorded
-    else:
-        cmd += [
-            "--threads",
-            str(threads),
-            "--algo",
-            base_algo,
-            "--dataset",
-            dataset,
-            *(["--seeds", ",".join(map(str, seeds))] if group else ["--seed", str(seed)]),
-            "--steps",
-            str(steps),
-            "--device",
-            args.device,
-            "--out",
-            str(run_dir),
-            "--eval-every",
-            str(eval_every),
-            "--eval-episodes",
-            str(args.eval_episodes),
-            "--checkpoint-every",
-            str(ckpt_every),
-            "--log-every",
-            str(args.log_every),
-        ]
-        cmd += [f"--set={kv}" for kv in variant_sets + args.set]
-        if base_algo == "vaco" and value_steps:
-            # The value phase is the same for every VACO solver at a dataset, seed and budget: train it once.
-            cmd += ["--value-cache", str(out / "value_cache")]
-    env = dict(
-        os.environ,
-        OMP_NUM_THREADS=str(threads),
-        MKL_NUM_THREADS=str(threads),
-        PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-    )
-    from benchmarks.grid import run_child
-
-    seed_dirs = [run_dir / f"seed{s}" for s in seeds] if group else [run_dir]
-    if all((d / "summary.json").exists() for d in seed_dirs):
-        # Trained to the end by an invocation killed before it wrote the result (the trainer writes
-        # summary.json last): only the result is missing, and --resume of a finished run is refused.
-        rc = 0
-    else:
-        with open(log, "a") as f:
-            rc = run_child(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-    if rc != 0:
-        return {"algo": algo, "dataset": dataset, "seed": seed, "failed": True, "error": f"exit {rc}; see {log}"}
-    results = [_write_result(algo, base_algo, variant_sets, d, results_at / f"{n}.json", value_steps, steps,
-                             per_update, args, seeds if group else None)
-               for d, n in zip(seed_dirs, names)]
-    return results[0]
-
-
-def _write_result(algo: str, base_algo: str, variant_sets: Sequence[str], run_dir: Path, result_path: Path,
-                  value_steps: int, steps: int, per_update: int, args: argparse.Namespace,
-                  group: list[int] | None) -> dict:
-    """A finished run as a store record (benchmarks/store.py), written atomically to ``result_path``."""
-    summary = json.loads((run_dir / "summary.json").read_text())
-    rec = store.record_from_run(
-        run_dir, algo=algo, base_algo=base_algo, variant_sets=variant_sets, preset=getattr(args, "preset", None),
-        value_steps=value_steps, policy_steps=(steps - value_steps) * per_update, per_update=per_update,
-        eval_every=args.eval_every, eval_episodes=args.eval_episodes, host=host_description(), summary=summary)
-    if group:
-        rec["seeds_in_process"] = group  # its updates_per_s counts updates of the whole group
-    store.write(result_path, rec)
-    return rec
-
-
-def result_dir(args: argparse.Namespace) -> Path:
-    """Where finished cells' records are: the committed store of a preset (``--store``), else ``--out``."""
-    return Path(getattr(args, "store", None) or args.out)
 
 
 #: The order ``--next`` runs the equal preset in: first the cells of the VACO comparison (issue "VACO that
@@ -383,12 +162,12 @@ ORDER_TIERS: dict[str, list[tuple[list[str], list[str]]]] = {
 }
 
 
-def ordered(cells: list[grid.Cell], preset: str | None) -> list[grid.Cell]:
+def ordered(cells: list[Cell], preset: str | None) -> list[Cell]:
     """``cells`` in the preset's priority order (:data:`ORDER_TIERS`): tier, then seed, then dataset, then
     algorithm; cells of no tier come last, longest first."""
     tiers = ORDER_TIERS.get(preset or "", [])
 
-    def key(c: grid.Cell) -> tuple:
+    def key(c: Cell) -> tuple:
         for t, (algos, datasets) in enumerate(tiers):
             if c.algo in algos and c.dataset in datasets:
                 return (t, c.seed, datasets.index(c.dataset), algos.index(c.algo))
@@ -397,40 +176,9 @@ def ordered(cells: list[grid.Cell], preset: str | None) -> list[grid.Cell]:
     return sorted(cells, key=key)
 
 
-def cell_status(c: grid.Cell, args: argparse.Namespace) -> tuple[str, str]:
-    """``("done" | "stale" | "todo", detail)`` of a cell against the store: stale when its record was made
-    with other settings or hyper-parameters than the code would use now."""
-    path = result_dir(args) / f"{c.name}.json"
-    if not path.exists():
-        return "todo", ""
-    rec = json.loads(path.read_text())
-    steps, value_steps = policy_budget(c.base_algo, args, c.variant_sets)
-    per = inner_steps_per_update(c.base_algo, c.variant_sets)
-    run = {"policy_steps": (steps - value_steps) * per, "value_steps": value_steps, "eval_every": args.eval_every,
-           "eval_episodes": args.eval_episodes}
-    sets = list(c.variant_sets) + list(args.set) + [f"bm_steps={value_steps}"] * (c.base_algo == "arq")
-    why = store.stale_reason(rec, c.base_algo, sets, run)
-    return ("stale", why) if why else ("done", f"score {rec.get('score_last3')}")
-
-
-def retire_stale(c: grid.Cell, args: argparse.Namespace) -> None:
-    """Move a stale cell's record to ``stale/`` in the store and its run folder aside: kept, not overwritten."""
-    res = result_dir(args) / f"{c.name}.json"
-    k = 0
-    while (res.parent / "stale" / f"{c.name}.{k}.json").exists():
-        k += 1
-    (res.parent / "stale").mkdir(exist_ok=True)
-    os.replace(res, res.parent / "stale" / f"{c.name}.{k}.json")
-    run = Path(args.out) / "runs" / c.name
-    if run.exists():
-        os.replace(run, run.with_name(f"{c.name}.stale{k}"))
-
-
 def render(args: argparse.Namespace, algos: list[str], datasets: list[str], img: Path) -> tuple[str, str]:
     """The report section and its headline table from the stored records alone (no run folder, date or
     revision); figures go to ``img`` and are linked as ``img/<name>``."""
-    from benchmarks import grid_report
-
     recs = store.load(result_dir(args))
     cells = make_cells([(a, d, s) for d in datasets for a in algos for s in parse_seeds(args.seeds)], args)
     current, stale = [], []
@@ -456,7 +204,7 @@ def render(args: argparse.Namespace, algos: list[str], datasets: list[str], img:
             figs += f"\n![{caption}](img/{png.name})\n"
     revs = sorted({r.get("git_revision", "?") for r in current})
     title = {"offline_rl": "Offline RL baselines"}.get(args.section, f"Offline RL grid ({args.preset or 'custom'} preset)")
-    notes_file = ROOT / "benchmarks" / "notes" / f"{args.section}.md"
+    readings = note(args.section)
     # The committed store's name, not wherever --store points: a copy of the records renders the same text.
     store_rel = f"benchmarks/results/{args.preset}" if args.preset else os.path.relpath(result_dir(args), ROOT)
     headline = (f"Score per cell: the mean of its last three evaluations; cell: mean over seeds (n). "
@@ -480,7 +228,7 @@ def render(args: argparse.Namespace, algos: list[str], datasets: list[str], img:
         + (f"\n{hosts_line(current, datasets)}\n" if hosts_line(current, datasets) else "")
         + f"\n{body}\n"
         + figs
-        + (f"\n{notes_file.read_text()}" if notes_file.exists() else "")
+        + (f"\n{readings}" if readings else "")
     ), headline
 
 
@@ -489,10 +237,6 @@ def _anchor(title: str) -> str:
     import re
 
     return re.sub(r"[^a-z0-9 -]", "", title.lower()).replace(" ", "-")
-
-
-def parse_seeds(text: str) -> list[int]:
-    return [int(s) for s in str(text).split(",")]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -573,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[offline_rl] {len(cells)} cells: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
         return 0
     t0 = time.perf_counter()
+    results: list[dict] = []
     if not args.report_only:
         todo = cells
         if args.next is not None:
@@ -582,10 +327,8 @@ def main(argv: list[str] | None = None) -> int:
             if cell_status(c, args)[0] == "stale":
                 retire_stale(c, args)
         if todo:
-            grid.run_grid(group_seeds(todo, args) if args.seeds_per_process else todo, args, "offline_rl")
+            results = grid.run_grid(group_seeds(todo, args) if args.seeds_per_process else todo, args, "offline_rl")
     wall = time.perf_counter() - t0
-    from benchmarks._report import REPORT
-
     section, headline = render(args, algos, datasets, REPORT.parent / "img" if args.report else Path(args.out) / "img")
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "report.md").write_text(section)
@@ -594,13 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         print(f"[offline_rl] wall time {wall:.0f}s")
     if args.report:
-        from benchmarks._report import write_section
-
         write_section(args.section, section)
         write_section(f"{args.section}_headline", headline)
-    failed = [c.name for c in cells if not args.report_only and cell_status(c, args)[0] != "done"
-              and (args.next is None or c in todo)]
-    return 1 if failed else 0
+    return grid.exit_code(results)
 
 
 def _registered() -> list[str]:

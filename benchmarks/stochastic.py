@@ -17,8 +17,9 @@ Hessian-vector product is not counted twice); ``time`` is solver time only (the 
 evaluated every ``--eval-every`` calls outside the clock). Default run: 3 seeds x 2000 outer steps on
 the quadratic, 3 x 1000 on breast cancer, a few minutes on one CPU core::
 
-    python -m benchmarks.stochastic              # writes the "stochastic" section of docs/benchmarks.md
-    python -m benchmarks.stochastic --quick --no-report    # 1 seed, 300 steps: a smoke run
+    python -m benchmarks.stochastic --report     # writes the "stochastic" section of docs/benchmarks.md
+    python -m benchmarks.stochastic --quick      # 1 seed, 300 steps: a smoke run (results/stochastic only)
+    python -m benchmarks.stochastic --report-only --report   # the section again from results/stochastic
 """
 
 from __future__ import annotations
@@ -38,7 +39,14 @@ import torchopt
 ROOT = Path(__file__).resolve().parent.parent
 
 import bilevel
-from benchmarks._report import command_line, git_revision, machine_description, write_section
+from benchmarks._report import (
+    command_line,
+    git_revision,
+    machine_description,
+    pyplot,
+    save_figure,
+    write_section,
+)
 from benchmarks.stochastic_problems import Instance, make_breast_cancer, make_quadratic
 
 IMG = ROOT / "docs" / "img"
@@ -154,11 +162,7 @@ def summary(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def plot(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     probs = list(results)
     fig, axes = plt.subplots(len(probs), 2, figsize=(11, 4 * len(probs)), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -188,9 +192,7 @@ def plot(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
         row[1].set_xscale("log")
     axes[0][1].legend(fontsize=7, loc="lower left")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def _fmt(x: float) -> str:
@@ -296,7 +298,7 @@ def reading(res: dict[str, Any]) -> list[str]:
     return out
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--problems", default="quadratic,breast_cancer")
@@ -305,15 +307,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--eval-every", type=int, default=25)
     ap.add_argument("--quick", action="store_true", help="1 seed, 15%% of the steps")
     ap.add_argument("--out", default="results/stochastic")
-    ap.add_argument("--no-report", action="store_true", help="do not write docs/benchmarks.md or the figure")
-    ap.add_argument("--from-json", default=None, help="re-render the report from a saved stochastic.json")
+    ap.add_argument("--report", action="store_true",
+                    help="write the 'stochastic' section of docs/benchmarks.md and docs/img/stochastic.png")
+    ap.add_argument("--report-only", action="store_true",
+                    help="run nothing: render the section from --from-json (default OUT/stochastic.json)")
+    ap.add_argument("--from-json", default=None, help="a saved stochastic.json")
     args = ap.parse_args(argv)
-    if args.from_json:
-        res = json.loads(Path(args.from_json).read_text())
+    if args.report_only:
+        path = Path(args.from_json) if args.from_json else ROOT / args.out / "stochastic.json"
+        if not path.exists():
+            ap.error(f"--report-only: {path} does not exist; run without --report-only first (or give --from-json)")
+        res = json.loads(path.read_text())
         res["reading"] = reading(res)
-        plot(res["runs"], IMG / "stochastic.png")
-        write_section("stochastic", markdown(res))
-        return res
+        print(markdown(res))
+        if args.report:
+            plot(res["runs"], IMG / "stochastic.png")
+            write_section("stochastic", markdown(res))
+        return 0
+    if args.from_json:
+        ap.error("--from-json goes with --report-only")
     torch.set_num_threads(1)
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
     scale = 0.15 if args.quick else args.steps_scale
@@ -342,14 +354,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = ROOT / args.out
     out.mkdir(parents=True, exist_ok=True)
     (out / "stochastic.json").write_text(json.dumps(res, indent=1, default=str))
-    if not args.no_report:
+    if args.report:
         plot(runs, IMG / "stochastic.png")
         write_section("stochastic", markdown(res))
         print("wrote docs/benchmarks.md section 'stochastic' and docs/img/stochastic.png")
     for line in res["reading"]:
         print(line)
-    return res
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,12 +1,13 @@
 """VACO benchmarks: the solver grid against BC and IQL, update-time ratios, and the weight-option comparison.
 
-Subcommands (each writes JSON under ``--out`` and then regenerates the "vaco" section of
-docs/benchmarks.md from *all* JSON found there, so they can run in any order, on different machines):
+Subcommands (each writes JSON under ``--out``; with ``--report`` it then regenerates the "vaco" section of
+docs/benchmarks.md from *all* JSON found there, so they can run in any order, on different machines;
+``--report-only`` runs nothing and only renders that section, ``--report-only --report`` writes it):
 
 ``grid``
     BC, IQL and VACO with the one-step, K-step (K=5, reverse) and implicit (CG) solvers on
     hopper-medium-replay, hopper-medium-expert (medium + expert concatenated) and halfcheetah-medium,
-    through ``benchmarks/offline_rl.py``'s resumable cell runner (one process per cell, one torch
+    through the shared resumable cell runner (``benchmarks/grid.py``; one process per cell, one torch
     thread each); for VACO on medium-expert it adds the Pearson coefficient of trajectory mean weight
     vs trajectory return (``rl_adapters.vaco_analysis.analyze_weights``). Full grid, 45 cells of 10k updates
     (estimated 6-8 minutes on 16 cores + 1 H100; re-running the same command resumes unfinished cells),
@@ -29,8 +30,6 @@ docs/benchmarks.md from *all* JSON found there, so they can run in any order, on
     outer loss, on one dataset (default hopper-medium-expert, where the weight/return Pearson
     coefficient measures whether the weights separate the two behaviour policies), same seeds and steps.
 
-``report``
-    Only rebuild the docs section from the JSON in ``--out``.
 """
 
 from __future__ import annotations
@@ -48,7 +47,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from benchmarks import grid, offline_rl
+from benchmarks import grid, grid_cells
+from benchmarks._report import write_section
 
 DATASETS = "suite/hopper/medium-replay-v0,suite/hopper/medium-expert,suite/halfcheetah/medium-v0"
 GRID_ALGOS = "bc,iql,vaco-one_step,vaco-k_step,vaco-implicit"
@@ -58,7 +58,7 @@ OPTION_VARIANTS = {
     "vaco-batch_mean": ("vaco", ["weight_norm=batch_mean", "outer_q_norm=False"]),
     "vaco-sigmoid-qnorm": ("vaco", ["weight_norm=none", "outer_q_norm=True"]),
 }
-offline_rl.VARIANTS.update(OPTION_VARIANTS)
+grid_cells.VARIANTS.update(OPTION_VARIANTS)
 # Cost per update relative to IQL (CPU, measured by ``timing``), to start the slowest cells first.
 COST = {"vaco-k_step": 5.0, "vaco-implicit": 3.9, "vaco-one_step": 1.3, "iql": 1.0, "bc": 0.15}
 
@@ -90,7 +90,7 @@ def run_cells(
     out.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in a.seeds.split(",")]
     cargs = _cell_args(a, out)
-    cells = offline_rl.make_cells([(al, d, s) for d in datasets for al in algos for s in seeds], cargs)
+    cells = grid_cells.make_cells([(al, d, s) for d in datasets for al in algos for s in seeds], cargs)
     cells.sort(key=lambda c: -COST.get(c.algo, 1.3))
     t0 = time.perf_counter()
     results = grid.run_grid(cells, cargs, "vaco_bench")
@@ -229,8 +229,7 @@ def _score_table(rows: list[dict[str, Any]], algos: list[str], datasets: list[st
 
 
 def report(out: Path) -> str:
-    from benchmarks._report import write_section
-
+    """The "vaco" section from every JSON in ``out``."""
     parts = [
         "## VACO: solvers, baselines, update cost, weight options",
         (
@@ -275,9 +274,7 @@ def report(out: Path) -> str:
         for k, v in t["ms_per_update"].items():
             lines.append(f"| {k} | {v:.2f} | {t['ms_per_update_min'][k]:.2f} | {t['ratio_to_iql'][k]:.2f} |")
         parts.append("\n".join(lines))
-    body = "\n\n".join(parts)
-    write_section("vaco", body)
-    return body
+    return "\n\n".join(parts)
 
 
 # ---------------------------------------------------------------------------------------- CLI
@@ -299,7 +296,6 @@ def main(argv: list[str] | None = None) -> int:
         g.add_argument(
             "--subdir", default=name, help="results go to OUT/SUBDIR (e.g. 'smoke' for a CPU smoke run)"
         )
-        g.add_argument("--report", action="store_true")
         grid.add_arguments(g)
     t = sub.add_parser("timing")
     t.add_argument("--dataset", default="suite/hopper/medium-replay-v0")
@@ -308,24 +304,30 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--rounds", type=int, default=7)
     t.add_argument("--updates", type=int, default=20)
     t.add_argument("--out", default="results/vaco")
-    t.add_argument("--report", action="store_true")
-    r = sub.add_parser("report")
-    r.add_argument("--out", default="results/vaco")
+    for s in sub.choices.values():
+        s.add_argument("--report", action="store_true", help="write the 'vaco' section of docs/benchmarks.md")
+        s.add_argument("--report-only", action="store_true",
+                       help="run nothing: render the section from the JSON in --out (with --report: write it)")
     a = p.parse_args(argv)
     if a.cmd in ("grid", "options"):
         grid.check_arguments(sub.choices[a.cmd], a)
     os.environ.setdefault("MINARI_DATASETS_PATH", str(ROOT.parent / "shared" / "datasets"))
     out = Path(a.out)
     status = 0
-    if a.cmd in ("grid", "options"):
+    if a.report_only:
+        pass
+    elif a.cmd in ("grid", "options"):
         results = run_cells(a, a.algos.split(","), a.datasets.split(","), out / a.subdir)
-        status = 0 if all(not x.get("failed") for x in results) else 1
+        status = grid.exit_code(results)
         rows = _load(out / a.subdir, "*__s*.json")
         print(_score_table(rows, a.algos.split(","), a.datasets.split(",")))
-    elif a.cmd == "timing":
+    else:
         timing(a)
-    if a.cmd == "report" or getattr(a, "report", False):
-        print(report(out))
+    if a.report or a.report_only:
+        body = report(out)
+        print(body)
+        if a.report:
+            write_section("vaco", body)
     return status
 
 

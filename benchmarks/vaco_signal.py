@@ -9,7 +9,10 @@ trajectories %BC-10 keeps (the best 10% by return) from the others, and how it r
 ``min Q'(s, a) - V(s)``. No scorer is involved: if the preference does not separate them, no scorer, learning
 rate or guard can make VACO's weights select those trajectories.
 
-    python -m benchmarks.vaco_signal results/vaco_tune/default_hopper_me_s0 [RUN ...] --batches 100
+    python -m benchmarks.vaco_signal results/vaco_tune/default_hopper_me_s0 [RUN ...] --batches 100 --report
+
+The summary goes to results/vaco_signal/; ``--report`` writes it to docs/data/vaco_signal.json and the figure to
+docs/img/vaco_signal.png, which docs/vaco.md cites.
 """
 
 from __future__ import annotations
@@ -99,11 +102,9 @@ def summarise(r: dict[str, Any]) -> dict[str, Any]:
 
 
 def figure(results: list[dict[str, Any]], png: Path) -> None:
-    import matplotlib
+    from benchmarks._report import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(2, len(results), figsize=(4.2 * len(results), 6.4), squeeze=False)
     for j, r in enumerate(results):
         top = r["top"].astype(bool)
@@ -121,26 +122,31 @@ def figure(results: list[dict[str, Any]], png: Path) -> None:
         ax.set_xlabel("IQL advantage min Q'(s,a) - V(s)", fontsize=7)
         ax.set_ylabel("preference", fontsize=7)
     fig.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=100, metadata={"Software": None})
-    plt.close(fig)
+    save_figure(fig, png)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", help="VACO run folders (bilevel-rl train --algo vaco --out ...)")
     p.add_argument("--batches", type=int, default=100, help="batches per run (of the run's batch size)")
-    p.add_argument("--json", default=str(ROOT / "docs" / "data" / "vaco_signal.json"))
-    p.add_argument("--png", default=str(ROOT / "docs" / "img" / "vaco_signal.png"))
+    p.add_argument("--report", action="store_true",
+                   help="write docs/data/vaco_signal.json and docs/img/vaco_signal.png (default: results/vaco_signal/)")
+    p.add_argument("--json", default=None, help="where the summary goes (overrides the default and --report)")
+    p.add_argument("--png", default=None, help="where the figure goes (overrides the default and --report)")
     args = p.parse_args(argv)
+    out = (ROOT / "docs") if args.report else (ROOT / "results" / "vaco_signal")
+    args.json = args.json or str(out / "data" / "vaco_signal.json" if args.report else out / "vaco_signal.json")
+    args.png = args.png or str(out / "img" / "vaco_signal.png" if args.report else out / "vaco_signal.png")
     torch.set_num_threads(1)
     results = [preferences(Path(r), args.batches) for r in args.runs]
     rows = [summarise(r) for r in results]
     for row in rows:
         print(json.dumps(row))
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({"command": "python -m benchmarks.vaco_signal " + " ".join(
         sys.argv[1:] if argv is None else argv), "results": rows}, indent=1) + "\n")
     figure(results, Path(args.png))
+    print(f"[vaco_signal] wrote {args.json} and {args.png}" + ("" if args.report else " (--report: into docs/)"))
     return 0
 
 

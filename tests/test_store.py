@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from pathlib import Path
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import grid_report, offline_rl, store
+from benchmarks import grid_cells, grid_report, offline_rl, store
 from benchmarks._report import REPORT
 
 # ------------------------------------------------------------------------------------------ statistics
@@ -63,15 +64,15 @@ def test_a_record_with_other_hyper_parameters_is_stale() -> None:
 
 
 def test_vaco_k_step_runs_steps_over_k_updates_at_equal_policy_steps() -> None:
-    args = offline_rl.argparse.Namespace(steps=50_000, vaco_value_steps=50_000, arq_bm_steps=0)
-    assert offline_rl.policy_budget("vaco", args, ["solver=k_step", "k=5"]) == (60_000, 50_000)
-    assert offline_rl.policy_budget("vaco", args, ["solver=one_step"]) == (100_000, 50_000)
-    assert offline_rl.policy_budget("bc", args, ["top_fraction=0.1"]) == (50_000, 0)
+    args = argparse.Namespace(steps=50_000, vaco_value_steps=50_000, arq_bm_steps=0)
+    assert grid_cells.policy_budget("vaco", args, ["solver=k_step", "k=5"]) == (60_000, 50_000)
+    assert grid_cells.policy_budget("vaco", args, ["solver=one_step"]) == (100_000, 50_000)
+    assert grid_cells.policy_budget("bc", args, ["top_fraction=0.1"]) == (50_000, 0)
 
 
 def test_the_next_cells_follow_the_vaco_table_first() -> None:
-    args = offline_rl.argparse.Namespace(steps=100, vaco_value_steps=100, arq_bm_steps=0)
-    cells = offline_rl.make_cells([(a, d, s) for d in ("suite/hopper/medium-v0", "suite/hopper/medium-expert")
+    args = argparse.Namespace(steps=100, vaco_value_steps=100, arq_bm_steps=0)
+    cells = grid_cells.make_cells([(a, d, s) for d in ("suite/hopper/medium-v0", "suite/hopper/medium-expert")
                                    for a in ("td3bc", "vaco-one_step", "bc") for s in (1, 0)], args)
     names = [c.name for c in offline_rl.ordered(cells, "equal")]
     assert names[:4] == ["bc__suite_hopper_medium-expert__s0", "vaco-one_step__suite_hopper_medium-expert__s0",
@@ -246,9 +247,9 @@ def test_a_cell_another_live_process_trains_is_left_to_it(tmp_path: Path) -> Non
     import sys
 
     lock = tmp_path / "cell.lock"
-    assert offline_rl._claim(lock) is None and lock.read_text() == str(os.getpid())
-    assert offline_rl._claim(lock) == os.getpid()  # held by a live process (this one)
+    assert grid_cells._claim(lock) is None and lock.read_text() == str(os.getpid())
+    assert grid_cells._claim(lock) == os.getpid()  # held by a live process (this one)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
                           check=True)
     lock.write_text(dead.stdout.strip())
-    assert offline_rl._claim(lock) is None  # the holder exited: taken over
+    assert grid_cells._claim(lock) is None  # the holder exited: taken over

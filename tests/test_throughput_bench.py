@@ -1,5 +1,5 @@
-"""benchmarks/throughput.py runs end to end on synthetic data (every algorithm, ours and plain), and its
-plain loops train (finite losses that move)."""
+"""benchmarks/throughput.py runs end to end on synthetic data (every algorithm, ours and plain), and the plain
+loops of benchmarks/reference_loops.py train (finite losses that move)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from benchmarks import throughput
+from benchmarks import reference_loops, throughput
 
 
 def test_throughput_smoke(capsys, tmp_path, monkeypatch):
@@ -18,11 +18,14 @@ def test_throughput_smoke(capsys, tmp_path, monkeypatch):
                           "--compile-algos", "", "--save", str(save)])
     assert rc == 0
     out = capsys.readouterr().out
-    # --report-only renders the saved rows without measuring (the section writer is stubbed: no docs touched).
+    # --report-only renders the saved rows without measuring; only --report writes the section (the writer is
+    # stubbed: no docs touched).
     written = []
     monkeypatch.setattr(throughput, "write_section_from", lambda run, text: written.append((run, text)))
     monkeypatch.setattr(throughput, "measure", lambda args: pytest.fail("--report-only measured"))
     assert throughput.main(["--report-only", "--save", str(save)]) == 0
+    assert written == []
+    assert throughput.main(["--report-only", "--report", "--save", str(save)]) == 0
     (run, text), = written
     assert run["device"] == "cpu" and "| TD3+BC | single seed |" in text
     assert text in out  # the same table as the measuring run printed
@@ -33,12 +36,12 @@ def test_throughput_smoke(capsys, tmp_path, monkeypatch):
     assert "| TD3+BC | 3 seeds hand-batched (plain, no framework) |" in out
 
 
-@pytest.mark.parametrize("name", throughput.ALGOS)
+@pytest.mark.parametrize("name", reference_loops.ALGOS)
 def test_plain_loops_train(name):
     torch.manual_seed(0)
     data = throughput.synthetic_dataset(n=2_000)
-    trainer = throughput.make_plain(name, data, "cpu", total_steps=100)
-    buffer = throughput.CORLReplayBuffer(data, seed=0)
+    trainer = reference_loops.make_plain(name, data, "cpu", total_steps=100)
+    buffer = reference_loops.CORLReplayBuffer(data, seed=0)
     params = [p for m in vars(trainer).values() if isinstance(m, torch.nn.Module) for p in m.parameters()]
     before = [p.detach().clone() for p in params]
     logs = [trainer.train(buffer.sample(64)) for _ in range(40)]  # ASPC: 20 actor updates, 2 outer steps
@@ -62,8 +65,8 @@ def test_hand_batched_td3bc_seed_is_corls_update(monkeypatch):
     monkeypatch.setattr(torch, "randn_like", lambda x: torch.full_like(x, 0.7))  # the same smoothing noise in both
     torch.manual_seed(0)
     n, b, obs_dim, act_dim, k = 3, 16, 5, 2, 1
-    many = throughput.PlainTD3BCBatched(n, obs_dim, act_dim, 1.0, "cpu")
-    corl = throughput.PlainTD3BC(obs_dim, act_dim, 1.0, "cpu")
+    many = reference_loops.PlainTD3BCBatched(n, obs_dim, act_dim, 1.0, "cpu")
+    corl = reference_loops.PlainTD3BC(obs_dim, act_dim, 1.0, "cpu")
 
     def linears(m):
         return [x for x in m.modules() if isinstance(x, torch.nn.Linear)]
