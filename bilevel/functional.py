@@ -91,12 +91,16 @@ def _weight_norm_hooks(module: nn.Module) -> list[WeightNorm]:
     return [h for h in hooks.values() if isinstance(h, WeightNorm)] if hooks else []
 
 
-def _walk(module: nn.Module) -> tuple[dict[str, torch.Tensor], list[tuple[dict[str, Any], str]],
-                                      list[tuple[nn.Module, WeightNorm]]]:
-    """``(dotted name -> tensor now in that slot, every (slot dict, key) once, weight-norm hooks)`` over the
-    module tree. A submodule registered twice (``m.b = m.a``) contributes its slots once, under each name."""
+Layout = tuple[dict[str, torch.Tensor], list[tuple[dict[str, Any], str, Any]], list[tuple[nn.Module, WeightNorm]]]
+
+
+def module_layout(module: nn.Module) -> Layout:
+    """``(dotted name -> tensor now in that slot, every (slot dict, key, tensor now in it) once, weight-norm
+    hooks)`` over the module tree. A submodule registered twice (``m.b = m.a``) contributes its slots once,
+    under each name. A solver takes it once per call and binds every view of that call with it
+    (:func:`bind_tensors`), instead of walking the module tree at every loss evaluation."""
     by_name: dict[str, torch.Tensor] = {}
-    slots: list[tuple[dict[str, Any], str]] = []
+    slots: list[tuple[dict[str, Any], str, Any]] = []
     norms: list[tuple[nn.Module, WeightNorm]] = []
     seen: set[int] = set()
     for prefix, m in module.named_modules(remove_duplicate=False):
@@ -109,14 +113,15 @@ def _walk(module: nn.Module) -> tuple[dict[str, torch.Tensor], list[tuple[dict[s
                     continue
                 by_name[pre + k] = v
                 if first:
-                    slots.append((d, k))
+                    slots.append((d, k, v))
         if first:
             norms.extend((m, h) for h in _weight_norm_hooks(m))
     return by_name, slots, norms
 
 
 @contextlib.contextmanager
-def bind_tensors(module: nn.Module, values: Mapping[str, torch.Tensor]) -> Iterator[None]:
+def bind_tensors(module: nn.Module, values: Mapping[str, torch.Tensor],
+                 layout: Layout | None = None) -> Iterator[None]:
     """Run the body with ``values`` (dotted name -> tensor) in ``module``'s parameter / buffer slots.
 
     Every slot that holds the tensor now at a given name gets the new value, so tied weights (the same
@@ -124,18 +129,21 @@ def bind_tensors(module: nn.Module, values: Mapping[str, torch.Tensor]) -> Itera
     that were there are put back, and attributes that hook-based ``torch.nn.utils.weight_norm`` recomputes
     (``weight`` from ``weight_g`` / ``weight_v``) are recomputed from the bound tensors on entry and restored
     on exit (the module keeps no tensor of the solver's graph). Names the module does not have are ignored.
+    ``layout``: a :func:`module_layout` of ``module`` taken earlier, while its tree had the same modules and
+    slots (a solver takes one per call); by default the tree is walked now.
     """
-    by_name, slots, norms = _walk(module)
+    by_name, slots, norms = module_layout(module) if layout is None else layout
+    # Slots are matched by the tensor they held when the layout was taken: a solver's stand-ins
+    # (StoredGuard) may sit in them now.
     target = {id(by_name[n]): t for n, t in values.items() if n in by_name}
     saved: list[tuple[dict[str, Any], str, Any]] = []
     attrs: list[tuple[nn.Module, str, Any]] = []
     hooks: list[tuple[nn.Module, Any]] = []
     try:
-        for d, k in slots:
-            v = d[k]
-            t = target.get(id(v))
+        for d, k, v0 in slots:
+            t = target.get(id(v0))
             if t is not None:
-                saved.append((d, k, v))
+                saved.append((d, k, d[k]))
                 d[k] = t
         for m, hook in norms:
             if not hooks or hooks[-1][0] is not m:
@@ -229,6 +237,8 @@ class StoredGuard:
         self._pending = "a loss"
         self._saved: list[tuple[list[tuple[dict[str, Any], str, Any]], str]] = []
         self._stand_ins: dict[int, tuple[torch.Tensor, _StoredParameter]] = {}
+        # The modules' parameter dicts from ``prepare`` until ``release`` (a solver call): one walk per call.
+        self._dicts: list[dict[str, Any]] | None = None
 
     def _stand_in(self, p: torch.Tensor, names: dict[int, str]) -> _StoredParameter:
         hit = self._stand_ins.get(id(p))
@@ -242,16 +252,22 @@ class StoredGuard:
         return s
 
     def prepare(self) -> None:
-        """Make missing stand-ins now (outside any ``torch.func`` transform the losses may later run under)."""
+        """Make missing stand-ins now (outside any ``torch.func`` transform the losses may later run under), and
+        keep the module tree's parameter dicts until :meth:`release`."""
         names: dict[int, str] | None = None
-        for m in self.module.modules():
-            for v in m._parameters.values():
+        self._dicts = [m._parameters for m in self.module.modules()]
+        for d in self._dicts:
+            for v in d.values():
                 if isinstance(v, nn.Parameter) and v.requires_grad:
                     hit = self._stand_ins.get(id(v))
                     if hit is None or hit[0] is not v:
                         if names is None:
                             names = {id(p): n for n, p in self.module.named_parameters()}
                         self._stand_in(v, names)
+
+    def release(self) -> None:
+        """Forget the parameter dicts ``prepare`` kept (the tree may change between solver calls)."""
+        self._dicts = None
 
     def __call__(self, where: str) -> StoredGuard:
         """``with guard("outer_loss"):`` puts the stand-ins in for the body (``where`` names the loss)."""
@@ -263,9 +279,9 @@ class StoredGuard:
         self._saved.append((saved, self.where[0]))
         self.where[0] = self._pending
         stand_ins = self._stand_ins
+        dicts = self._dicts if self._dicts is not None else [m._parameters for m in self.module.modules()]
         try:
-            for m in self.module.modules():
-                d = m._parameters
+            for d in dicts:
                 for k, v in d.items():
                     if not (isinstance(v, nn.Parameter) and v.requires_grad):
                         continue  # frozen (a constant), or already a stand-in / bound tensor
@@ -315,6 +331,7 @@ class InnerView:
         params: the current values of those parameters (possibly non-leaf tensors carrying a graph).
         buffers: optional ``{dotted name: tensor}`` to use instead of the stored buffers (so that a
             solver can hand the model copies it is allowed to mutate).
+        layout: optional :func:`module_layout` of ``module`` (see :func:`bind_tensors`).
 
     Parameters of ``module`` not in ``names`` (frozen ones) and buffers not in ``buffers`` are used as
     stored. See the module docstring for what attribute access, indexing and method calls return.
@@ -326,6 +343,7 @@ class InnerView:
         names: Sequence[str],
         params: Sequence[torch.Tensor],
         buffers: dict[str, torch.Tensor] | None = None,
+        layout: Layout | None = None,
     ) -> None:
         if len(names) != len(params):
             raise ValueError(f"InnerView got {len(names)} names but {len(params)} parameter tensors")
@@ -335,6 +353,7 @@ class InnerView:
         self._iv_names = tuple(names)
         self._iv_params = tuple(params)
         self._iv_buffers = buffers
+        self._iv_layout = layout
         self._iv_ids: dict[int, torch.Tensor] | None = None
         self._iv_local: dict[str, torch.Tensor] | None = None
 
@@ -346,13 +365,13 @@ class InnerView:
         return mapping
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        with bind_tensors(self._iv_module, self._iv_mapping()):
+        with bind_tensors(self._iv_module, self._iv_mapping(), self._iv_layout):
             return self._iv_module(*args, **kwargs)
 
     def _iv_run(self, fn: Callable[[], Any]) -> Any:
         """``fn()`` with the module's parameters (and buffers) swapped for the bound tensors; the result
         is bound too (a returned submodule becomes a view)."""
-        with bind_tensors(self._iv_module, self._iv_mapping()):
+        with bind_tensors(self._iv_module, self._iv_mapping(), self._iv_layout):
             out = fn()
         return self._iv_bind(out)
 

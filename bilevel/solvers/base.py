@@ -15,15 +15,15 @@ import torchopt
 
 from ..functional import (
     InnerView,
+    Layout,
     Params,
     StoredGuard,
     StoredParameterError,
-    module_params,
+    module_layout,
     parameter_slots,
     restore_slots,
     stored_parameter_message,
     trainable_named_parameters,
-    write_params,
 )
 from ..problem import AuxRecord, NonFiniteError, Problem, check_scalar, split_aux
 
@@ -138,6 +138,10 @@ class Solver(abc.ABC):
                 "problem.outer.parameters()"
             )
         self._guard = StoredGuard(problem.inner)
+        # The inner module's layout during a call (one walk of its tree per call, not one per loss evaluation)
+        # and the parameter objects the last call found (checked unchanged at its end).
+        self._layout: Layout | None = None
+        self._params_of_call: list[torch.Tensor] = []
         #: The losses' auxiliary outputs during the current call (``Problem(has_aux=True)`` only).
         self.aux = AuxRecord() if problem.has_aux else None
         self.inner_state = inner_optimizer.init(self.theta())
@@ -147,7 +151,13 @@ class Solver(abc.ABC):
     # ----------------------------------------------------------------- state
     def theta(self) -> Params:
         """The current inner parameters (detached), in ``inner.parameters()`` order."""
-        return module_params(self.problem.inner, self._inner_names)
+        return tuple(p.detach() for p in self._stored_inner())
+
+    def _write_theta(self, values: Sequence[torch.Tensor]) -> None:
+        """Copy ``values`` into the parameters the last call found, in place (optimisers holding them stay valid)."""
+        with torch.no_grad():
+            for p, v in zip(self._params_of_call, values):
+                p.copy_(v)
 
     def reset_inner_state(self) -> None:
         """Re-initialise the inner optimiser state (e.g. after the user re-initialised the model)."""
@@ -209,7 +219,7 @@ class Solver(abc.ABC):
         return {n: (b.clone() if copy else b) for n, b in self.problem.inner.named_buffers()}
 
     def _view(self, theta: Sequence[torch.Tensor], buffers: dict[str, torch.Tensor]) -> InnerView:
-        return InnerView(self.problem.inner, self._inner_names, theta, buffers)
+        return InnerView(self.problem.inner, self._inner_names, theta, buffers, layout=self._layout)
 
     def inner_value(self, theta: Sequence[torch.Tensor], batch: Any, buffers: dict[str, torch.Tensor]) -> torch.Tensor:
         """``f(theta, lambda; batch)`` as a 0-d tensor."""
@@ -262,12 +272,14 @@ class Solver(abc.ABC):
         with self._slots_kept():
             theta, state, loss = self.inner_step(self.theta(), self.inner_state, batch, self._buffers(copy=False),
                                                  differentiable=False)
-        write_params(self.problem.inner, self._inner_names, theta)
+        self._write_theta(theta)
         self.inner_state = state
         return loss
 
     def _stored_inner(self) -> list[torch.Tensor]:
         """The inner module's stored trainable parameters (what a loss must *not* read)."""
+        if self._layout is not None:
+            return list(self._params_of_call)
         lookup = dict(self.problem.inner.named_parameters())
         return [lookup[n] for n in self._inner_names]
 
@@ -291,6 +303,8 @@ class Solver(abc.ABC):
         self._guard.prepare()
         snapshot = parameter_slots(self.problem.inner, self.problem.outer)
         modules = {"problem.inner": self.problem.inner, "problem.outer": self.problem.outer}
+        self._layout = module_layout(self.problem.inner)
+        self._params_of_call = [self._layout[0][n] for n in self._inner_names]
         try:
             yield
         except BaseException as exc:
@@ -298,6 +312,9 @@ class Solver(abc.ABC):
             if changed:  # the replaced parameter is the cause of whatever failed after it
                 raise _replaced_error(changed) from exc
             raise
+        finally:
+            self._layout = None
+            self._guard.release()
         changed = restore_slots(snapshot, **modules)
         if changed:
             raise _replaced_error(changed)
@@ -331,11 +348,11 @@ class Solver(abc.ABC):
 
         Everything is packed into one tensor so that a CUDA run pays a single host sync per call.
         """
-        dev = res.outer_loss.device
         inner = [x.reshape(1).to(torch.float64) for x in res.inner_losses]
+        # In float64 the squared norm overflows only past ~1e154, so it is finite exactly when every entry is;
+        # which parameter is not is worked out only on that (error) path.
         norm = torch.sqrt(sum((g.to(torch.float64) ** 2).sum() for g in res.hypergrad)).reshape(1)
-        finite = torch.stack([torch.isfinite(g).all() for g in res.hypergrad]).to(torch.float64)
-        packed = torch.cat(inner + [res.outer_loss.reshape(1).to(torch.float64), norm, finite.to(dev)]).cpu()
+        packed = torch.cat(inner + [res.outer_loss.reshape(1).to(torch.float64), norm]).cpu()
         k = len(inner)
         inner_vals, outer_val, norm_val = packed[:k].tolist(), float(packed[k]), float(packed[k + 1])
         for i, v in enumerate(inner_vals):
@@ -347,8 +364,10 @@ class Solver(abc.ABC):
         if not math.isfinite(outer_val):
             raise NonFiniteError(f"outer_loss was {outer_val} after the inner steps: the inner iterate diverged or "
                                  "the outer loss is ill-defined there")
-        for i, ok in enumerate(packed[k + 2:].tolist()):
-            if not ok:
+        if math.isfinite(norm_val):
+            return inner_vals, outer_val, norm_val
+        for i, g in enumerate(res.hypergrad):
+            if not bool(torch.isfinite(g).all()):
                 raise NonFiniteError(
                     f"the hypergradient of outer parameter '{self._outer_names[i]}' is not finite although both "
                     "losses are: the unrolled derivative exploded (lower the inner lr or K, or truncate), the "
@@ -420,7 +439,7 @@ class Solver(abc.ABC):
         ``outer_batch=None`` evaluates the outer loss on the (last) inner batch; see each solver's
         docstring for what ``inner_batch`` may be (one batch, or a list of K)."""
         res = self._run(inner_batch, outer_batch, copy_buffers=False)
-        write_params(self.problem.inner, self._inner_names, res.theta)
+        self._write_theta(res.theta)
         self.inner_state = _detach_tree(res.state)
         self._commit(res.carry)
         for p, g in zip(self._outer_params, res.hypergrad):

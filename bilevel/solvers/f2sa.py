@@ -39,7 +39,6 @@ from typing import Any
 import torch
 import torchopt
 
-from ..functional import write_params
 from ..problem import Problem
 from .base import Solver, _detach_tree, _Result, _zeros_for_none
 
@@ -168,7 +167,7 @@ class F2SASolver(Solver):
         gap = float("nan")
         for _ in range(steps):
             res = self._run(inner_batch, outer_batch, copy_buffers=False)
-            write_params(self.problem.inner, self._inner_names, res.theta)
+            self._write_theta(res.theta)
             self.inner_state = _detach_tree(res.state)
             self.y, self.y_state = res.carry  # not _commit: mu's step counter stays
             gap = res.extras["gap"]
