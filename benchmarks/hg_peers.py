@@ -282,6 +282,37 @@ def time_call(fn: Callable[[], Any], device: str, warmup: int, repeats: int, bud
     return {"median_s": times[len(times) // 2], "min_s": times[0], "repeats": reps}
 
 
+def time_interleaved(fns: list[Callable[[], Any]], device: str, warmup: int, rounds: int,
+                     budget_s: float) -> list[dict[str, float]]:
+    """Time several callables side by side: after ``warmup`` calls each, ``rounds`` rounds that call every
+    ``fn`` once in turn, so a change in the machine's load hits all of them alike. Per callable: median and min
+    wall time, and the median thread CPU time (``time.thread_time``, what another process on a shared CPU
+    disturbs least). Fewer rounds when one round would not fit ``budget_s`` times ``rounds``."""
+    t0 = time.perf_counter()
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    sync(device)
+    per_round = (time.perf_counter() - t0) / max(warmup, 1)
+    rounds = max(3, min(rounds, int(budget_s * len(fns) / max(per_round, 1e-6))))
+    wall: list[list[float]] = [[] for _ in fns]
+    cpu: list[list[float]] = [[] for _ in fns]
+    for _ in range(rounds):
+        for i, fn in enumerate(fns):
+            sync(device)
+            t, c = time.perf_counter(), time.thread_time()
+            fn()
+            sync(device)
+            wall[i].append(time.perf_counter() - t)
+            cpu[i].append(time.thread_time() - c)
+    out = []
+    for w, c in zip(wall, cpu):
+        w.sort()
+        c.sort()
+        out.append({"median_s": w[len(w) // 2], "min_s": w[0], "cpu_median_s": c[len(c) // 2], "repeats": rounds})
+    return out
+
+
 class LiveBytes(TorchDispatchMode):
     """CPU proxy for ``torch.cuda.max_memory_allocated``: the peak total size of tensor storages that
     torch ops create while the mode is active and that are still alive (saved activations, unrolled

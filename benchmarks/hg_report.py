@@ -124,7 +124,11 @@ def markdown(res: dict[str, Any]) -> str:
              "take K plain steps then 10 linear-solver iterations (Neumann / fixed point step = lr, no power "
              "iteration; torchopt CG without early stop). Time: min and median over repeats after warm-up "
              f"(cuda synchronised). Peak memory: {meta['memory_method']}. *x best peer* = ours / fastest "
-             "(min time) or leanest non-ours method of the same group at the same size and K (>1 means we are slower).\n")
+             "(min time) or leanest non-ours method of the same group at the same size and K (>1 means we are slower)."
+             + (" The methods of one size and K were timed side by side, one call each per round, and the time "
+                "ratio is of median thread CPU times (on a shared CPU another process's load disturbs them "
+                "least; on a GPU, of min wall times)." if any("time_ratio_basis" in r for r in res["speed"]) else "")
+             + "\n")
     speed = res["speed"]
     L.append("| group | method | params | K | time ms, min (median) | x best peer | peak mem | x best peer |")
     L.append("|---|---|---:|---:|---:|---:|---:|---:|")

@@ -348,13 +348,19 @@ class Solver(abc.ABC):
 
         Everything is packed into one tensor so that a CUDA run pays a single host sync per call.
         """
-        inner = [x.reshape(1).to(torch.float64) for x in res.inner_losses]
-        # In float64 the squared norm overflows only past ~1e154, so it is finite exactly when every entry is;
-        # which parameter is not is worked out only on that (error) path.
-        norm = torch.sqrt(sum((g.to(torch.float64) ** 2).sum() for g in res.hypergrad)).reshape(1)
-        packed = torch.cat(inner + [res.outer_loss.reshape(1).to(torch.float64), norm]).cpu()
-        k = len(inner)
-        inner_vals, outer_val, norm_val = packed[:k].tolist(), float(packed[k]), float(packed[k + 1])
+        # The float64 norm is NaN / inf exactly when an entry is (finite entries overflow it only past ~1e308);
+        # which parameter is not finite is worked out only on that (error) path.
+        hg = res.hypergrad
+        norm = (torch.linalg.vector_norm(hg[0], dtype=torch.float64) if len(hg) == 1 else
+                torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, dtype=torch.float64) for g in hg])))
+        if res.outer_loss.device.type == "cpu":  # reading a CPU scalar costs no sync: skip the packing ops
+            inner_vals = [float(x) for x in res.inner_losses]
+            outer_val, norm_val = float(res.outer_loss), float(norm)
+        else:
+            packed = torch.stack([x.reshape(()).to(torch.float64) for x in (*res.inner_losses, res.outer_loss)]
+                                 + [norm.to(res.outer_loss.device)]).cpu()
+            k = len(res.inner_losses)
+            inner_vals, outer_val, norm_val = packed[:k].tolist(), float(packed[k]), float(packed[k + 1])
         for i, v in enumerate(inner_vals):
             if not math.isfinite(v):
                 raise NonFiniteError(
@@ -429,8 +435,7 @@ class Solver(abc.ABC):
             StoredParameterError: a loss read the real inner module (or a tensor taken from it) instead of
                 its ``inner`` argument."""
         res = self._run(inner_batch, outer_batch, copy_buffers=True)
-        by_id = {id(p): g for p, g in zip(self._outer_params, res.hypergrad)}
-        return [by_id[id(p)] for p in self.problem.outer.parameters() if p.requires_grad]
+        return list(res.hypergrad)  # _outer_params is outer.parameters() with requires_grad, in that order
 
     def step(self, inner_batch: Any, outer_batch: Any = None) -> StepInfo:
         """Advance both levels: theta to the solver's inner iterate, the solver's own state (if any), and
