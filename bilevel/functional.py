@@ -32,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -91,17 +91,27 @@ def _weight_norm_hooks(module: nn.Module) -> list[WeightNorm]:
     return [h for h in hooks.values() if isinstance(h, WeightNorm)] if hooks else []
 
 
-Layout = tuple[dict[str, torch.Tensor], list[tuple[dict[str, Any], str, Any]], list[tuple[nn.Module, WeightNorm]]]
+class Layout(NamedTuple):
+    """A module tree's slots at one moment (:func:`module_layout`)."""
+
+    #: dotted name -> the tensor in that parameter / buffer slot.
+    by_name: dict[str, torch.Tensor]
+    #: every (slot dict, key, tensor in it) once, however often its module is registered.
+    slots: list[tuple[dict[str, Any], str, Any]]
+    #: the hook-based weight-norm hooks, with their modules.
+    norms: list[tuple[nn.Module, WeightNorm]]
+    #: each module's ``_parameters`` dict once, in ``module.modules()`` order.
+    param_dicts: list[dict[str, Any]]
 
 
 def module_layout(module: nn.Module) -> Layout:
-    """``(dotted name -> tensor now in that slot, every (slot dict, key, tensor now in it) once, weight-norm
-    hooks)`` over the module tree. A submodule registered twice (``m.b = m.a``) contributes its slots once,
-    under each name. A solver takes it once per call and binds every view of that call with it
+    """The module tree's slots in one walk. A submodule registered twice (``m.b = m.a``) contributes its slots
+    once, under each name. A solver takes it once per call and binds every view of that call with it
     (:func:`bind_tensors`), instead of walking the module tree at every loss evaluation."""
     by_name: dict[str, torch.Tensor] = {}
     slots: list[tuple[dict[str, Any], str, Any]] = []
     norms: list[tuple[nn.Module, WeightNorm]] = []
+    param_dicts: list[dict[str, Any]] = []
     seen: set[int] = set()
     for prefix, m in module.named_modules(remove_duplicate=False):
         pre = f"{prefix}." if prefix else ""
@@ -116,7 +126,8 @@ def module_layout(module: nn.Module) -> Layout:
                     slots.append((d, k, v))
         if first:
             norms.extend((m, h) for h in _weight_norm_hooks(m))
-    return by_name, slots, norms
+            param_dicts.append(m._parameters)
+    return Layout(by_name, slots, norms, param_dicts)
 
 
 @contextlib.contextmanager
@@ -132,7 +143,7 @@ def bind_tensors(module: nn.Module, values: Mapping[str, torch.Tensor],
     ``layout``: a :func:`module_layout` of ``module`` taken earlier, while its tree had the same modules and
     slots (a solver takes one per call); by default the tree is walked now.
     """
-    by_name, slots, norms = module_layout(module) if layout is None else layout
+    by_name, slots, norms, _ = module_layout(module) if layout is None else layout
     # Slots are matched by the tensor they held when the layout was taken: a solver's stand-ins
     # (StoredGuard) may sit in them now.
     target = {id(by_name[n]): t for n, t in values.items() if n in by_name}
@@ -251,11 +262,12 @@ class StoredGuard:
         self._stand_ins[id(p)] = (p, s)
         return s
 
-    def prepare(self) -> None:
+    def prepare(self, param_dicts: list[dict[str, Any]] | None = None) -> None:
         """Make missing stand-ins now (outside any ``torch.func`` transform the losses may later run under), and
-        keep the module tree's parameter dicts until :meth:`release`."""
+        keep the module tree's parameter dicts (``param_dicts``, a :class:`Layout`'s, or walked now) until
+        :meth:`release`."""
         names: dict[int, str] | None = None
-        self._dicts = [m._parameters for m in self.module.modules()]
+        self._dicts = [m._parameters for m in self.module.modules()] if param_dicts is None else param_dicts
         for d in self._dicts:
             for v in d.values():
                 if isinstance(v, nn.Parameter) and v.requires_grad:
@@ -302,10 +314,12 @@ class StoredGuard:
         self.where[0] = previous
 
 
-def parameter_slots(*modules: nn.Module) -> list[tuple[dict[str, Any], str, Any]]:
-    """``(slot dict, key, object)`` for every parameter slot of the given modules: a snapshot that
-    :func:`restore_slots` checks and restores."""
-    return [(d, k, v) for module in modules for m in module.modules() for d in (m._parameters,) for k, v in d.items()]
+def parameter_slots(*modules: nn.Module, param_dicts: list[dict[str, Any]] | None = None
+                    ) -> list[tuple[dict[str, Any], str, Any]]:
+    """``(slot dict, key, object)`` for every parameter slot of the given modules (and of ``param_dicts``, a
+    :class:`Layout`'s): a snapshot that :func:`restore_slots` checks and restores."""
+    dicts = [m._parameters for module in modules for m in module.modules()] + (param_dicts or [])
+    return [(d, k, v) for d in dicts for k, v in d.items()]
 
 
 def restore_slots(snapshot: list[tuple[dict[str, Any], str, Any]], **modules: nn.Module) -> list[str]:

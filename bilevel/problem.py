@@ -125,4 +125,4 @@ def check_scalar(value: Any, which: str) -> torch.Tensor:
         )
     if not value.is_floating_point():
         raise TypeError(f"{which} must return a floating-point tensor, got {value.dtype}")
-    return value.reshape(())
+    return value if value.dim() == 0 else value.reshape(())

@@ -300,11 +300,11 @@ class Solver(abc.ABC):
         """Check, after the body, that the inner and outer modules hold exactly the parameter objects they held
         before (a loss or hook that re-registers a parameter would otherwise leave the user's modules and
         optimisers holding different tensors); put them back and raise if not."""
-        self._guard.prepare()
-        snapshot = parameter_slots(self.problem.inner, self.problem.outer)
-        modules = {"problem.inner": self.problem.inner, "problem.outer": self.problem.outer}
         self._layout = module_layout(self.problem.inner)
-        self._params_of_call = [self._layout[0][n] for n in self._inner_names]
+        self._params_of_call = [self._layout.by_name[n] for n in self._inner_names]
+        self._guard.prepare(self._layout.param_dicts)
+        snapshot = parameter_slots(self.problem.outer, param_dicts=self._layout.param_dicts)
+        modules = {"problem.inner": self.problem.inner, "problem.outer": self.problem.outer}
         try:
             yield
         except BaseException as exc:
