@@ -63,8 +63,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     # TD3+BC with ASPC's robust critic (3 hidden layers + LayerNorm, the authors' initialisation): ASPC
     # with alpha frozen at 2.5.
     "td3bc-rc": ("td3bc", ["critic_hidden_layers=3", "critic_layer_norm=True", "critic_init=aspc"]),
-    # ARQ with the CPU candidate settings (docs/algorithms.md "ARQ"); its behaviour-model phase
-    # (--arq-bm-steps) comes on top of --steps, like VACO's value phase.
+    # ARQ with the CPU candidate settings (docs/algorithms.md "ARQ"); its behaviour-model and Q-only phases
+    # (--arq-bm-steps, --arq-q-steps) come on top of --steps, like VACO's value phase.
     "arq": ("arq", ["sampler_steps=20", "corrector_steps=0", "ode_steps=2", "ode_method=heun", "trace=hutchinson"]),
     # ARQ with its paper's sampler and ODE settings (the config's defaults): affordable on a GPU only.
     "arq-paper": ("arq", []),
@@ -103,15 +103,38 @@ def policy_budget(base_algo: str, args: argparse.Namespace, variant_sets: Sequen
     """``(total updates, value-only updates)`` of a cell: ``--steps`` policy gradient steps for every algorithm
     (``--steps / K`` updates for a solver taking K policy steps per update, see :func:`inner_steps_per_update`);
     a two-phase VACO cell adds ``--vaco-value-steps`` value-only updates in front when that is set, and
-    otherwise splits ``--steps`` by its ``value_fraction`` (the older presets); an ARQ cell adds
-    ``--arq-bm-steps`` behaviour-model updates in front."""
+    otherwise splits ``--steps`` by its ``value_fraction`` (the older presets); an ARQ cell adds its
+    behaviour-model and Q-only phases in front (:func:`arq_phases`)."""
     if base_algo == "arq":
-        bm = int(getattr(args, "arq_bm_steps", 0) or 0)
-        return args.steps + bm, bm
+        bm, q = arq_phases(args, variant_sets)
+        return args.steps + bm + q, bm + q
     extra = int(getattr(args, "vaco_value_steps", 0) or 0)
     if base_algo == "vaco" and extra > 0:
         return args.steps // inner_steps_per_update(base_algo, variant_sets) + extra, extra
     return args.steps, 0
+
+
+def arq_phases(args: argparse.Namespace, variant_sets: Sequence[str] = ()) -> tuple[int, int]:
+    """``(behaviour-model, Q-only)`` updates of an ARQ cell, both before its ``--steps`` policy updates:
+    ``--arq-bm-steps``, and ``--arq-q-steps`` (unset: ``--steps``, the paper's 1:1 of Q and policy updates)
+    when the cell's schedule has a Q-only phase (``schedule=sequential`` with the explicit policy), else 0."""
+    from rl_adapters.algorithms.arq import ARQConfig
+    from rl_adapters.cli import _parse_literal
+
+    bm = int(getattr(args, "arq_bm_steps", 0) or 0)
+    # Only the two options that decide it (a global --set may hold others, checked when the cell runs).
+    sets = dict(kv.split("=", 1) for kv in [*variant_sets, *getattr(args, "set", [])] if "=" in kv)
+    cfg = ARQConfig(**{k: _parse_literal(sets[k]) for k in ("schedule", "policy") if k in sets})
+    if not cfg.has_q_phase:
+        return bm, 0
+    q = getattr(args, "arq_q_steps", None)
+    return bm, int(args.steps if q is None else q)
+
+
+def arq_sets(args: argparse.Namespace, variant_sets: Sequence[str] = ()) -> list[str]:
+    """The ``--set`` items that give an ARQ cell its phases (:func:`arq_phases`)."""
+    bm, q = arq_phases(args, variant_sets)
+    return [f"bm_steps={bm}"] + ([f"q_steps={q}"] if q else [])
 
 
 def make_cells(cells: list[tuple[str, str, int]], args: argparse.Namespace) -> list[Cell]:
@@ -202,7 +225,7 @@ def _run_cell(algo: str, dataset: str, seed: int, args: argparse.Namespace, vari
     if value_steps and base_algo == "vaco":
         variant_sets = variant_sets + [f"value_fraction={value_steps / steps!r}"]
     if base_algo == "arq":
-        variant_sets = variant_sets + [f"bm_steps={value_steps}"]
+        variant_sets = variant_sets + arq_sets(args, variant_sets)
     threads = int(getattr(args, "threads", 1))  # vaco_bench / aspc_bench have no --threads: one per cell
     cmd = [sys.executable, "-m", "rl_adapters", "train", "--no-progress"]
     checkpointed = (run_dir / "checkpoint.pt").exists() or any(run_dir.glob("seed*/checkpoint.pt"))
@@ -289,7 +312,7 @@ def cell_status(c: Cell, args: argparse.Namespace) -> tuple[str, str]:
     per = inner_steps_per_update(c.base_algo, c.variant_sets)
     run = {"policy_steps": (steps - value_steps) * per, "value_steps": value_steps, "eval_every": args.eval_every,
            "eval_episodes": args.eval_episodes}
-    sets = list(c.variant_sets) + list(args.set) + [f"bm_steps={value_steps}"] * (c.base_algo == "arq")
+    sets = list(c.variant_sets) + list(args.set) + (arq_sets(args, c.variant_sets) if c.base_algo == "arq" else [])
     why = store.stale_reason(rec, c.base_algo, sets, run)
     return ("stale", why) if why else ("done", f"score {rec.get('score_last3')}")
 

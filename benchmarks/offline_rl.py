@@ -66,6 +66,7 @@ from benchmarks.grid_cells import (
     COST_MS,
     VARIANTS,
     Cell,
+    arq_phases,
     cell_status,
     group_seeds,
     make_cells,
@@ -222,6 +223,7 @@ def render(args: argparse.Namespace, algos: list[str], datasets: list[str], img:
         "second iteration, so their actor takes half as many steps"
         + (f"; VACO cells first train {args.vaco_value_steps} IQL value-only updates (not policy steps)"
            if args.vaco_value_steps else "")
+        + _arq_budget(args, algos)
         + f". Batch 256. **Score:** the mean of a seed's last three evaluations ({args.eval_episodes} episodes "
         f"each, every {args.eval_every} policy steps), then mean ± sample std (ddof 1) over seeds; n=1 shows no ±. "
         "Normalised score = 100 (R - ref_min) / (ref_max - ref_min).\n"
@@ -230,6 +232,18 @@ def render(args: argparse.Namespace, algos: list[str], datasets: list[str], img:
         + figs
         + (f"\n{readings}" if readings else "")
     ), headline
+
+
+def _arq_budget(args: argparse.Namespace, algos: list[str]) -> str:
+    """The budget sentence's clause on ARQ's phases before its policy steps ("" without ARQ cells)."""
+    arq = [a for a in algos if VARIANTS.get(a, (a, []))[0] == "arq"]
+    if not arq:
+        return ""
+    bm, q = arq_phases(args, VARIANTS.get(arq[0], ("arq", []))[1])
+    if not q:
+        return f"; ARQ cells first train {bm} behaviour-model updates (not policy steps)"
+    return (f"; ARQ cells first train {bm} behaviour-model and then {q} Q-only updates (not policy steps; the "
+            "paper's order, with Q frozen during the policy steps)")
 
 
 def _anchor(title: str) -> str:
@@ -254,7 +268,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="IQL value-only updates a VACO cell takes before its --steps bi-level updates "
                         "(0: VACO splits --steps by its value_fraction, as the quick/mid/full presets do)")
     p.add_argument("--arq-bm-steps", type=int, default=50_000,
-                   help="behaviour-model updates an ARQ cell takes before its --steps Q/policy updates")
+                   help="behaviour-model updates an ARQ cell takes before its Q-only and --steps policy updates")
+    p.add_argument("--arq-q-steps", type=int, default=None,
+                   help="Q-only updates an ARQ cell takes between its behaviour model and its --steps policy updates "
+                        "(default: --steps, the paper's 1:1; none with --set schedule=joint)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (each worker process uses it)")
     p.add_argument("--workers", type=int, default=None,
                    help="cells at once (default: cores - 1 on the local pool; with --ray, as many as the cluster fits)")
@@ -301,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     grid.check_arguments(p, args)
     if args.vaco_value_steps < 0:
         p.error(f"--vaco-value-steps must be >= 0, got {args.vaco_value_steps}")
+    if args.arq_q_steps is not None and args.arq_q_steps < 1:
+        p.error(f"--arq-q-steps must be >= 1, got {args.arq_q_steps}")
     os.environ.setdefault("MINARI_DATASETS_PATH", str(ROOT.parent / "shared" / "datasets"))
     algos = expand_solvers(args.algos.split(","), args.solvers.split(","))
     unknown = [a for a in algos if VARIANTS.get(a, (a, []))[0] not in _registered()]

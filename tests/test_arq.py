@@ -346,3 +346,162 @@ def test_cli_refuses_behavior_phase_as_long_as_the_run(tiny_dataset, tmp_path, c
     err = capsys.readouterr().err
     assert code == 2 and "--bm-steps" in err and "--steps 100010" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
+
+
+# ------------------------------------------------------------------ the paper's order: Q first, then the policy
+def _params(module):
+    return [t.detach().clone() for t in module.state_dict().values()]
+
+
+def _same(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def _arq_with_candidates(data, total_steps, seed=3, **hp):
+    """A tiny ARQ past its behaviour-model phase (step = bm_steps), with random candidates, ~30% of them invalid."""
+    hp = {"hidden_dim": 16, "bm_steps": 10, "bm_hidden_dim": 8, "n_candidates": 6, "k": 3, "batch_size": 32} | hp
+    algo = make_algorithm("arq", data.obs_dim, data.act_dim, data.stats, seed=seed, total_steps=total_steps, **hp)
+    algo.attach_data(data)
+    g = torch.Generator().manual_seed(0)
+    n_states = algo._state_obs.shape[0]
+    algo.set_candidates(torch.rand(n_states, 6, data.act_dim, generator=g) * 2 - 1,
+                        torch.randn(n_states, 6, generator=g) * 4 - 3)
+    algo.step = algo.bm_steps  # the behaviour model's updates are tested above
+    return algo
+
+
+def test_sequential_trains_only_the_critic_first_then_only_the_actor(tiny_dataset):
+    data = load_dataset(tiny_dataset, "cpu")
+    algo = _arq_with_candidates(data, total_steps=10 + 3 + 2, q_steps=3)
+    assert algo.config.schedule == "sequential" and algo.value_phase().steps == 13
+    gen = data.make_generator(0)
+    actor0, critic0 = _params(algo.actor), _params(algo.critic)
+    for _ in range(3):
+        assert algo.in_q_phase()
+        assert algo.update(data.sample(32, gen))["phase"] == 2.0
+        assert _same(_params(algo.actor), actor0)  # the Q-only phase leaves the actor alone
+    assert not _same(_params(algo.critic), critic0)
+    critic_q, target_q, actor_opt = _params(algo.critic), _params(algo.critic_target), algo.actor_opt.state_dict()
+    assert not actor_opt["state"]  # Adam never stepped the actor
+    for _ in range(2):
+        assert not algo.in_q_phase()
+        info = algo.update(data.sample(32, gen))
+        assert info["phase"] == 3.0 and "critic_loss" not in info
+        # the paper's policy loop runs on the converged Q: critic and target frozen
+        assert _same(_params(algo.critic), critic_q) and _same(_params(algo.critic_target), target_q)
+    assert not _same(_params(algo.actor), actor0)
+
+
+def test_q_only_update_is_the_joint_schedules_critic_update(tiny_dataset):
+    """Same seed, same candidates, same batch: the critic, its target and the TD target after one update of
+    the Q-only phase equal those after one joint update (whose actor step does not touch the critic)."""
+    data = load_dataset(tiny_dataset, "cpu")
+    seq = _arq_with_candidates(data, total_steps=20, q_steps=5)
+    joint = _arq_with_candidates(data, total_steps=20, schedule="joint")
+    for a in (seq, joint):  # a trained-looking target: differs from the critic
+        with torch.no_grad():
+            for p in a.critic_target.parameters():
+                p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    batch = data.sample(32, data.make_generator(4))
+    assert torch.equal(seq.td_target(batch)[0], joint.td_target(batch)[0])
+    assert seq.in_q_phase() and not joint.in_q_phase()
+    i_seq, i_joint = seq.update(batch), joint.update(batch)
+    assert i_seq["critic_loss"] == i_joint["critic_loss"] and "actor_loss" in i_joint
+    assert _same(_params(seq.critic), _params(joint.critic))
+    assert _same(_params(seq.critic_target), _params(joint.critic_target))
+    assert not _same(_params(joint.actor), _params(seq.actor))
+
+
+def test_a_run_too_short_for_both_phases_and_a_policy_step_is_refused(tiny_dataset, tmp_path, capsys):
+    import re
+
+    from rl_adapters.cli import main
+
+    cfg = make_config("arq", bm_steps=10, q_steps=20)
+    cfg.check_steps(31)  # 10 + 20 + one policy update
+    with pytest.raises(ValueError) as refused:
+        cfg.check_steps(30)
+    text = str(refused.value)
+    assert all(f in text for f in ("--steps 30", "--bm-steps", "--q-steps")) and "\n" not in text
+    cfg.check_steps(int(re.search(r"e\.g\. --steps (\d+)", text)[1]))  # the suggestion fits
+    auto = make_config("arq", bm_steps=10)  # q_steps unset: half of what follows the behaviour model
+    assert auto.phase_steps(100) == (10, 45, 45)
+    auto.check_steps(12)
+    with pytest.raises(ValueError, match="--q-steps"):
+        auto.check_steps(11)
+    make_config("arq", bm_steps=10, schedule="joint").check_steps(11)  # no Q-only phase
+    with pytest.raises(UsageError, match="--q-steps"):
+        make_config("arq", schedule="joint", q_steps=5)
+    code = main(["train", "--algo", "arq", "--dataset", tiny_dataset, "--steps", "30", "--bm-steps", "10",
+                 "--q-steps", "20", "--out", str(tmp_path / "r"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--q-steps" in err and "--bm-steps" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("schedule", ["sequential", "joint"])
+def test_advantage_baseline_is_the_mean_learned_q_over_valid_candidates(tiny_dataset, schedule):
+    """Paper Eq. 6: A(s, a) = Q(s, a) - 1/|supp| sum_{a' in supp} Q(s, a'); sequential: the learned critic Q
+    (frozen), joint: the target critic before the update."""
+    data = load_dataset(tiny_dataset, "cpu")
+    algo = _arq_with_candidates(data, total_steps=20, schedule=schedule, alpha=0.5)
+    with torch.no_grad():  # the online critic and its target differ
+        for p in algo.critic.parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    critic = algo.critic if schedule == "sequential" else algo.critic_target
+    batch = data.sample(16, data.make_generator(1))
+    w, adv = algo.advantage_weights(batch)
+    assert algo.candidate_valid[batch.indices].sum(1).lt(6).any()  # some states drop candidates
+    for i in range(16):
+        st = batch.indices[i].item()
+        q1, q2 = critic(batch.obs[i : i + 1], batch.actions[i : i + 1])
+        kept = [min(v.item() for v in critic(batch.obs[i : i + 1], algo.candidates[st, j : j + 1]))
+                for j in range(6) if algo.candidate_logp[st, j] >= -5 or j == algo.candidate_logp[st].argmax()]
+        a = min(q1.item(), q2.item()) - sum(kept) / len(kept)
+        assert adv[i].item() == pytest.approx(a, abs=1e-5)
+        assert w[i].item() == pytest.approx(min(math.exp(0.5 * a), 100.0), rel=1e-5)
+    # A tiny example by hand: Q = 1; candidates 0.5, 2.0 (valid), 10.0 (dropped): A = 1 - 1.25.
+    w, adv = awr_weights(torch.tensor([1.0]), torch.tensor([[0.5, 2.0, 10.0]]),
+                         torch.tensor([[True, True, False]]), alpha=2.0, max_weight=100.0)
+    assert adv.tolist() == [-0.25] and w.tolist() == pytest.approx([math.exp(-0.5)])
+
+
+def test_resume_is_bit_exact_across_the_q_to_policy_boundary_and_no_evaluation_before_it(tiny_dataset, tmp_path):
+    hp = {"bm_steps": 15, "q_steps": 10}  # Q only: updates 16-25; policy: 26-40
+    full = train(_arq_cfg(tiny_dataset, tmp_path / "full", **hp))
+    part = _arq_cfg(tiny_dataset, tmp_path / "part", **hp)
+    for stop in (18, 7, 2):  # inside the Q-only phase, at its last update (25), just after it (27)
+        assert train(part, resume=(tmp_path / "part").exists(), max_steps_this_session=stop)["status"] == "interrupted"
+    resumed = train(part, resume=True)
+    _assert_same_state(_ckpt(tmp_path / "full"), _ckpt(tmp_path / "part"))
+    assert resumed["final_return"] == full["final_return"]
+
+    def rows(p):
+        return [{k: v for k, v in r.items() if k != "updates_per_s"}
+                for r in map(json.loads, (p / "metrics.jsonl").open())]
+
+    assert rows(tmp_path / "part") == rows(tmp_path / "full")
+    # eval_every 20: the evaluation due at 20 falls in the Q-only phase (the actor untouched) and is skipped
+    assert [r["step"] for r in rows(tmp_path / "full") if "eval_normalized_score" in r] == [40]
+    phase = {r["step"]: r["phase"] for r in rows(tmp_path / "full") if "phase" in r}
+    assert phase == {5: 1.0, 10: 1.0, 15: 1.0, 20: 2.0, 25: 2.0, 30: 3.0, 35: 3.0, 40: 3.0}
+
+
+def test_equal_budget_puts_the_behaviour_model_and_q_phase_on_top_of_the_policy_steps():
+    import argparse
+
+    from benchmarks import grid_cells
+    from rl_adapters.training.config import default_eval_every
+
+    sets = grid_cells.VARIANTS["arq"][1]
+    args = argparse.Namespace(steps=50_000, arq_bm_steps=50_000, arq_q_steps=None, set=[])
+    assert grid_cells.policy_budget("arq", args, sets) == (150_000, 100_000)  # q_steps: --steps (1:1)
+    assert grid_cells.arq_sets(args, sets) == ["bm_steps=50000", "q_steps=50000"]
+    args.arq_q_steps = 20_000
+    assert grid_cells.policy_budget("arq", args, sets) == (120_000, 70_000)
+    assert grid_cells.policy_budget("arq", args, [*sets, "schedule=joint"]) == (100_000, 50_000)
+    assert grid_cells.arq_sets(args, [*sets, "schedule=joint"]) == ["bm_steps=50000"]
+    # the trainer's default --eval-every spreads its evaluations over the policy updates only
+    cfg = TrainConfig(algo="arq", dataset="x", steps=120_000, hparams={"bm_steps": 50_000, "q_steps": 20_000})
+    assert cfg.value_only_steps() == 70_000
+    assert cfg.resolved().eval_every == default_eval_every(50_000)

@@ -1,9 +1,11 @@
 """ARQ: action-restricted Q-learning with an explicit score-based behaviour model (paper 003, SPEC section 3).
 
-(Over the ~350-line budget on purpose: like CORL's single-file algorithms, the three phases read top to
-bottom here; the behaviour model itself lives in :mod:`rl_adapters.behavior_model`.)
+(Over the ~350-line budget on purpose: like CORL's single-file algorithms, the phases read top to bottom
+here; the behaviour model itself lives in :mod:`rl_adapters.behavior_model`.)
 
-One run has three phases (``--steps`` counts all of them):
+One run has four phases (``--steps`` counts all of them), in the order of the paper's Algorithm 1 ("Train
+s_psi ...; Sample N in-support actions ...; while until convergence do Update theta (Eq. 5); while until
+convergence do Update phi ... AWR"):
 
 1. **Behaviour model** (updates ``1 .. bm_steps``): denoising score matching of ``s_psi(a | s)`` on the
    batch's ``(s, a)`` (:class:`~rl_adapters.behavior_model.BehaviorModel`: VP-SDE, residual MLP 3 x 256,
@@ -15,23 +17,37 @@ One run has three phases (``--steps`` counts all of them):
    A state with no valid candidate keeps its most likely one, so every state has at least one.
    Stored on the device and in ``<run dir>/arq_candidates.pt``, keyed by the behaviour model's weights,
    the states and the settings, so a resumed run loads instead of recomputing.
-3. **Q and policy** (updates ``bm_steps + 1 .. steps``), each update on a batch ``(s, a, r, s')``:
+3. **Q only** (``schedule="sequential"``, the default: updates ``bm_steps + 1 .. bm_steps + q``), each on a
+   batch ``(s, a, r, s')``:
 
-   * advantage, with the target twin critic ``Q' = min(Q'_1, Q'_2)`` before this update's critic step,
-     ``A(s, a) = Q'(s, a) - mean_{a' in C(s)} Q'(s, a')`` over the valid candidates ``C(s)``;
    * critic: ``sum_i mean (Q_i(s, a) - y)^2``, ``y = c r + gamma (1 - done) Kth-max_{a' in C(s')} Q'(s', a')``
-     with ``c`` IQL's reward scale and ``K = k`` (9); if ``C(s')`` holds ``n < K`` actions the ``n``-th
-     (the smallest) is used: the most pessimistic value the in-support set offers, rather than a value
-     invented outside it;
-   * target: Polyak ``Q' <- 0.995 Q' + 0.005 Q``;
+     with ``Q' = min(Q'_1, Q'_2)`` the target twin critic, ``c`` IQL's reward scale and ``K = k`` (9); if
+     ``C(s')`` holds ``n < K`` actions the ``n``-th (the smallest) is used: the most pessimistic value the
+     in-support set offers, rather than a value invented outside it;
+   * target: Polyak ``Q' <- 0.995 Q' + 0.005 Q``.
+
+   ``q`` is ``q_steps``; unset, half of the updates after the behaviour model (the paper trains Q and the
+   policy 1M updates each, Appendix A.2 / A.3).
+4. **Policy** (updates ``bm_steps + q + 1 .. steps``), with the critic and its target frozen (the paper's Q
+   loop has ended; Q is not updated during policy extraction):
+
+   * advantage from the learned critic ``Q = min(Q_1, Q_2)`` (the paper's ``Q_theta``, Eq. 6),
+     ``A(s, a) = Q(s, a) - mean_{a' in C(s)} Q(s, a')`` over the valid candidates ``C(s)`` (the paper's
+     ``1 / |supp| sum_{a' in supp} Q_theta(s, a')``, ``supp`` the samples kept by the ``e^-5`` threshold);
    * policy (``policy="explicit"``): AWR, ``min_phi -mean w log pi_phi(a | s)``,
      ``w = min(exp(alpha A), max_weight)`` (alpha 1, 100 as IQL), ``pi_phi = N(c + h tanh(f_phi(s)), diag e^{2 log sigma})``
      with a state-independent ``log sigma`` (clipped to [-5, 2]); evaluation acts with the mean.
-     ``policy="implicit"`` trains no actor: acting samples ``N`` candidates for the state and picks one
-     with probability ``softmax(alpha A)`` (paper Eq. 6); the draw comes from a saved generator.
 
-The paper trains Q to convergence and then the policy; here both step in every update (as IQL does), so a
-run of a given length gives the policy as many updates as the critic.
+``schedule="joint"`` (the earlier behaviour, as IQL): no Q-only phase; every update after the behaviour
+model is one critic step and one policy step, the advantage taken with the target critic ``Q'`` before that
+update's critic step.  ``policy="implicit"`` trains no actor, so it has no Q-only phase either (``q_steps``
+is refused): every update after the behaviour model is a critic step; acting samples ``N`` candidates for
+the state and picks one with probability ``softmax(alpha A)`` under the target critic (paper Eq. 6); the
+draw comes from a saved generator.
+
+The behaviour-model and Q-only phases leave the policy untouched: :meth:`ARQ.value_phase` declares them, so
+the trainer does not evaluate inside them (as VACO's value phase) and the equal-budget grid puts them on top
+of the policy steps (benchmarks/grid_cells.py ``policy_budget``).
 """
 
 from __future__ import annotations
@@ -53,13 +69,14 @@ from torch import nn
 from ..behavior_model import GRIDS, ODE_METHODS, TRACES, BehaviorModel, generate_candidates
 from ..data import Batch
 from ..networks import TwinCritic, mlp, soft_update
-from .base import Algorithm, BaseConfig, adam, register
+from .base import Algorithm, BaseConfig, ValuePhase, adam, register
 from .iql import IQLConfig
 from .options import AT_LEAST_0, AT_LEAST_1, POSITIVE, learning_rate, like, option
 
-__all__ = ["ARQ", "POLICIES", "ARQConfig", "GaussianActor", "awr_weights", "kth_max"]
+__all__ = ["ARQ", "POLICIES", "SCHEDULES", "ARQConfig", "GaussianActor", "awr_weights", "kth_max"]
 
 POLICIES = ("explicit", "implicit")
+SCHEDULES = ("sequential", "joint")
 CANDIDATE_FILE = "arq_candidates.pt"
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
@@ -89,6 +106,13 @@ class ARQConfig(BaseConfig):
                          "one of N candidates with probability softmax(alpha A) (paper Eq. 6)", choices=POLICIES)
     bm_steps: int = option(50_000, "behaviour-model updates at the start of the run (counted in --steps)",
                            range=AT_LEAST_1, unit="updates")
+    schedule: str = option("sequential", "sequential: after the behaviour model, --q-steps critic-only updates, then "
+                           "policy updates with the critic frozen (the paper's Algorithm 1); joint: one critic and one "
+                           "policy step in every update after the behaviour model", choices=SCHEDULES)
+    q_steps: int | None = option(None, "critic-only updates between the behaviour model and the policy (--schedule "
+                                 "sequential, --policy explicit; counted in --steps); None: half of the updates after "
+                                 "the behaviour model (the paper's 1M Q then 1M policy updates)", range=AT_LEAST_1,
+                                 unit="updates")
     bm_lr: float = learning_rate(1e-4, "Adam learning rate of the behaviour (score) model")
     bm_hidden_dim: int = option(256, "width of the behaviour model's residual MLP", range=AT_LEAST_1, unit="neurons")
     bm_blocks: int = option(3, "residual blocks of the behaviour model", range=AT_LEAST_1, unit="blocks")
@@ -119,15 +143,52 @@ class ARQConfig(BaseConfig):
         if not self.k <= self.n_candidates:
             raise ValueError(f"k (--k) = {self.k!r}: must be an integer in [1, n_candidates = {self.n_candidates}] "
                              f"(the K of the K-th max); e.g. --k {min(9, self.n_candidates)}")
+        if self.q_steps is not None and not self.has_q_phase:
+            why = "--schedule joint" if self.schedule == "joint" else "--policy implicit (no actor to train after it)"
+            raise ValueError(f"q_steps (--q-steps) = {self.q_steps!r}: there is no Q-only phase with {why}; drop "
+                             f"--q-steps, or use --schedule sequential --policy explicit")
+
+    @property
+    def has_q_phase(self) -> bool:
+        """Whether the run has a Q-only phase between the behaviour model and the policy."""
+        return self.schedule == "sequential" and self.policy == "explicit"
+
+    def phase_steps(self, steps: int) -> tuple[int, int, int]:
+        """``(behaviour-model, Q-only, policy)`` updates of a run of ``steps`` updates (the last two: 0 and the
+        rest when there is no Q-only phase; ``policy="implicit"``'s "policy" updates are critic updates)."""
+        after = steps - self.bm_steps
+        if not self.has_q_phase:
+            return self.bm_steps, 0, after
+        q = after // 2 if self.q_steps is None else self.q_steps
+        return self.bm_steps, q, after - q
+
+    def value_only_steps(self, steps: int) -> int:
+        """Updates before the first policy update: the behaviour model and the Q-only phase."""
+        bm, q, _ = self.phase_steps(steps)
+        return bm + q
 
     def check_steps(self, steps: int) -> None:
-        """Refuse a run too short to reach the Q-learning phase (called with ``--steps`` before data loads)."""
-        if self.bm_steps >= steps:
+        """Refuse a run too short to reach the policy (called with ``--steps`` before data loads): the behaviour
+        model, the Q-only phase (``schedule="sequential"``) and at least one policy update must fit."""
+        bm, q, rest = self.phase_steps(steps)
+        if not self.has_q_phase:
+            if rest < 1:
+                raise ValueError(
+                    f"bm_steps (--bm-steps) = {bm} >= --steps {steps}: the behaviour-model phase would take the "
+                    f"whole run; --steps counts behaviour-model and Q/policy updates together, e.g. --steps "
+                    f"{bm + 100_000} for 100000 Q/policy updates")
+            return
+        if self.q_steps is None and (q < 1 or rest < 1):
             raise ValueError(
-                f"bm_steps (--bm-steps) = {self.bm_steps} >= --steps {steps}: the behaviour-model phase would take "
-                f"the whole run; --steps counts behaviour-model and Q/policy updates together, e.g. --steps "
-                f"{self.bm_steps + 100_000} for 100000 Q/policy updates"
-            )
+                f"--steps {steps} with bm_steps (--bm-steps) = {bm} leaves {max(0, steps - bm)} update(s) for the "
+                f"Q-only phase (--q-steps, default half of them) and the policy: --schedule sequential needs at "
+                f"least one of each; --steps counts all three phases, e.g. --steps {bm + 100_000} for 50000 Q-only "
+                f"and 50000 policy updates")
+        if rest < 1:
+            raise ValueError(
+                f"--steps {steps} < bm_steps (--bm-steps) {bm} + q_steps (--q-steps) {q} + 1: --schedule sequential "
+                f"leaves no policy update; --steps counts all three phases, e.g. --steps {bm + 2 * q} for {q} policy "
+                f"updates (or a smaller --q-steps, or --schedule joint)")
 
 
 def kth_max(q: torch.Tensor, valid: torch.Tensor, k: int) -> torch.Tensor:
@@ -184,6 +245,7 @@ class ARQ(Algorithm):
     def build(self) -> None:
         c = self.config
         self.config.check_steps(self.total_steps)
+        self.bm_steps, self.q_steps, _ = c.phase_steps(self.total_steps)
         hidden = (c.hidden_dim, c.hidden_dim)
         low, high = self.stats.action_low, self.stats.action_high
         self.behavior = BehaviorModel(self.obs_dim, self.act_dim, low, high, c.bm_hidden_dim, c.bm_blocks)
@@ -314,8 +376,24 @@ class ARQ(Algorithm):
         return q.reshape(B, N)
 
     # ------------------------------------------------------------------ update
+    def value_phase(self) -> ValuePhase | None:
+        """The behaviour model and, with ``schedule="sequential"``, the Q-only phase: the actor is untouched
+        there, so the trainer does not evaluate (and ``--value-cache`` may reuse them across runs)."""
+        c = self.config
+        critic = ("critic", "critic_target") if self.q_steps else ()
+        fields = ("batch_size", "bm_steps", "bm_lr", "bm_hidden_dim", "bm_blocks", "bm_ema", "schedule", "policy")
+        if self.q_steps:  # what the Q-only phase computes: the candidates and the critic's updates
+            fields += ("q_steps", "hidden_dim", "critic_lr", "k", "discount", "tau", "normalize_reward",
+                       "n_candidates", "log_density_threshold", "sampler_steps", "corrector_steps", "snr",
+                       "sampler_grid", "ode_steps", "ode_method", "trace", "candidate_chunk")
+        return ValuePhase(c.bm_steps + self.q_steps, ("behavior", *critic), ("behavior", *critic[:1]), fields)
+
     def in_behavior_phase(self) -> bool:
-        return self.step < self.config.bm_steps
+        return self.step < self.bm_steps
+
+    def in_q_phase(self) -> bool:
+        """True while the next update is a critic-only update (``schedule="sequential"``)."""
+        return self.bm_steps <= self.step < self.bm_steps + self.q_steps
 
     def update(self, batch: Batch) -> dict[str, float]:
         if self.in_behavior_phase():
@@ -324,10 +402,18 @@ class ARQ(Algorithm):
         self.ensure_candidates()
         if batch.indices is None:
             raise ValueError("ARQ needs the batch's dataset indices (Batch.indices, set by OfflineData.sample)")
-        self.step += 1
         c = self.config
-        # The advantage uses the target critic before this update's critic step, as IQL's does.
-        weight, adv = self.advantage_weights(batch)
+        if self.in_q_phase():
+            self.step += 1
+            return self.critic_update(batch) | {"phase": 2.0}
+        self.step += 1
+        if c.has_q_phase:  # the policy phase: the critic and its target stay as the Q-only phase left them
+            weight, adv = self.advantage_weights(batch, self.critic)
+            return self.actor_update(batch, weight) | {"adv": adv.mean().item(), "awr_weight": weight.mean().item(),
+                                                       "phase": 3.0}
+        # joint (or the implicit policy): the advantage uses the target critic before this update's critic
+        # step, as IQL's does.
+        weight, adv = self.advantage_weights(batch, self.critic_target)
         info = self.critic_update(batch)
         if c.policy == "explicit":
             info |= self.actor_update(batch, weight)
@@ -343,11 +429,15 @@ class ARQ(Algorithm):
         return {"bm_loss": loss.item(), "phase": 1.0}
 
     @torch.no_grad()
-    def advantage_weights(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(w, A)``: ``A = Q'(s, a) - mean_{C(s)} Q'(s, a')``, ``w = min(exp(alpha A), max_weight)``."""
+    def advantage_weights(self, batch: Batch, critic: TwinCritic | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(w, A)``: ``A = Q(s, a) - mean_{a' in C(s)} Q(s, a')`` with ``Q = min_i Q_i`` of ``critic``,
+        ``w = min(exp(alpha A), max_weight)``.  ``critic``: by default the one the schedule's policy updates use
+        (sequential: the learned critic, frozen; joint: the target critic)."""
         c = self.config
-        q_data = self.critic_target.min_q(batch.obs, batch.actions)
-        q_cand = self.candidate_q(self.critic_target, batch.indices, batch.obs)
+        if critic is None:
+            critic = self.critic if c.has_q_phase else self.critic_target
+        q_data = critic.min_q(batch.obs, batch.actions)
+        q_cand = self.candidate_q(critic, batch.indices, batch.obs)
         return awr_weights(q_data, q_cand, self.candidate_valid[batch.indices], c.alpha, c.max_weight)
 
     @torch.no_grad()

@@ -5,7 +5,8 @@ A subclass defines a ``Config`` dataclass (its fields, each an :func:`~rl_adapte
 with its help and allowed values, become ``--flags`` of ``bilevel-rl train``), builds its networks and optimizers in ``build()`` and implements ``update(batch)``.  It registers
 what must survive a checkpoint in ``self.modules`` / ``self.optimizers`` / ``self.schedulers``, overrides
 the hooks it needs (:meth:`Algorithm.value_phase`, :meth:`~Algorithm.training_data`,
-:meth:`~Algorithm.attach_data`, :meth:`~Algorithm.plot_metrics`, :meth:`BaseConfig.check_steps`; each is a
+:meth:`~Algorithm.attach_data`, :meth:`~Algorithm.plot_metrics`, :meth:`BaseConfig.check_steps`,
+:meth:`BaseConfig.value_only_steps`; each is a
 no-op here, and the trainer calls every one of them) and enters :data:`ALGORITHMS` with :func:`register`
 (``@register`` on the class, in its own module).
 """
@@ -32,8 +33,8 @@ __all__ = ["ALGORITHMS", "Algorithm", "BaseConfig", "ValuePhase", "adam", "regis
 
 @dataclasses.dataclass(frozen=True)
 class ValuePhase:
-    """A first phase of training that only the value networks take part in (VACO's two-phase schedule):
-    its length, what it trains, and the config fields it reads; :mod:`rl_adapters.training.value_cache` reuses it
+    """A first phase of training that only the value networks take part in (VACO's two-phase schedule; ARQ's
+    behaviour model and Q-only phase): its length, what it trains, and the config fields it reads; :mod:`rl_adapters.training.value_cache` reuses it
     across runs that differ only after it."""
 
     steps: int
@@ -61,8 +62,15 @@ class BaseConfig:
 
     def check_steps(self, steps: int) -> None:
         """Refuse (``ValueError``) options that cannot work in a run of ``steps`` updates; the trainer calls it
-        with ``--steps`` before any data loads (ARQ: the behaviour-model phase must end before the run does).
-        Default: every option fits any length."""
+        with ``--steps`` before any data loads (ARQ: the behaviour-model and Q-only phases must end before the
+        run does).  Default: every option fits any length."""
+
+    def value_only_steps(self, steps: int) -> int:
+        """Updates of a run of ``steps`` that leave the policy untouched, before its first policy update (ARQ:
+        the behaviour model and the Q-only phase; VACO: its two-phase value-only updates); the default
+        ``--eval-every`` spreads its evaluations over the rest.  Must equal ``Algorithm.value_phase().steps`` (0
+        when that is None).  Default: 0."""
+        return 0
 
 
 class Algorithm(abc.ABC):

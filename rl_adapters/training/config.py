@@ -73,16 +73,16 @@ class TrainConfig:
 
     def value_only_steps(self) -> int:
         """The updates of a value-only first phase, which the trainer does not evaluate (the policy is untouched):
-        VACO's ``two_phase`` schedule spends ``round(value_fraction * steps)`` updates there.  The default
-        ``eval_every`` spreads its ten evaluations over the rest of the run.  0 for the other algorithms."""
+        VACO's ``two_phase`` schedule spends ``round(value_fraction * steps)`` updates there, ARQ its behaviour
+        model and Q-only phase (``BaseConfig.value_only_steps``).  The default ``eval_every`` spreads its ten
+        evaluations over the rest of the run.  0 for the other algorithms."""
         try:
             algo_cfg = make_config(self.algo, **self.hparams)
         except (UsageError, ValueError, TypeError, KeyError):
             return 0  # validate() names the bad option
-        if getattr(algo_cfg, "schedule", None) != "two_phase" or not isinstance(self.steps, int):
+        if not isinstance(self.steps, int):
             return 0
-        fraction = getattr(algo_cfg, "value_fraction", 0.0)
-        return min(max(0, round(fraction * self.steps)), self.steps - 1)
+        return min(max(0, algo_cfg.value_only_steps(self.steps)), self.steps - 1)
 
     def check_seeds(self) -> None:
         from .seed_stack import stackable_algorithms

@@ -98,6 +98,10 @@ class VACOConfig(BaseConfig):
         for name in SOLVERS:
             bilevel.check_solver(name, **self.solver_options(name))
 
+    def value_only_steps(self, steps: int) -> int:
+        """The ``two_phase`` schedule's value-only updates, ``round(value_fraction * steps)`` (0 when ``joint``)."""
+        return round(self.value_fraction * steps) if self.schedule == "two_phase" else 0
+
     def solver_options(self, name: str | None = None) -> dict[str, Any]:
         """The :func:`bilevel.make_solver` options of solver ``name`` (default: the chosen one) from this config."""
         name = self.solver if name is None else name
