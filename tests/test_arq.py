@@ -136,7 +136,7 @@ def test_score_model_learns_a_conditional_gaussian_score():
     model = BehaviorModel(1, 1, np.array([-1.0]), np.array([1.0]), hidden=64, blocks=1)
     opt = torch.optim.Adam(model.net.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(0)
-    for _ in range(1000):
+    for _ in range(600):  # errors below measured at 600 updates: 0.037 near t = 0, < 6e-4 elsewhere
         s = torch.rand(256, 1, generator=g) * 2 - 1
         a = 0.6 * s + 0.15 * torch.randn(256, 1, generator=g)
         loss = model.loss(s, a, g)

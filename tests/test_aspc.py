@@ -223,9 +223,10 @@ def test_robust_critic_and_td3bc_option(tiny_dataset):
 @pytest.mark.parametrize("name,key", [("aspc", "alpha"), ("aspc-iql", "beta")])
 def test_cli_run_scale_moves_metrics_and_plot(tiny_dataset, tmp_path, name, key):
     out = tmp_path / name
-    rc = main(["train", "--algo", name, "--dataset", tiny_dataset, "--steps", "400", "--seed", "0",
+    # 80 updates, 16 outer ones: the scale moves by 5e-3 (ASPC) and 2e-3 (ASPC-IQL) from its initial value
+    rc = main(["train", "--algo", name, "--dataset", tiny_dataset, "--steps", "80", "--seed", "0",
                "--device", "cpu", "--out", str(out), "--eval-every", "0", "--eval-episodes", "1",
-               "--log-every", "50", "--checkpoint-every", "400", "--no-progress", "--hidden-dim", "32",
+               "--log-every", "10", "--checkpoint-every", "80", "--no-progress", "--hidden-dim", "32",
                "--batch-size", "64", "--update-interval", "5"])
     assert rc == 0
     rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]

@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import types
 from pathlib import Path
+
+import pytest
 
 from benchmarks import gpu_campaign, store
 
 
-def test_smoke_campaign_writes_cell_records(tiny_dataset: str, tmp_path: Path) -> None:
+def test_smoke_campaign_writes_cell_records(tiny_dataset: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            forked_cells: list[list[str]], popen_forked) -> None:
+    # The lanes' `python -m benchmarks.offline_rl` jobs and their cells run as forked processes (conftest.py).
+    jobs: list[list[str]] = []
+
+    def popen(cmd: list[str], **kw):
+        jobs.append(cmd)
+        return popen_forked(cmd, **kw)
+
+    monkeypatch.setattr(gpu_campaign, "subprocess", types.SimpleNamespace(
+        Popen=popen, STDOUT=subprocess.STDOUT, TimeoutExpired=subprocess.TimeoutExpired))
     rc = gpu_campaign.main(["--smoke", "--dataset", tiny_dataset, "--out", str(tmp_path / "c"),
                             "--store", str(tmp_path / "s"), "--cpu-workers", "1", "--budget-s", "240"])
     assert rc == 0
@@ -21,6 +36,7 @@ def test_smoke_campaign_writes_cell_records(tiny_dataset: str, tmp_path: Path) -
     summary = json.loads((tmp_path / "c" / "campaign.json").read_text())
     assert all(j["state"] == "finished" for j in summary["jobs"]), summary
     assert len(summary["new_cells"]) == 4
+    assert [j[:3] for j in jobs] == [[sys.executable, "-m", "benchmarks.offline_rl"]] * 3  # 2 GPU-lane jobs, 1 CPU lane
 
 
 def test_campaign_refuses_without_a_gpu_in_one_line(tmp_path: Path, capsys, monkeypatch) -> None:

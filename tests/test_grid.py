@@ -1,20 +1,27 @@
 """benchmarks.grid: the process pool and Ray run the same cells to the same results; runner flag errors;
-an interrupted Ray grid, started again, runs only the cells that had not finished."""
+an interrupted Ray grid, started again, runs only the cells that had not finished.
+
+The default run trains cells in processes forked from the test process (conftest.py's ``forked_cells``) and
+runs the Ray driver on an in-process stand-in (:class:`FakeRay`); the slow run (``-m slow``) uses a real local
+Ray and real ``python -m rl_adapters`` processes."""
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
 import time
+import types
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from benchmarks import offline_rl
+from benchmarks import grid, offline_rl
 from rl_adapters.training import TIMING_FIELDS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -75,24 +82,108 @@ def test_runner_flag_errors(argv: list[str], flag: str, capsys: pytest.CaptureFi
     assert len(err.splitlines()) == 1 and flag in err, err
 
 
-def test_pool_and_ray_give_the_same_cells(tiny_dataset: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+class FakeRay(types.ModuleType):
+    """The part of Ray's API that benchmarks/grid.py uses, in this process: a task runs when it is submitted
+    (its arguments pickled and unpickled on the way, as Ray ships them to a worker) and ``get`` returns its
+    result. The driver's code runs as on Ray; the default run's stand-in for the slow real-Ray test."""
+
+    class exceptions:  # ray.exceptions
+        class RayError(Exception):
+            pass
+
+    def __init__(self) -> None:
+        super().__init__("ray")
+        self.init_kwargs: dict[str, Any] = {}
+        self.task_options: list[dict[str, Any]] = []
+        self.results: dict[object, Any] = {}
+        self.shut_down = False
+
+    def init(self, **kwargs: Any) -> types.SimpleNamespace:
+        self.init_kwargs = kwargs
+        return types.SimpleNamespace(dashboard_url=None)
+
+    def remote(self, **options: Any) -> Callable[[Callable[..., Any]], types.SimpleNamespace]:
+        def task(fn: Callable[..., Any]) -> types.SimpleNamespace:
+            def submit(*args: Any) -> object:
+                self.task_options.append(options)
+                ref = object()
+                self.results[ref] = fn(*pickle.loads(pickle.dumps(args)))
+                return ref
+
+            return types.SimpleNamespace(remote=submit)
+
+        return task
+
+    def get(self, ref: object) -> Any:
+        return self.results.pop(ref)
+
+    def wait(self, refs: list[object], num_returns: int = 1, timeout: float | None = None):
+        return refs[:num_returns], refs[num_returns:]
+
+    def cluster_resources(self) -> dict[str, float]:
+        return {"CPU": float(self.init_kwargs["num_cpus"])}
+
+    def cancel(self, ref: object, force: bool = False) -> None:
+        self.results.pop(ref, None)
+
+    def shutdown(self) -> None:
+        self.shut_down = True
+
+
+def _same_cells(pool_root: Path, ray_root: Path) -> None:
+    pool, ray = _cell_results(pool_root), _cell_results(ray_root)
+    assert sorted(pool) == ["bc__tiny_pendulum_mixed-v0__s0", "td3bc__tiny_pendulum_mixed-v0__s0"]
+    assert all(r["status"] == "finished" and r["final_normalized_score"] is not None for r in pool.values())
+    assert ray == pool
+
+    # Both paths leave the same layout: results, runs, logs, table (Ray adds its dotfile STORAGE_ID).
+    def layout(root: Path) -> set[tuple[str, ...]]:
+        return {p.relative_to(root).parts[:2] for p in root.rglob("*") if not p.name.startswith(".")}
+
+    assert layout(pool_root) == layout(ray_root)
+
+
+def test_pool_and_the_ray_driver_give_the_same_cells(tiny_dataset: str, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+                                                     forked_cells: list[list[str]]) -> None:
+    """The Ray path's driver (probe task, capacity, task options, refill, results) on :class:`FakeRay`; cells
+    train in forked processes (conftest.py). The slow test below runs the same grid on a real local Ray."""
+    assert offline_rl.main(_grid_argv(tiny_dataset, tmp_path / "pool")) == 0
+    pool_out = capsys.readouterr().out
+    fake = FakeRay()
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    assert offline_rl.main([*_grid_argv(tiny_dataset, tmp_path / "ray"), "--ray", "--ray-cpus", "2"]) == 0
+    ray_out = capsys.readouterr().out
+    assert f"Ray workers import benchmarks and rl_adapters from {REPO}" in ray_out, ray_out
+    assert "2 to run on Ray" in ray_out and "2 to run" in pool_out
+    assert "Ray: 2 CPUs, 1 per cell: up to 2 cells at once" in ray_out, ray_out
+    assert fake.shut_down and fake.results == {}
+    # A worker gets this checkout first on its path, one thread, the driver's datasets as an absolute path.
+    env = fake.init_kwargs["runtime_env"]["env_vars"]
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(REPO) and env["OMP_NUM_THREADS"] == "1"
+    assert env["MINARI_DATASETS_PATH"] == str(Path(os.environ["MINARI_DATASETS_PATH"]).resolve())
+    # the probe takes no CPU; each cell asks for its thread and is retried after a lost node
+    assert fake.task_options == [{"num_cpus": 0}] + [
+        {"num_cpus": 1, "num_gpus": 0, "max_retries": grid.RAY_MAX_RETRIES}] * 2
+    assert len(forked_cells) == 4
+    _same_cells(tmp_path / "pool", tmp_path / "ray")
+
+
+@pytest.mark.slow
+def test_pool_and_ray_give_the_same_cells(tiny_dataset: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                         forked_cells: list[list[str]]) -> None:
+    """On a real local Ray (Ray workers' cells are real ``python -m rl_adapters`` processes, the pool's are
+    forked, conftest.py): the same results also say that a forked cell trains exactly like a fresh process."""
     pytest.importorskip("ray", reason='Ray is the optional "sweep" extra: pip install -e ".[sweep]"')
     assert offline_rl.main(_grid_argv(tiny_dataset, tmp_path / "pool")) == 0
+    assert len(forked_cells) == 2
     pool_out = capsys.readouterr().out
     assert offline_rl.main([*_grid_argv(tiny_dataset, tmp_path / "ray"), "--ray", "--ray-cpus", "2"]) == 0
     ray_out = capsys.readouterr().out
     # The Ray workers (and their cells' training subprocesses) run this checkout, not another install.
     assert f"Ray workers import benchmarks and rl_adapters from {REPO}" in ray_out, ray_out
     assert "2 to run on Ray" in ray_out and "2 to run" in pool_out
-    pool, ray = _cell_results(tmp_path / "pool"), _cell_results(tmp_path / "ray")
-    assert sorted(pool) == ["bc__tiny_pendulum_mixed-v0__s0", "td3bc__tiny_pendulum_mixed-v0__s0"]
-    assert all(r["status"] == "finished" and r["final_normalized_score"] is not None for r in pool.values())
-    assert ray == pool
-    # Both paths leave the same layout: results, runs, logs, table (Ray adds its dotfile STORAGE_ID).
-    def layout(root: Path) -> set[tuple[str, ...]]:
-        return {p.relative_to(root).parts[:2] for p in root.rglob("*") if not p.name.startswith(".")}
-
-    assert layout(tmp_path / "pool") == layout(tmp_path / "ray")
+    _same_cells(tmp_path / "pool", tmp_path / "ray")
 
 
 def _trainers(marker: str) -> list[int]:
@@ -156,7 +247,8 @@ def test_killed_grid_finishes_only_the_missing_cells(path: str, tiny_dataset: st
 
 
 def test_trained_cell_without_result_is_not_trained_again(tiny_dataset: str, tmp_path: Path,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+                                                          capsys: pytest.CaptureFixture[str],
+                                                          forked_cells: list[list[str]]) -> None:
     """A runner killed between a cell's last update and its result file: the next run writes the result from
     the finished run (``--resume`` of a finished run is refused) instead of failing the cell."""
     argv = _grid_argv(tiny_dataset, tmp_path / "g", algos="bc")
@@ -174,7 +266,8 @@ def test_trained_cell_without_result_is_not_trained_again(tiny_dataset: str, tmp
 
 
 def test_seeds_per_process_writes_each_seeds_result(tiny_dataset: str, tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+                                                    capsys: pytest.CaptureFixture[str],
+                                                    forked_cells: list[list[str]]) -> None:
     """--seeds-per-process: the seeds of a BC / TD3+BC cell train in one process and keep their own results;
     seed k's run starts from seed k's weights, so its loss curve matches the separate cell's to float rounding."""
     sep, grouped = tmp_path / "separate", tmp_path / "grouped"

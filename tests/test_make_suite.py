@@ -12,8 +12,8 @@ from rl_adapters.datasets import make_suite
 def test_make_suite_writes_four_loadable_datasets_with_reference_scores(tmp_path, monkeypatch):
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
     torch.set_num_threads(1)
-    summary = make_suite("InvertedPendulum-v5", "toy/pendulum", root=tmp_path, train_steps=600, dataset_steps=300,
-                         start_steps=200, eval_every=200, eval_episodes=2, seed=0, verbose=False)
+    summary = make_suite("InvertedPendulum-v5", "toy/pendulum", root=tmp_path, train_steps=200, dataset_steps=100,
+                         start_steps=100, eval_every=100, eval_episodes=2, seed=0, verbose=False)
     assert summary["ref_min_score"] < summary["ref_max_score"]
     for kind in ("random", "medium", "medium-replay", "expert"):
         data = load_dataset(f"toy/pendulum/{kind}-v0")

@@ -57,9 +57,9 @@ def test_default_cadence_scales_with_the_run_and_explicit_flags_win(tiny_dataset
 ])
 def test_short_run_figure_has_a_panel_per_loss_with_ten_points_and_ten_evaluations(tiny_dataset, tmp_path, algo,
                                                                                     hparams):
-    """ceil(steps / 50) logging: a 200-step run has the rows a 2000-step one has (50), so this is its figure."""
+    """ceil(steps / 50) logging: a 100-step run has the rows a 2000-step one has (50), so this is its figure."""
     out = tmp_path / algo
-    train(TrainConfig(algo=algo, dataset=tiny_dataset, steps=200, device="cpu", out=str(out), eval_episodes=1,
+    train(TrainConfig(algo=algo, dataset=tiny_dataset, steps=100, device="cpu", out=str(out), eval_episodes=1,
                       progress=False, plot=True, hparams=SMALL | hparams))
     rows = read_metrics(out / "metrics.jsonl")
     fig = learning_curve_figure(rows, "t")
@@ -262,7 +262,7 @@ def test_f2sa_warm_up_gives_the_penalised_value_gradient_at_once():
                                 penalty=mu, penalty_growth=1.0)
     [fresh] = solver.hypergradient(full)
     assert float((fresh - expected).norm()) > 0.5 * float(expected.norm())
-    solver.warm_up(full, steps=150)
+    solver.warm_up(full, steps=100)  # y then matches to 2e-6
     [warm] = solver.hypergradient(full)
     torch.testing.assert_close(warm, expected, rtol=1e-3, atol=1e-6)
     # O(1 / mu) from the implicit value (12% at mu = 100 on this instance), against 80% before the warm-up

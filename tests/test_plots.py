@@ -5,11 +5,6 @@ from __future__ import annotations
 import json
 import re
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
 from rl_adapters.training import TrainConfig, default_eval_every, loss_series, train
 from rl_adapters.training.plots import symlog_decades
 
@@ -35,6 +30,11 @@ def test_loss_series_has_the_losses_that_start_later(tiny_dataset, tmp_path):
 
 
 def test_symlog_axis_labels_decades_only():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # here, not at collection: pyplot costs half a second to import
+
     fig, ax = plt.subplots()
     values = [-1.5, -0.9, 0.159708, 0.2, 3.0, 1.2e3]
     ax.plot(range(len(values)), values)

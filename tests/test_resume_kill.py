@@ -6,6 +6,9 @@ The child kills itself with SIGKILL when it asks for the batch of update KILL_AT
 at the same place on every machine: after the checkpoint of step 30 (in the middle of a logging window,
 so the window's partial sums must survive), after the log rows of steps 40 (and the evaluation at 40),
 which the resume must drop and write again.
+
+The child is a fork of the test process (conftest.py's ``forked``: no seconds of imports); the slow run
+also starts it as a fresh ``python -c`` interpreter.
 """
 
 from __future__ import annotations
@@ -89,15 +92,30 @@ def _final_state(out: Path) -> dict[str, Any]:
     return state
 
 
+def _killed_child(argv: list[str], cwd: Path, launch: str, forked) -> tuple[int, str]:
+    """Run CHILD (``train`` killed at update KILL_AT + 1) forked or as a fresh interpreter: (exit status, stderr)."""
+    if launch == "subprocess":
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+        proc = subprocess.run([sys.executable, "-c", CHILD, str(KILL_AT), *argv], env=env, cwd=cwd,
+                              capture_output=True, text=True, timeout=300, check=False)
+        return proc.returncode, proc.stderr
+    err = cwd / "child.err"
+
+    def child() -> None:  # the same code as `python -c CHILD KILL_AT ...argv`, in the forked process
+        sys.argv = ["-c", str(KILL_AT), *argv]
+        exec(CHILD, {"__name__": "__main__"})  # noqa: S102 - our own code
+
+    with open(err, "w") as f:
+        rc = forked(child, cwd=cwd, stdout=subprocess.DEVNULL, stderr=f).wait(timeout=300)
+    return rc, err.read_text()
+
+
+@pytest.mark.parametrize("launch", ["fork", pytest.param("subprocess", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("algo", list(ALGO_ARGS))
-def test_sigkill_then_resume_equals_uninterrupted_run(tiny_dataset, tmp_path, capsys, algo):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+def test_sigkill_then_resume_equals_uninterrupted_run(tiny_dataset, tmp_path, capsys, algo, launch, forked):
     killed = tmp_path / "killed"
-    proc = subprocess.run(
-        [sys.executable, "-c", CHILD, str(KILL_AT), *_args(algo, tiny_dataset, killed)],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
-    )
-    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    rc, stderr = _killed_child(_args(algo, tiny_dataset, killed), tmp_path, launch, forked)
+    assert rc == -signal.SIGKILL, stderr
     before = _rows(killed)
     assert [r["step"] for r in before] == [20, 40, 40], "the kill should land after step 40's rows"
     assert torch.load(killed / "checkpoint.pt", weights_only=True)["step"] == 30

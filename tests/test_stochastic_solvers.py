@@ -77,6 +77,20 @@ def test_soba_expected_directions_equal_full_batch_values_and_true_hypergradient
     torch.testing.assert_close(new_v, v_star, rtol=1e-12, atol=1e-12)
 
 
+def test_soba_converges_on_a_small_stochastic_quadratic():
+    """The acceptance run below at a fifth of its size: grad h falls 100x (to 1.5e-3 of its start) in 400 steps."""
+    inst = make_quadratic(n=256, d_in=20, d_out=5, seed=3)
+    problem = inst.make_problem()
+    solver = bilevel.SOBASolver(problem, torchopt.sgd(lr=0.1), _sgd(problem, 0.02), v_lr=0.1)
+    gen = torch.Generator().manual_seed(0)
+    start = inst.grad_h_sq(problem.outer.x)
+    for _ in range(400):
+        info = solver.step(torch.randint(256, (16,), generator=gen), torch.randint(256, (16,), generator=gen))
+    assert all(torch.isfinite(t).all() for t in solver.v) and info.hypergrad_norm == info.hypergrad_norm
+    assert inst.grad_h_sq(problem.outer.x) < start / 100
+
+
+@pytest.mark.slow
 def test_soba_reduces_grad_h_100x_on_benchopt_quadratic_with_minibatches_of_64():
     """The issue's acceptance run: n = 1024, d_in = 100, d_out = 10, batches of 64 for both levels,
     2000 outer steps with the documented steps (inner and v lr 0.1, outer SGD lr 0.01)."""
@@ -207,7 +221,7 @@ def test_f2sa_converges_on_a_small_stochastic_quadratic():
                                 penalty=1.0, penalty_growth=0.05)
     gen = torch.Generator().manual_seed(0)
     start = inst.grad_h_sq(problem.outer.x)
-    for _ in range(600):
+    for _ in range(400):  # grad h at 2.8e-3 of its start (below 1e-2 from step 300 on)
         solver.step([torch.randint(256, (16,), generator=gen) for _ in range(3)],
                     [torch.randint(256, (16,), generator=gen) for _ in range(3)])
     assert inst.grad_h_sq(problem.outer.x) < start / 100

@@ -189,8 +189,9 @@ def test_lift_is_one_for_equal_weights_and_follows_the_weights(tiny_dataset: str
     assert 1.0 < expected < 1 / share
 
 
-def test_record_from_a_real_run(tiny_dataset: str, tmp_path: Path) -> None:
-    """A grid cell's record: scores from the metrics, curves in policy steps, under the size bound."""
+def test_record_from_a_real_run(tiny_dataset: str, tmp_path: Path, forked_cells: list[list[str]]) -> None:
+    """A grid cell's record: scores from the metrics, curves in policy steps, under the size bound (the cell
+    trains in a forked process, conftest.py)."""
     argv = ["--algos", "bc-top25", "--datasets", tiny_dataset, "--seeds", "0", "--steps", "40", "--eval-every", "10",
             "--eval-episodes", "1", "--checkpoint-every", "20", "--log-every", "5", "--set", "hidden_dim=16",
             "--set", "batch_size=16", "--workers", "1", "--out", str(tmp_path / "g")]
