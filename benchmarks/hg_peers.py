@@ -285,7 +285,8 @@ def time_call(fn: Callable[[], Any], device: str, warmup: int, repeats: int, bud
 def time_interleaved(fns: list[Callable[[], Any]], device: str, warmup: int, rounds: int,
                      budget_s: float) -> list[dict[str, float]]:
     """Time several callables side by side: after ``warmup`` calls each, ``rounds`` rounds that call every
-    ``fn`` once in turn, so a change in the machine's load hits all of them alike. Per callable: median and min
+    ``fn`` once in turn, so a change in the machine's load hits all of them alike; each round starts one callable
+    later than the last (the first call of a round runs with the caches the previous round's last call left). Per callable: median and min
     wall time, and the median thread CPU time (``time.thread_time``, what another process on a shared CPU
     disturbs least). Fewer rounds when one round would not fit ``budget_s`` times ``rounds``."""
     t0 = time.perf_counter()
@@ -297,8 +298,10 @@ def time_interleaved(fns: list[Callable[[], Any]], device: str, warmup: int, rou
     rounds = max(3, min(rounds, int(budget_s * len(fns) / max(per_round, 1e-6))))
     wall: list[list[float]] = [[] for _ in fns]
     cpu: list[list[float]] = [[] for _ in fns]
-    for _ in range(rounds):
-        for i, fn in enumerate(fns):
+    for r in range(rounds):
+        for j in range(len(fns)):
+            i = (r + j) % len(fns)
+            fn = fns[i]
             sync(device)
             t, c = time.perf_counter(), time.thread_time()
             fn()

@@ -55,7 +55,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # ============================================================================================ presets
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
-        "hidden": [16, 128], "batch": 128, "ks": [1, 5, 20], "warmup": 2, "repeats": 9, "budget_s": 1.0,
+        "hidden": [16, 128], "batch": 128, "ks": [1, 5, 20], "warmup": 2, "repeats": 11, "budget_s": 4.0,
         "ckpt_hidden": 128, "ckpt_ks": [20, 50], "rw_seeds": 1, "rw_inner_steps": 600, "acc_repeats": 3,
     },
     "full": {
