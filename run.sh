@@ -9,7 +9,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 . .venv/bin/activate
-if ! python -c "import bilevel, rl_adapters, minari, pytest" >/dev/null 2>&1 || [ "${REINSTALL:-0}" = 1 ]; then
+if ! python -c "import bilevel, rl_adapters, minari, pytest, xdist" >/dev/null 2>&1 || [ "${REINSTALL:-0}" = 1 ]; then
   python -m pip install -q --upgrade pip
   python -c "import torch" >/dev/null 2>&1 || python -m pip install -q "torch==2.13.0"
   python -m pip install -q -e ".[rl,bench,dev]"
