@@ -541,18 +541,3 @@ class InnerView:
     def unbound_module(self) -> nn.Module:
         """The wrapped module itself (its stored leaves: not for use inside a loss)."""
         return self._iv_module
-
-
-def module_params(module: nn.Module, names: Sequence[str]) -> Params:
-    """The current values of ``module``'s parameters ``names``, detached from any graph."""
-    lookup = dict(module.named_parameters())
-    return tuple(lookup[n].detach() for n in names)
-
-
-def write_params(module: nn.Module, names: Sequence[str], values: Sequence[torch.Tensor]) -> None:
-    """Copy ``values`` into ``module``'s parameter storage in place (optimisers holding them stay valid)."""
-    lookup = dict(module.named_parameters())
-    with torch.no_grad():
-        for n, v in zip(names, values):
-            lookup[n].copy_(v)
-

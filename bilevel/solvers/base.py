@@ -346,7 +346,8 @@ class Solver(abc.ABC):
         """Inner losses, outer loss and hypergradient norm as Python floats, raising
         :class:`NonFiniteError` if any of them (or any hypergradient entry) is NaN / inf.
 
-        Everything is packed into one tensor so that a CUDA run pays a single host sync per call.
+        On CUDA everything is packed into one tensor, so that a call pays a single host sync (a CPU scalar is read
+        directly: no sync to save there).
         """
         # The float64 norm is NaN / inf exactly when an entry is (finite entries overflow it only past ~1e308);
         # which parameter is not finite is worked out only on that (error) path.
