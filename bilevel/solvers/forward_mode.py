@@ -78,7 +78,7 @@ def _unroll_functional(
         return loss, (() if rec is None else _tensor_leaves(rec.pending))
 
     for batch in batches:
-        # The inner aux leaves grad_and_value as its aux: a tensor made inside it is unreadable afterwards.
+        # The inner aux leaves grad_and_value as its aux: a tensor made inside it would stay a functorch wrapper.
         grads, (loss, pending) = torch.func.grad_and_value(lambda th, b=batch: value(th, b), has_aux=True)(theta)
         if rec is not None:
             rec.pending = _with_tensors(rec.pending, pending)
