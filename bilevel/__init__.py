@@ -10,6 +10,7 @@
 from .factory import LINEAR_SOLVERS, MODES, check_solver, make_solver, solver_names
 from .functional import InnerView, StoredParameterError
 from .problem import NonFiniteError, Problem
+from .profiling import SavedBytes
 from .solvers import (
     F2SASolver,
     ImplicitSolver,
@@ -25,6 +26,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "LINEAR_SOLVERS", "MODES", "F2SASolver", "ImplicitSolver", "InnerView", "KStepSolver", "NonFiniteError",
-    "OneStepSolver", "Problem", "SOBASolver", "Solver", "StepInfo", "StoredParameterError", "check_solver",
+    "OneStepSolver", "Problem", "SOBASolver", "SavedBytes", "Solver", "StepInfo", "StoredParameterError", "check_solver",
     "linear", "make_solver", "solver_names",
 ]

@@ -23,6 +23,7 @@ import torch
 import torchopt
 
 import bilevel
+from bilevel import SavedBytes
 
 ROOT = Path(__file__).resolve().parent.parent
 IMG_DIR = ROOT / "docs" / "img"
@@ -77,61 +78,6 @@ def build_solver(
     """
     base, options = solver_options(name, steps=steps, **overrides)
     return bilevel.make_solver(base, problem, inner_optimizer, outer_optimizer, **options)
-
-
-class SavedBytes:
-    """``with SavedBytes() as m:`` tracks tensors saved for backward: ``m.peak`` is the largest total size of
-    distinct storages saved and still held by a graph (or a ``ctx``) at once.
-
-    The same measure as benchmarks/mixed_mode.py (kept separate so that examples do not import the benchmark
-    harness): the CPU stand-in for peak GPU memory, and the quantity the solvers trade against time.
-    """
-
-    def __init__(self) -> None:
-        self.live: dict[tuple[str, int], list[int]] = {}
-        self.current = self.peak = 0
-
-    def _pack(self, t: torch.Tensor) -> _Handle:
-        try:
-            storage = t.untyped_storage()
-            key, nbytes = (str(t.device), storage.data_ptr()), storage.nbytes()
-        except RuntimeError:  # a tensor without a python-visible storage (a forward-AD dual): count by size
-            key, nbytes = ("tensor", id(t)), t.nelement() * t.element_size()
-        entry = self.live.get(key)
-        if entry is None:
-            self.live[key] = [nbytes, 1]
-            self.current += nbytes
-            self.peak = max(self.peak, self.current)
-        else:
-            entry[1] += 1
-        return _Handle(self, key, t.detach())  # not t itself: a saved output would form a cycle with its node
-
-    def _release(self, key: tuple[str, int]) -> None:
-        entry = self.live[key]
-        entry[1] -= 1
-        if entry[1] == 0:
-            del self.live[key]
-            self.current -= entry[0]
-
-    def __enter__(self) -> SavedBytes:  # noqa: PYI034
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda h: h.tensor)
-        self._hooks.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._hooks.__exit__(*exc)
-
-
-class _Handle:
-    """Held by the graph in place of a saved tensor; releases its bytes from the count when the graph drops it."""
-
-    __slots__ = ("key", "meter", "tensor")
-
-    def __init__(self, meter: SavedBytes, key: tuple[str, int], tensor: torch.Tensor) -> None:
-        self.meter, self.key, self.tensor = meter, key, tensor
-
-    def __del__(self) -> None:
-        self.meter._release(self.key)
 
 
 def measure_step(step: Callable[[], object], *, repeats: int = 5) -> dict[str, Any]:
