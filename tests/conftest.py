@@ -17,6 +17,13 @@ from typing import Any
 import pytest
 import torch
 
+# The gallery's scripts import their sibling examples/gallery.py, as they do when run from examples/: tests
+# import them the same way (one place, instead of each test file editing sys.path).
+_EXAMPLES = str(Path(__file__).resolve().parent.parent / "examples")
+if _EXAMPLES not in sys.path:
+    sys.path.insert(0, _EXAMPLES)
+
+
 # The CI box has few shared cores; one thread also makes CPU results bitwise reproducible.
 torch.set_num_threads(1)
 

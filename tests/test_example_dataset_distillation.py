@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import importlib
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
 
 @pytest.fixture(scope="module")
 def distillation():
-    sys.path.insert(0, str(EXAMPLES))  # the example imports its sibling gallery.py
-    try:
-        yield importlib.import_module("dataset_distillation")
-    finally:
-        sys.path.remove(str(EXAMPLES))
+    return importlib.import_module("dataset_distillation")
 
 
 def test_distilled_images_beat_one_random_real_image_per_class(distillation):

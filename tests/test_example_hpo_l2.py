@@ -3,15 +3,10 @@ implicit hypergradient it follows is the true one (float64 closed form and finit
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
+import hpo_l2
 import torch
 import torch.nn.functional as F
 import torchopt
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
-import hpo_l2
 from gallery import build_solver
 
 

@@ -3,13 +3,8 @@ classifier retrained with them beats training on all the (corrupted) data."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 import hyper_cleaning
+import torch
 
 
 def test_quick_cleaning_beats_all_data_and_finds_the_corrupted_labels():

@@ -3,13 +3,8 @@ that plain training on the imbalanced data misses."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 import learning_to_reweight as l2rw
+import torch
 
 
 def test_quick_reweighting_beats_plain_training_on_rare_classes():

@@ -4,9 +4,7 @@ is MAML's (a hand-written unroll through the same SGD steps, float64)."""
 from __future__ import annotations
 
 import importlib
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,16 +13,10 @@ import torchopt
 
 import bilevel
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
 
 @pytest.fixture(scope="module")
 def maml():
-    sys.path.insert(0, str(EXAMPLES))  # the example imports its sibling gallery.py
-    try:
-        yield importlib.import_module("maml_sinusoid")
-    finally:
-        sys.path.remove(str(EXAMPLES))
+    return importlib.import_module("maml_sinusoid")
 
 
 def test_maml_init_beats_pretrained_baseline_on_held_out_tasks(maml):

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
+import gallery
 import pytest
 import torch
 import torchopt
 from torch import nn
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
-import gallery
 
 import bilevel
 
