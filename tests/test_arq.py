@@ -466,6 +466,39 @@ def test_advantage_baseline_is_the_mean_learned_q_over_valid_candidates(tiny_dat
     assert adv.tolist() == [-0.25] and w.tolist() == pytest.approx([math.exp(-0.5)])
 
 
+def test_policy_phase_weight_table_equals_per_batch_weights_and_follows_a_loaded_critic(tiny_dataset):
+    """The sequential policy phase looks its AWR weights up in a table built once from the frozen critic: the
+    table equals the per-batch computation (:meth:`advantage_weights`), an update with it equals an AWR step
+    with the per-batch weights, and loading a state (another critic) rebuilds it."""
+    data = load_dataset(tiny_dataset, "cpu")
+    algo = _arq_with_candidates(data, total_steps=20, q_steps=2, alpha=0.5)
+    gen = data.make_generator(2)
+    for _ in range(2):
+        algo.update(data.sample(32, gen))  # the Q-only phase moves the critic away from its initialisation
+    assert not algo.in_q_phase()
+    twin = _arq_with_candidates(data, total_steps=20, q_steps=2, alpha=0.5)
+    twin.load_state_dict(algo.state_dict())
+    batch = data.sample(32, gen)
+    w_ref, adv_ref = algo.advantage_weights(batch)
+    assert adv_ref.std() > 0 and w_ref.std() > 0
+    w, adv = algo.policy_phase_weights(batch)
+    torch.testing.assert_close(adv, adv_ref, rtol=0, atol=1e-6)
+    torch.testing.assert_close(w, w_ref, rtol=1e-6, atol=0)
+    assert algo._policy_table.shape == (2, data.observations.shape[0])
+    info = algo.update(batch)
+    twin.actor_update(batch, w_ref)  # the same step with the per-batch weights
+    assert info["awr_weight"] == pytest.approx(w_ref.mean().item(), rel=1e-6)
+    for a, b in zip(_params(algo.actor), _params(twin.actor)):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    other = _arq_with_candidates(data, total_steps=20, q_steps=2, alpha=0.5, seed=5)
+    for _ in range(2):
+        other.update(data.sample(32, gen))
+    algo.load_state_dict(other.state_dict())  # another critic: the table must follow it
+    torch.testing.assert_close(algo.policy_phase_weights(batch)[1], other.advantage_weights(batch)[1],
+                               rtol=0, atol=1e-6)
+    assert not torch.allclose(other.advantage_weights(batch)[1], adv_ref)
+
+
 def test_resume_is_bit_exact_across_the_q_to_policy_boundary_and_no_evaluation_before_it(tiny_dataset, tmp_path):
     hp = {"bm_steps": 15, "q_steps": 10}  # Q only: updates 16-25; policy: 26-40
     full = train(_arq_cfg(tiny_dataset, tmp_path / "full", **hp))
