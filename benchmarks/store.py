@@ -28,6 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 STORE = ROOT / "benchmarks" / "results"
 MAX_BYTES = 50_000  # a cell file above this is a bug (curves are downsampled)
 CURVE_POINTS = 40  # training curves keep at most this many points
+#: What an ARQ record keeps of its candidate generation (``arq_candidates.json``; the digest is left out).
+CANDIDATE_STATS = ("seconds", "states", "n_candidates", "valid_fraction", "logp_mean", "logp_median", "threads",
+                   "device", "sampler_steps", "corrector_steps", "ode_steps", "ode_method", "trace")
 EVAL_POINTS = 60  # and evaluation curves this many (a 50k-step cell evaluated every 5k steps has 10)
 SCATTER_EPISODES = 600  # VACO's per-trajectory (weight, return) pairs kept for the scatter plot (1,200 overflowed
 # MAX_BYTES on hopper medium-replay, 2,000+ episodes: 58 KB)
@@ -131,9 +134,13 @@ def record_from_run(run_dir: Path, *, algo: str, base_algo: str, variant_sets: S
     elif base_algo == "aspc":
         rec["stats"] = {"final_alpha": curves["alpha"][-1][1] if curves.get("alpha") else None}
     elif base_algo == "arq":
-        cost = run_dir / "candidates" / "cost.json"
+        from rl_adapters.algorithms.arq import CANDIDATE_INFO
+
+        # A run whose candidates came from its own cache (a resumed cell) keeps the first generation's file.
+        cost = run_dir / CANDIDATE_INFO
         if cost.exists():
-            rec["stats"] = {"candidates": json.loads(cost.read_text())}
+            info = json.loads(cost.read_text())
+            rec["stats"] = {"candidates": {k: info.get(k) for k in CANDIDATE_STATS}}
     return _round(rec)
 
 

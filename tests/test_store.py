@@ -254,3 +254,28 @@ def test_a_cell_another_live_process_trains_is_left_to_it(tmp_path: Path) -> Non
                           check=True)
     lock.write_text(dead.stdout.strip())
     assert grid_cells._claim(lock) is None  # the holder exited: taken over
+
+
+def test_an_arq_record_carries_its_candidate_cost(tiny_dataset: str, tmp_path: Path) -> None:
+    """The record of an ARQ cell keeps what generating its candidates cost and how many were kept, read from
+    the file the run writes (``arq_candidates.json``)."""
+    from rl_adapters.data import load_dataset
+    from rl_adapters.training import TrainConfig, train
+
+    hp = {"hidden_dim": 16, "batch_size": 32, "bm_steps": 10, "q_steps": 5, "bm_hidden_dim": 16, "bm_blocks": 1,
+          "n_candidates": 5, "k": 2, "sampler_steps": 4, "corrector_steps": 0, "ode_steps": 2,
+          "ode_method": "heun", "trace": "hutchinson"}
+    run = tmp_path / "arq"
+    train(TrainConfig(algo="arq", dataset=tiny_dataset, steps=20, seed=0, device="cpu", out=str(run), eval_every=5,
+                      eval_episodes=1, checkpoint_every=10, log_every=5, progress=False, plot=False, hparams=hp))
+    summary = json.loads((run / "summary.json").read_text())
+    rec = store.record_from_run(run, algo="arq", base_algo="arq", variant_sets=[], preset=None, value_steps=15,
+                                policy_steps=5, per_update=1, eval_every=5, eval_episodes=1, host="test",
+                                summary=summary)
+    cand = rec["stats"]["candidates"]
+    data = load_dataset(tiny_dataset)
+    assert cand["n_candidates"] == 5 and cand["sampler_steps"] == 4 and cand["trace"] == "hutchinson"
+    assert cand["seconds"] > 0 and 0 < cand["valid_fraction"] <= 1
+    # every observation and each episode's last next-observation
+    assert cand["states"] == data.observations.shape[0] + len(set(data.episode_ids.tolist()))
+    assert "digest" not in cand

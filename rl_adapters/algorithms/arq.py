@@ -78,6 +78,7 @@ __all__ = ["ARQ", "POLICIES", "SCHEDULES", "ARQConfig", "GaussianActor", "awr_we
 POLICIES = ("explicit", "implicit")
 SCHEDULES = ("sequential", "joint")
 CANDIDATE_FILE = "arq_candidates.pt"
+CANDIDATE_INFO = "arq_candidates.json"  # how long the candidates took and the share kept (the grid's records carry it)
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
 
@@ -339,7 +340,7 @@ class ARQ(Algorithm):
             info = {"seconds": seconds, "states": int(actions.shape[0]), "n_candidates": c.n_candidates,
                     "valid_fraction": valid.mean().item(), "logp_mean": logp.mean().item(),
                     "logp_median": logp.median().item(), "threads": torch.get_num_threads()} | key
-            (self._out / "arq_candidates.json").write_text(json.dumps(info, indent=2))
+            (self._out / CANDIDATE_INFO).write_text(json.dumps(info, indent=2))
             if self._progress:
                 print(f"ARQ: {actions.shape[0]} states x {c.n_candidates} candidates in {seconds:.0f} s, "
                       f"{100 * info['valid_fraction']:.1f}% valid", file=sys.stderr)
