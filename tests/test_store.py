@@ -130,6 +130,19 @@ def test_table_rows_from_records() -> None:
     assert t[4] == "| d | td3bc | (not run yet) | | | | | |"
 
 
+def test_an_arq_row_shows_its_candidate_cost_and_the_cpu_settings_bias() -> None:
+    cand = dict(grid_report.ARQ_CPU_SETTINGS, seconds=1500.0, valid_fraction=0.99)
+    rec = {"algo": "arq", "dataset": "d", "seed": 0, "policy_steps": 30, "wall_time_s": 1.0,
+           "stats": {"candidates": cand}, "eval_curve": [[10, 40.0]], "score_last3": 40.0,
+           "final_normalized_score": 40.0}
+    lines = grid_report.table([rec], ["arq"], ["d"]).splitlines()
+    assert lines[2].endswith("| candidates 25 min, 99.0% kept; CPU settings † |")
+    assert lines[-1] == grid_report.ARQ_CPU_NOTE and "+2.5 nats" in lines[-1]
+    paper = dict(cand, sampler_steps=500, corrector_steps=1, ode_steps=100, ode_method="rk4", trace="exact")
+    lines = grid_report.table([rec | {"stats": {"candidates": paper}}], ["arq"], ["d"]).splitlines()
+    assert lines[2].endswith("| candidates 25 min, 99.0% kept |") and len(lines) == 3
+
+
 # ------------------------------------------------------------------------------------------ filtered BC
 
 
