@@ -118,6 +118,16 @@ def last_step(run_dir: Path) -> int:
     return 0
 
 
+def skipped_steps(run_dir: Path) -> int:
+    """Updates ``run_dir``'s run took from a value cache instead of training them (0 without one)."""
+    from rl_adapters.training.config import VALUE_PHASE_FILE
+
+    try:
+        return int(json.loads((run_dir / VALUE_PHASE_FILE).read_text())["steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
 def _hms(s: float) -> str:
     s = int(s)
     return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
@@ -135,14 +145,26 @@ class Progress:
 
     def __post_init__(self) -> None:
         self.total = sum(c.steps for c in self.cells) or 1
+        self.finished_trained = 0  # updates the finished cells trained (cached ones left out)
         self.start_updates = self.updates(running=self.cells)
+        self.start_trained = self.trained(running=self.cells)
+
+    def _cell_updates(self, c: Cell) -> int:
+        return min(c.steps, last_step(self.out / "runs" / c.name) * max(1, len(c.group)))
 
     def updates(self, running: Sequence[Cell]) -> int:
         done = sum(c.steps for c in self.cells if c.name in self.finished)
-        return done + sum(min(c.steps, last_step(self.out / "runs" / c.name) * max(1, len(c.group)))
-                          for c in running if c.name not in self.finished)
+        return done + sum(self._cell_updates(c) for c in running if c.name not in self.finished)
+
+    def trained(self, running: Sequence[Cell]) -> int:
+        """:meth:`updates` less those the running cells took from a value cache: what the ETA's rate counts
+        (a restored value phase arrives in seconds and would make the ETA minutes where it is half an hour)."""
+        return self.finished_trained + sum(
+            max(0, self._cell_updates(c) - skipped_steps(self.out / "runs" / c.name))
+            for c in running if c.name not in self.finished)
 
     def cell_done(self, cell: Cell, result: dict[str, Any], t_cell: float | None = None) -> None:
+        self.finished_trained += max(0, self._cell_updates(cell) - skipped_steps(self.out / "runs" / cell.name))
         self.finished[cell.name] = result
         if result.get("skipped"):
             return
@@ -158,7 +180,7 @@ class Progress:
         elapsed = time.perf_counter() - self.t0
         done = self.updates(running)
         failed = sum(bool(r.get("failed")) for r in self.finished.values())
-        rate = (done - self.start_updates) / elapsed if elapsed > 0 else 0.0
+        rate = (self.trained(running) - self.start_trained) / elapsed if elapsed > 0 else 0.0
         eta = f", ETA ~{_hms((self.total - done) / rate)}" if rate > 0 and done < self.total else ""
         text = (f"[{self.tag}] {len(self.finished)}/{len(self.cells)} cells done"
                 + (f" ({failed} failed)" if failed else "")

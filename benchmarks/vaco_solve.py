@@ -132,7 +132,7 @@ def study(run_dir: Path, batches: int, dampings: list[float], iterations: list[i
         for s in settings:
             damp, k, reference = s
 
-            def mv(v: tuple[torch.Tensor, ...], damp: float = damp) -> tuple[torch.Tensor, ...]:
+            def mv(v: tuple[torch.Tensor, ...], damp: float = damp, hvp: Any = hvp) -> tuple[torch.Tensor, ...]:
                 return (hvp(v[0]) + damp * v[0],)
 
             res = conjugate_gradient(mv, (g,), k, tol=1e-10, stop_on_negative_curvature=not reference)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -290,3 +291,27 @@ def test_seeds_per_process_writes_each_seeds_result(tiny_dataset: str, tmp_path:
     # a second invocation finds every seed's result and trains nothing
     assert offline_rl.main(argv) == 0
     assert "4 cells: 4 finished earlier, 0 to run" in capsys.readouterr().out
+
+
+def test_the_eta_does_not_count_a_value_phase_restored_from_the_cache(tmp_path: Path, capsys) -> None:
+    """A cell that took its first 40 of 100 updates from a value cache shows them as done, but the rate the ETA
+    divides by counts only the updates trained: 10 + 10 here, not 60."""
+    from benchmarks.grid_cells import Cell
+
+    cells = [Cell("vaco-k_step", "d", 0, "vaco", steps=100), Cell("bc", "d", 0, "bc", steps=100)]
+    runs = tmp_path / "runs"
+    for c in cells:
+        (runs / c.name).mkdir(parents=True)
+        (runs / c.name / "metrics.jsonl").write_text("")
+    progress = grid.Progress("t", cells, tmp_path)
+    progress.t0 -= 10.0  # ten seconds in
+    (runs / cells[0].name / "metrics.jsonl").write_text("".join(json.dumps({"step": s}) + "\n" for s in (40, 50)))
+    (runs / cells[0].name / "value_phase.json").write_text(json.dumps({"from": "cache", "steps": 40}))
+    (runs / cells[1].name / "metrics.jsonl").write_text(json.dumps({"step": 10}) + "\n")
+    assert progress.updates(cells) == 60 and progress.trained(cells) == 20
+    line = progress.line(cells)
+    # 20 updates trained in 10 s, 140 to go: ~70 s (counting the cached 40 as trained would say ~23 s)
+    m = re.search(r"30% of 200 updates, elapsed 0m1\ds, ETA ~(\d+)m(\d+)s$", line)
+    assert m and 68 <= 60 * int(m[1]) + int(m[2]) <= 70, line
+    progress.cell_done(cells[0], {"skipped": True})
+    assert progress.trained(cells[1:]) == 20  # the finished cell's trained updates still count, its cached ones not

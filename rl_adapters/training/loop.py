@@ -47,7 +47,7 @@ from .checkpoint import (
     restore_checkpoint,
     save_checkpoint,
 )
-from .config import TrainConfig, clear_run_files, resolve_device
+from .config import VALUE_PHASE_FILE, TrainConfig, clear_run_files, resolve_device
 from .interrupts import StopOnSignals
 from .metrics import MetricsWindow, truncate_metrics
 from .plots import write_run_figures
@@ -460,6 +460,9 @@ def _loop(
             record.window = MetricsWindow(cached.get("log_window", {}), record.train_time)
             record.last_eval = cached.get("last_eval")
             record.from_cache, record.skipped_steps = str(cache.dir), phase.steps
+            # Says which updates came from the cache, so progress reports (the grid's ETA) do not count them
+            # as trained in the first seconds.
+            atomic_write_json(out / VALUE_PHASE_FILE, {"from": str(cache.dir), "steps": phase.steps})
             cache = None  # nothing to save
     algo.attach_data(data, out, progress=cfg.progress)  # precomputation over the whole dataset (ARQ's candidates)
 
