@@ -45,6 +45,7 @@ import copy
 import math
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -359,6 +360,8 @@ def generate_candidates(
     progress: bool = False,
     grid: str = "quadratic",
     announce: Callable[[str], None] | None = None,
+    resume: dict[str, Any] | None = None,
+    after_chunk: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` behaviour-model actions per state and their log-likelihoods: ``((S, n, d), (S, n))``.
 
@@ -366,16 +369,27 @@ def generate_candidates(
     comes from ``generator`` in a fixed order, so the result depends only on the model, the states, the
     settings, the chunk size and the generator's seed.  ``announce``, if given, receives after the first chunk
     (when more follow) one sentence estimating the whole generation's time from that chunk's.
+
+    Resumable: after each chunk ``after_chunk`` (if given) receives the state so far, ``{"done": states done,
+    "actions", "logp": their rows, "generator": the generator's state}``; passing such a state back as
+    ``resume`` continues from it with the same draws, so an interrupted generation ends bit for bit as an
+    uninterrupted one (the generation of a dataset's candidates can outlast a CPU session).
     """
     S = obs.shape[0]
     actions = torch.empty(S, n, model.act_dim, device=obs.device, dtype=obs.dtype)
     logp = torch.empty(S, n, device=obs.device, dtype=obs.dtype)
+    first = 0
+    if resume is not None:
+        first = int(resume["done"])
+        actions[:first], logp[:first] = resume["actions"].to(actions), resume["logp"].to(logp)
+        generator.set_state(resume["generator"].cpu())
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=S, disable=not progress, desc="ARQ candidates", unit="state", dynamic_ncols=True, leave=False)
+    bar = tqdm(total=S, initial=first, disable=not progress, desc="ARQ candidates", unit="state",
+               dynamic_ncols=True, leave=False)
     try:
         start = time.perf_counter()
-        for lo in range(0, S, chunk):
+        for lo in range(first, S, chunk):
             s = obs[lo : lo + chunk].repeat_interleave(n, dim=0)
             a = model.sample(s, sampler_steps, corrector_steps, snr, generator, grid)
             ll = model.log_likelihood(s, a, ode_steps, ode_method, trace, generator)
@@ -383,10 +397,13 @@ def generate_candidates(
             actions[lo : lo + m] = a.reshape(m, n, -1)
             logp[lo : lo + m] = ll.reshape(m, n)
             bar.update(m)
-            if lo == 0 and announce is not None and m < S:
+            if lo == first and announce is not None and lo + m < S:
                 took = time.perf_counter() - start
-                announce(f"generating {n} candidates for {S:,} states: ~{_duration(took * S / m)} at this rate "
-                         f"(the first {m:,} states took {took:.1f} s)")
+                announce(f"generating {n} candidates for {S - lo:,} states: ~{_duration(took * (S - lo) / m)} at "
+                         f"this rate (the first {m:,} states took {took:.1f} s)")
+            if after_chunk is not None and lo + m < S:
+                after_chunk({"done": lo + m, "actions": actions[: lo + m], "logp": logp[: lo + m],
+                             "generator": generator.get_state()})
     finally:
         bar.close()
     return actions, logp

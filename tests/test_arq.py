@@ -297,6 +297,57 @@ def test_resume_is_bit_exact_across_behavior_phase_and_candidate_cache(tiny_data
     assert any(r.get("phase") == 2.0 for r in rows(tmp_path / "full"))
 
 
+def test_an_interrupted_candidate_generation_continues_from_its_finished_chunks(tiny_dataset, tmp_path, monkeypatch):
+    """A generation stopped after some chunks (the end of a session) leaves them in arq_candidates.partial.pt;
+    the next attempt continues from there and ends bit for bit where an uninterrupted one does."""
+    data = load_dataset(tiny_dataset, "cpu")
+    hp = {"hidden_dim": 16, "bm_steps": 10, "bm_hidden_dim": 8, "bm_blocks": 1, "n_candidates": 4, "k": 2,
+          "sampler_steps": 3, "corrector_steps": 1, "ode_steps": 2, "ode_method": "heun", "trace": "hutchinson",
+          "candidate_chunk": 16}
+
+    def fresh(out):
+        algo = make_algorithm("arq", data.obs_dim, data.act_dim, data.stats, seed=4, total_steps=30, **hp)
+        algo.attach_data(data, out)
+        return algo
+
+    whole = fresh(tmp_path / "whole")
+    (tmp_path / "whole").mkdir()
+    whole.ensure_candidates()
+    n_states = whole.candidates.shape[0]
+    assert n_states > 3 * 16  # several chunks
+
+    class Stop(Exception):
+        pass
+
+    real, starts = arq_module.generate_candidates, []
+
+    def stopping(*a, after_chunk=None, resume=None, **kw):
+        starts.append(0 if resume is None else int(resume["done"]))
+
+        def then_stop(state):
+            after_chunk(state)
+            if state["done"] >= 32:
+                raise Stop
+
+        return real(*a, after_chunk=then_stop if not starts[1:] else after_chunk, resume=resume, **kw)
+
+    monkeypatch.setattr(arq_module, "PARTIAL_EVERY_S", 0.0)  # save after every chunk
+    monkeypatch.setattr(arq_module, "generate_candidates", stopping)
+    (tmp_path / "part").mkdir()
+    with pytest.raises(Stop):
+        fresh(tmp_path / "part").ensure_candidates()
+    partial = tmp_path / "part" / arq_module.CANDIDATE_PARTIAL
+    assert partial.exists() and not (tmp_path / "part" / arq_module.CANDIDATE_FILE).exists()
+    resumed = fresh(tmp_path / "part")
+    resumed.ensure_candidates()
+    assert starts == [0, 32]  # the second attempt began after the two saved chunks
+    assert torch.equal(resumed.candidates, whole.candidates)
+    assert torch.equal(resumed.candidate_logp, whole.candidate_logp)
+    assert not partial.exists() and (tmp_path / "part" / arq_module.CANDIDATE_FILE).exists()
+    info = json.loads((tmp_path / "part" / arq_module.CANDIDATE_INFO).read_text())
+    assert info["seconds"] > 0 and info["states"] == n_states
+
+
 def test_stale_candidate_cache_is_regenerated(tiny_dataset, tmp_path):
     """A cache written for other settings (or another behaviour model) is not used."""
     cfg = _arq_cfg(tiny_dataset, tmp_path / "r", steps=20)

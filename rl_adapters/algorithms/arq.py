@@ -78,6 +78,8 @@ __all__ = ["ARQ", "POLICIES", "SCHEDULES", "ARQConfig", "GaussianActor", "awr_we
 POLICIES = ("explicit", "implicit")
 SCHEDULES = ("sequential", "joint")
 CANDIDATE_FILE = "arq_candidates.pt"
+CANDIDATE_PARTIAL = "arq_candidates.partial.pt"  # the finished chunks of a generation not yet complete
+PARTIAL_EVERY_S = 60.0  # how often (seconds) a running generation saves its finished chunks
 CANDIDATE_INFO = "arq_candidates.json"  # how long the candidates took and the share kept (the grid's records carry it)
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
@@ -323,13 +325,34 @@ class ARQ(Algorithm):
                 return
         gen = torch.Generator(device=self.device)
         gen.manual_seed(self.seed + 3)
-        start = time.perf_counter()
+        # A generation stopped part-way (a session's end) left its finished chunks here: continue from them.
+        partial = self._out / CANDIDATE_PARTIAL if self._out is not None else None
+        resume, earlier = None, 0.0
+        if partial is not None and partial.exists():
+            saved = torch.load(partial, map_location=self.device, weights_only=True)
+            if saved.get("key") == key:
+                resume, earlier = saved, float(saved["seconds"])
+                print(f"ARQ: continuing the candidates from state {int(saved['done']):,} ({partial.name})",
+                      file=sys.stderr, flush=True)
+        start = last_save = time.perf_counter()
+
+        def save_partial(state: dict[str, Any]) -> None:
+            nonlocal last_save
+            if partial is None or time.perf_counter() - last_save < PARTIAL_EVERY_S:
+                return
+            tmp = partial.with_name(partial.name + ".tmp")
+            torch.save({"key": key, "seconds": earlier + time.perf_counter() - start}
+                       | {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in state.items()}, tmp)
+            tmp.replace(partial)
+            last_save = time.perf_counter()
+
         actions, logp = generate_candidates(
             self.behavior, self._state_obs, c.n_candidates, c.sampler_steps, c.corrector_steps, c.snr, c.ode_steps,
             c.ode_method, c.trace, gen, c.candidate_chunk, self._progress, c.sampler_grid,
             announce=lambda text: print(f"ARQ: {text}", file=sys.stderr, flush=True),
+            resume=resume, after_chunk=save_partial,
         )
-        seconds = time.perf_counter() - start
+        seconds = earlier + time.perf_counter() - start
         self.set_candidates(actions, logp)
         self.warn_if_few_valid()
         if path is not None:
@@ -341,6 +364,7 @@ class ARQ(Algorithm):
                     "valid_fraction": valid.mean().item(), "logp_mean": logp.mean().item(),
                     "logp_median": logp.median().item(), "threads": torch.get_num_threads()} | key
             (self._out / CANDIDATE_INFO).write_text(json.dumps(info, indent=2))
+            partial.unlink(missing_ok=True)
             if self._progress:
                 print(f"ARQ: {actions.shape[0]} states x {c.n_candidates} candidates in {seconds:.0f} s, "
                       f"{100 * info['valid_fraction']:.1f}% valid", file=sys.stderr)

@@ -194,7 +194,7 @@ def check_out_dir(out: str) -> None:
 #: Entries ``bilevel-rl train`` writes into a run directory besides ``*.png`` figures, ``*.tmp`` files of atomic
 #: writes and the ``seed<k>/`` folders of a multi-seed run (``weights/``: ``analyze-weights``' default output).
 _RUN_ENTRIES = {"config.json", "metrics.jsonl", "checkpoint.pt", "summary.json", "tb", "weights",
-                "arq_candidates.pt", "arq_candidates.json", "value_phase.json"}
+                "arq_candidates.pt", "arq_candidates.json", "arq_candidates.partial.pt", "value_phase.json"}
 #: Written by a run that took its value phase from ``--value-cache``: ``{"from": entry, "steps": updates}``.
 VALUE_PHASE_FILE = "value_phase.json"
 
