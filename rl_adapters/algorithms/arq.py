@@ -477,8 +477,8 @@ class ARQ(Algorithm):
         The sequential policy phase never changes the critic, so every transition's ``(w, A)`` is fixed for the
         whole phase: computing them once over the dataset (in chunks of ``batch_size``, the same products a batch
         would take) costs one pass over its state-candidate pairs, where recomputing them per batch was nearly all
-        of each policy update (CPU, hopper medium, batch 512, 30 candidates: 256 ms per update with them,
-        9.6 ms without, 38 s for the table; docs/algorithms.md). ``tests/test_arq.py`` checks the table against
+        of each policy update (CPU, hopper medium, batch 512, 30 candidates: 256 ms per update recomputing them,
+        9.6 ms looking them up, 38 s for the table; docs/algorithms.md). ``tests/test_arq.py`` checks the table against
         the per-batch values."""
         if self._policy_table is None:
             obs, _ = self._data.normalized_observations()
