@@ -338,6 +338,8 @@ def test_an_interrupted_candidate_generation_continues_from_its_finished_chunks(
         fresh(tmp_path / "part").ensure_candidates()
     partial = tmp_path / "part" / arq_module.CANDIDATE_PARTIAL
     assert partial.exists() and not (tmp_path / "part" / arq_module.CANDIDATE_FILE).exists()
+    saved = torch.load(partial, weights_only=True)
+    assert saved["actions"].untyped_storage().nbytes() == saved["actions"].nbytes  # only the rows done
     resumed = fresh(tmp_path / "part")
     resumed.ensure_candidates()
     assert starts == [0, 32]  # the second attempt began after the two saved chunks

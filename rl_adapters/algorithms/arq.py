@@ -341,8 +341,9 @@ class ARQ(Algorithm):
             if partial is None or time.perf_counter() - last_save < PARTIAL_EVERY_S:
                 return
             tmp = partial.with_name(partial.name + ".tmp")
+            # clone: torch.save writes a slice's whole storage, i.e. every row, done or not
             torch.save({"key": key, "seconds": earlier + time.perf_counter() - start}
-                       | {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in state.items()}, tmp)
+                       | {k: (v.cpu().clone() if torch.is_tensor(v) else v) for k, v in state.items()}, tmp)
             tmp.replace(partial)
             last_save = time.perf_counter()
 
