@@ -28,12 +28,12 @@ ROOT = Path(__file__).resolve().parent.parent
 STORE = ROOT / "benchmarks" / "results"
 MAX_BYTES = 50_000  # a cell file above this is a bug (curves are downsampled)
 CURVE_POINTS = 40  # training curves keep at most this many points
-#: What an ARQ record keeps of its candidate generation (``arq_candidates.json``; the digest is left out).
-CANDIDATE_STATS = ("seconds", "states", "n_candidates", "valid_fraction", "logp_mean", "logp_median", "threads",
-                   "device", "sampler_steps", "corrector_steps", "ode_steps", "ode_method", "trace")
 EVAL_POINTS = 60  # and evaluation curves this many (a 50k-step cell evaluated every 5k steps has 10)
 SCATTER_EPISODES = 600  # VACO's per-trajectory (weight, return) pairs kept for the scatter plot (1,200 overflowed
 # MAX_BYTES on hopper medium-replay, 2,000+ episodes: 58 KB)
+#: What an ARQ record keeps of its candidate generation (``arq_candidates.json``; the digest is left out).
+CANDIDATE_STATS = ("seconds", "states", "n_candidates", "valid_fraction", "logp_mean", "logp_median", "threads",
+                   "device", "sampler_steps", "corrector_steps", "ode_steps", "ode_method", "trace")
 # Settings of a run that are not algorithm hyper-parameters but change its result; a stored cell must match.
 RUN_KEYS = ("policy_steps", "value_steps", "eval_every", "eval_episodes")
 

@@ -489,8 +489,8 @@ class ARQ(Algorithm):
                 idx = torch.arange(lo, min(lo + chunk, n), device=obs.device)
                 parts.append(torch.stack(self._weights(obs[idx], self._data.actions[idx], idx, self.critic)))
             self._policy_table = torch.cat(parts, 1)
-        w, adv = self._policy_table[:, batch.indices]
-        return w, adv
+        table = self._policy_table[:, batch.indices]
+        return table[0], table[1]
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._policy_table = None  # computed from the critic this state replaces
