@@ -79,8 +79,8 @@ def plan(smoke: bool, dataset: str | None) -> list[Job]:
                                      "--seconds", "5", "--repeats", "2", "--save", "{out}/throughput_cuda.json"), 120,
             done_if="{out}/throughput_cuda.json"),
         Job("ARQ cells (paper sampler), seed 0", _grid("arq-paper", "one_step", ARQ_SETS, "0", "cuda"), 2400,
-            "the longest: continues on the next machine from its checkpoints; first, as a CPU cell takes ~3 h "
-            "with the CPU sampler"),
+            "the longest: continues on the next machine from its checkpoints; first, as a CPU cell takes ~2 h "
+            "with the CPU sampler and the paper's sampler is unaffordable there"),
         Job("VACO implicit cells of the VACO comparison the store lacks (seeds 0-2)",
             _grid("vaco", "implicit", vaco_sets, "0,1,2", "cuda"), 400 * 6, "~400 s a cell"),
         Job("VACO K-step cells of the VACO comparison the store lacks (seeds 0-2)",

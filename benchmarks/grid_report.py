@@ -53,9 +53,10 @@ def _arq_candidates(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def table(records: Sequence[dict[str, Any]], algos: Sequence[str], datasets: Sequence[str],
-          baseline: str = "bc") -> str:
+          baseline: str = "bc", if_run: Sequence[str] = ()) -> str:
     """One row per (dataset, algorithm): score = mean of each seed's last three evaluations, then mean ±
-    sample std over seeds (n=1 shows no ±); the final evaluation beside it; Welch t against ``baseline``."""
+    sample std over seeds (n=1 shows no ±); the final evaluation beside it; Welch t against ``baseline``.
+    An algorithm in ``if_run`` gets no "not run yet" row."""
     lines = [
         (f"| dataset | algorithm | score: last 3 evals, mean ± std (n) | final eval | Welch t vs {baseline} | "
          "policy steps | wall time (s) | VACO lift, weight/return r, ESS; ASPC alpha; ARQ candidates |"),
@@ -67,7 +68,8 @@ def table(records: Sequence[dict[str, Any]], algos: Sequence[str], datasets: Seq
         for algo in algos:
             rows = sorted((r for r in records if r["algo"] == algo and r["dataset"] == ds), key=lambda r: r["seed"])
             if not rows:
-                lines.append(f"| {ds} | {algo} | (not run yet) | | | | | |")
+                if algo not in if_run:
+                    lines.append(f"| {ds} | {algo} | (not run yet) | | | | | |")
                 continue
             scores = [r["score_last3"] for r in rows]
             finals = [r["final_normalized_score"] for r in rows]

@@ -112,7 +112,8 @@ PRESETS: dict[str, dict[str, object]] = {
         "section": "offline_rl_full",
     },
     "equal": {
-        "algos": "bc,bc-top10,bc-top25,td3bc,iql,vaco,aspc,td3bc-rc",
+        # arq: the CPU sampler settings; arq-paper (a GPU's cells) is shown where the store has it (SHOWN_IF_STORED)
+        "algos": "bc,bc-top10,bc-top25,td3bc,iql,vaco,aspc,td3bc-rc,arq",
         "datasets": ",".join(f"suite/{env}/{kind}" for env in ("hopper", "halfcheetah")
                              for kind in ("medium-expert", "medium-replay-v0", "medium-v0")),
         "seeds": "0,1,2",
@@ -124,6 +125,12 @@ PRESETS: dict[str, dict[str, object]] = {
         "section": "offline_rl_equal",
     },
 }
+
+
+#: Variants a preset's section shows only where the store has their records, without "not run yet" rows: cells
+#: that only a GPU affords (``python -m benchmarks.gpu_campaign`` runs them), so that a CPU's ``--next`` never
+#: starts one.
+SHOWN_IF_STORED: dict[str, list[str]] = {"equal": ["arq-paper"]}
 
 
 def expand_solvers(algos: list[str], solvers: list[str]) -> list[str]:
@@ -182,17 +189,21 @@ def render(args: argparse.Namespace, algos: list[str], datasets: list[str], img:
     revision); figures go to ``img`` and are linked as ``img/<name>``."""
     recs = store.load(result_dir(args))
     cells = make_cells([(a, d, s) for d in datasets for a in algos for s in parse_seeds(args.seeds)], args)
+    extra = [a for a in SHOWN_IF_STORED.get(args.preset or "", [])
+             if a not in algos and any(r.get("algo") == a for r in recs.values())]
     current, stale = [], []
-    for c in cells:
+    for c in cells + make_cells([(a, d, s) for d in datasets for a in extra for s in parse_seeds(args.seeds)], args):
         st, why = cell_status(c, args)
         if st == "done":
             current.append(recs[c.name])
         elif st == "stale":
             stale.append(f"{c.name} ({why})")
-    body = grid_report.table(current, algos, datasets)
+    shown = algos + [a for a in extra if any(r["algo"] == a for r in current)]
+    n_extra = sum(r["algo"] in extra for r in current)
+    body = grid_report.table(current, shown, datasets, if_run=extra)
     figs = ""
     for kind, ok, caption in (
-        ("curves", lambda p: grid_report.learning_curves(current, algos, datasets, p), "learning curves"),
+        ("curves", lambda p: grid_report.learning_curves(current, shown, datasets, p), "learning curves"),
         ("vaco_weights", lambda p: grid_report.vaco_weights(current, p), "VACO trajectory weight vs return"),
         ("vaco_weight_stats", lambda p: grid_report.train_curve_panel(
             current, [("w_ess", "batch ESS fraction"), ("w_raw_mean", "raw sigmoid weight, batch mean"),
@@ -210,12 +221,13 @@ def render(args: argparse.Namespace, algos: list[str], datasets: list[str], img:
     store_rel = f"benchmarks/results/{args.preset}" if args.preset else os.path.relpath(result_dir(args), ROOT)
     headline = (f"Score per cell: the mean of its last three evaluations; cell: mean over seeds (n). "
                 f"{args.steps} policy steps. Section: [{title}](#{_anchor(title)}).\n\n"
-                + grid_report.summary(current, algos, datasets))
+                + grid_report.summary(current, shown, datasets))
     return (
         f"## {title}\n\n"
         f"Rendered from the committed cell records in `{store_rel}/` alone "
         f"(`python -m benchmarks.offline_rl{' --preset ' + args.preset if args.preset else ''} --report-only`); "
-        f"{len(current)} of {len(cells)} cells finished"
+        f"{len(current) - n_extra} of {len(cells)} cells finished"
+        + (f", plus {n_extra} {'/'.join(shown[len(algos):])} cell(s) (run on a GPU)" if n_extra else "")
         + (f", {len(stale)} stale (recorded with other settings; `--next` reruns them)" if stale else "")
         + f". Cells ran at git {', '.join(revs) if revs else '-'}; each record names its machine.\n\n"
         f"**Budget:** {args.steps} policy gradient steps per cell (equal budget = equal policy steps: VACO K-step "
@@ -223,7 +235,7 @@ def render(args: argparse.Namespace, algos: list[str], datasets: list[str], img:
         "second iteration, so their actor takes half as many steps"
         + (f"; VACO cells first train {args.vaco_value_steps} IQL value-only updates (not policy steps)"
            if args.vaco_value_steps else "")
-        + _arq_budget(args, algos)
+        + _arq_budget(args, shown)
         + f". Batch 256. **Score:** the mean of a seed's last three evaluations ({args.eval_episodes} episodes "
         f"each, every {args.eval_every} policy steps), then mean ± sample std (ddof 1) over seeds; n=1 shows no ±. "
         "Normalised score = 100 (R - ref_min) / (ref_max - ref_min).\n"

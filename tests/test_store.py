@@ -115,6 +115,34 @@ def test_equal_section_re_renders_byte_for_byte_from_the_committed_records(tmp_p
     assert (tmp_path / "headline.md").read_text().rstrip() == _section("offline_rl_equal_headline")
 
 
+def test_the_equal_section_shows_gpu_only_cells_only_where_stored(tmp_path: Path) -> None:
+    """ARQ with the CPU settings is a cell of the equal preset ("not run yet" until it runs); ARQ with the paper's
+    sampler (a GPU's cell) gets a row only once its record is in the store, and the count says so."""
+    import shutil
+
+    copy = tmp_path / "store"
+    shutil.copytree(store.STORE / "equal", copy, ignore=shutil.ignore_patterns("stale"))
+    out = tmp_path / "out"
+    assert offline_rl.main(["--preset", "equal", "--report-only", "--out", str(out), "--store", str(copy)]) == 0
+    text = (out / "report.md").read_text()
+    assert "| suite/hopper/medium-expert | arq | (not run yet) |" in text and "arq-paper" not in text
+    n_cells = 3 * 6 * 11  # seeds x datasets x (8 algorithms, VACO's three solvers, ARQ)
+    assert f"of {n_cells} cells finished." in text
+
+    # a record of the paper-sampler variant, with the hyper-parameters the code would use for it now
+    rec = json.loads((copy / "arq__suite_hopper_medium-v0__s0.json").read_text())
+    rec |= {"algo": "arq-paper", "variant_sets": [], "score_last3": 61.0,
+            "hparams": rec["hparams"] | store._round(store.expected_hparams("arq", grid_cells.arq_sets(
+                argparse.Namespace(arq_bm_steps=50_000, arq_q_steps=None, steps=50_000), [])))}
+    (copy / "arq-paper__suite_hopper_medium-v0__s0.json").write_text(json.dumps(rec))
+    assert offline_rl.main(["--preset", "equal", "--report-only", "--out", str(out), "--store", str(copy)]) == 0
+    text = (out / "report.md").read_text()
+    assert "| suite/hopper/medium-v0 | arq-paper | 61.0 (n=1) |" in text
+    assert "| suite/hopper/medium-expert | arq-paper |" not in text  # no "not run yet" rows for it
+    assert f"of {n_cells} cells finished, plus 1 arq-paper cell(s) (run on a GPU)." in text
+    assert "arq-paper" in (out / "headline.md").read_text().splitlines()[2]
+
+
 def test_table_rows_from_records() -> None:
     def rec(algo: str, seed: int, curve: list[float]) -> dict:
         return {"algo": algo, "dataset": "d", "seed": seed, "policy_steps": 30, "wall_time_s": 1.0, "stats": {},
