@@ -348,6 +348,40 @@ def test_an_interrupted_candidate_generation_continues_from_its_finished_chunks(
     assert not partial.exists() and (tmp_path / "part" / arq_module.CANDIDATE_FILE).exists()
     info = json.loads((tmp_path / "part" / arq_module.CANDIDATE_INFO).read_text())
     assert info["seconds"] > 0 and info["states"] == n_states
+    # The interrupted attempt's seconds were never checkpointed: the resumed run carries them into its wall time.
+    assert whole.carried_seconds() == 0.0
+    assert resumed.carried_seconds() == float(saved["seconds"]) > 0
+    assert info["seconds"] > float(saved["seconds"])
+
+
+def test_candidate_time_an_interrupted_run_reused_is_in_the_wall_time(tiny_dataset, tmp_path, monkeypatch):
+    """Killed after its candidates were saved but before the next checkpoint (a session's end), a run resumes
+    from the behaviour-model checkpoint and loads them: their generation time joins its wall time, once."""
+    cfg = _arq_cfg(tiny_dataset, tmp_path / "run")
+    assert train(cfg, max_steps_this_session=15)["status"] == "interrupted"  # checkpoint at the last BM step
+
+    class Killed(Exception):
+        pass
+
+    def killed(self, batch):
+        raise Killed
+
+    with monkeypatch.context() as m:  # the candidates are made and saved, then the process dies
+        m.setattr(arq_module.ARQ, "critic_update", killed)
+        with pytest.raises(Killed):
+            train(cfg, resume=True)
+    info_path = tmp_path / "run" / arq_module.CANDIDATE_INFO
+    assert _ckpt(tmp_path / "run")["step"] == 15 and info_path.exists()
+    info = json.loads(info_path.read_text())
+    info["seconds"] = 10_000.0  # far above the rest of this tiny run, so the sum shows
+    info_path.write_text(json.dumps(info))
+    wall_at_bm = _ckpt(tmp_path / "run")["wall_time_s"]
+    # stopped again at step 20 (after the candidates), then to the end: the 10,000 s are counted once
+    part = train(cfg, resume=True, max_steps_this_session=5)
+    assert part["status"] == "interrupted" and 10_000.0 + wall_at_bm < part["wall_time_s"]
+    summary = train(cfg, resume=True)
+    assert summary["status"] == "finished"
+    assert part["wall_time_s"] < summary["wall_time_s"] < 10_000.0 + wall_at_bm + 600
 
 
 def test_stale_candidate_cache_is_regenerated(tiny_dataset, tmp_path):

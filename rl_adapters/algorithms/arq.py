@@ -266,6 +266,7 @@ class ARQ(Algorithm):
         self.candidate_valid: torch.Tensor | None = None  # (S, N) bool, >= 1 True per row
         self.next_state: torch.Tensor | None = None  # transition index -> state index of s'
         self._policy_table: torch.Tensor | None = None  # (2, T): w and A per transition, sequential policy phase
+        self._carried = 0.0  # candidate seconds an interrupted invocation spent that this one reuses
 
     def build_optimizers(self) -> None:
         c = self.config
@@ -317,11 +318,17 @@ class ARQ(Algorithm):
                                "(bilevel-rl train does this); call it with the training data")
         c = self.config
         key = self._cache_key()
+        # Candidates are made at the first update after the behaviour model, so a run resumed from a checkpoint
+        # at or before that step reuses candidate work its wall time has not counted (see carried_seconds).
+        uncounted = self.step <= self.bm_steps
         path = self._out / CANDIDATE_FILE if self._out is not None else None
         if path is not None and path.exists():
             saved = torch.load(path, map_location=self.device, weights_only=True)
             if saved.get("key") == key:
                 self.set_candidates(saved["actions"], saved["logp"])
+                info = self._out / CANDIDATE_INFO
+                if uncounted and info.exists():
+                    self._carried = float(json.loads(info.read_text()).get("seconds", 0.0))
                 return
         gen = torch.Generator(device=self.device)
         gen.manual_seed(self.seed + 3)
@@ -332,6 +339,7 @@ class ARQ(Algorithm):
             saved = torch.load(partial, map_location=self.device, weights_only=True)
             if saved.get("key") == key:
                 resume, earlier = saved, float(saved["seconds"])
+                self._carried = earlier if uncounted else 0.0
                 print(f"ARQ: continuing the candidates from state {int(saved['done']):,} ({partial.name})",
                       file=sys.stderr, flush=True)
         start = last_save = time.perf_counter()
@@ -539,6 +547,9 @@ class ARQ(Algorithm):
         logits = c.alpha * (q - q.mean(1, keepdim=True))
         pick = torch.multinomial(torch.softmax(logits, 1), 1, generator=self.act_generator).squeeze(1)
         return cand.reshape(B, c.n_candidates, -1)[torch.arange(B, device=obs.device), pick]
+
+    def carried_seconds(self) -> float:
+        return self._carried
 
     def extra_state(self) -> dict[str, Any]:
         return {"act_generator": self.act_generator.get_state()}

@@ -271,6 +271,11 @@ class Algorithm(abc.ABC):
             elif hasattr(self, a):
                 delattr(self, a)  # not set yet when the checkpoint was written
 
+    def carried_seconds(self) -> float:
+        """Seconds of work an interrupted earlier invocation did after its last checkpoint that this one reused
+        instead of redoing (ARQ's candidates); the trainer adds them to the run's wall time. Override."""
+        return 0.0
+
     def extra_state(self) -> dict[str, Any]:
         """Anything else that must survive a checkpoint (e.g. running averages); override."""
         return {}

@@ -317,20 +317,25 @@ class _RunRecord:
         self.last_eval = row["eval_normalized_score"] if self.cfg.normalized_score else row["eval_return"]
         self.log(row)
 
-    def checkpoint_extra(self, step: int, session_start: float) -> dict[str, Any]:
+    def wall_time(self, algo: Algorithm, session_start: float) -> float:
+        """The run's wall time so far: what its last checkpoint counted, the work of an interrupted invocation
+        after that checkpoint that this one reused (:meth:`Algorithm.carried_seconds`), and this invocation."""
+        return self.prev_wall + algo.carried_seconds() + time.perf_counter() - session_start
+
+    def checkpoint_extra(self, step: int, session_start: float, algo: Algorithm) -> dict[str, Any]:
         """What a checkpoint holds besides the algorithm and the RNGs."""
         return {
             "step": step,
             "train_time_s": self.train_time,
             "last_eval": self.last_eval,
-            "wall_time_s": self.prev_wall + time.perf_counter() - session_start,
+            "wall_time_s": self.wall_time(algo, session_start),
             "config": dataclasses.asdict(self.cfg),
             "log_window": self.window.state(),
             "value_phase_from": self.from_cache,
         }
 
     def checkpoint(self, step: int, algo: Algorithm, sampler: torch.Generator, session_start: float) -> None:
-        save_checkpoint(self.ckpt_path, algo, sampler, self.checkpoint_extra(step, session_start))
+        save_checkpoint(self.ckpt_path, algo, sampler, self.checkpoint_extra(step, session_start, algo))
         self.last_ckpt = step
 
     def finish(self, step: int, status: str, algo: Algorithm, sampler: torch.Generator, data: OfflineData,
@@ -360,7 +365,7 @@ class _RunRecord:
                 )
                 self.last_eval = final["eval_normalized_score"] if cfg.normalized_score else final["eval_return"]
             self.checkpoint(step, algo, sampler, session_start)
-        summary["wall_time_s"] = self.prev_wall + time.perf_counter() - session_start
+        summary["wall_time_s"] = self.wall_time(algo, session_start)
         summary["hparams"] = dataclasses.asdict(algo.config)
         if self.writer is not None:
             self.writer.close()
@@ -497,7 +502,7 @@ def _loop(
                     checkpoint_all(step)
                 if cache is not None and step == phase.steps and not cache.exists():
                     cache.save(algo, run.samplers[0], records[0].metrics_path,
-                               records[0].checkpoint_extra(step, session_start))
+                               records[0].checkpoint_extra(step, session_start, run.members[0]))
                 bar.update(1)
                 if step < cfg.steps and _stopping(stop, max_steps_this_session, step - start):
                     checkpoint_all(step)
