@@ -51,7 +51,8 @@ def _grid(algos: str, solvers: str, datasets: str, seeds: str, device: str, extr
             datasets, "--seeds", seeds, "--device", device, "--workers", "1", *extra)
 
 
-#: The CPU lane's algorithms: everything of the equal preset the GPU lane does not run.
+#: The CPU lane's algorithms: everything of the equal preset the GPU lane does not run, except ARQ with the CPU
+#: settings (~2 h a cell on one core: longer than a loan; the GPU lane runs ARQ with the paper's sampler).
 CPU_LANE_ALGOS = "bc,bc-top10,bc-top25,td3bc,iql,aspc,td3bc-rc,vaco"
 
 #: ARQ with the paper's candidate sampler (its defaults: no CPU shortcuts), on the sets the ARQ item names.
