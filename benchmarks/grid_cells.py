@@ -184,36 +184,63 @@ def run_cell(algo: str, dataset: str, seed: int, args: argparse.Namespace,
     run_dir = out / "runs" / name
     log = out / "logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    holder = _claim(log.with_suffix(".lock"))
+    holder = _claim(lock_path(out, name))
     if holder is not None:  # two grids on one machine (e.g. two --next runs) must never train one cell together
         return {"algo": algo, "dataset": dataset, "seed": seed, "failed": True,
                 "error": f"being trained by another process (pid {holder}); left to it"}
     try:
         return _run_cell(algo, dataset, seed, args, variant, group, out, results_at, seeds, names, name, run_dir, log)
     finally:
-        log.with_suffix(".lock").unlink(missing_ok=True)
+        lock_path(out, name).unlink(missing_ok=True)
+
+
+def lock_path(out: Path, name: str) -> Path:
+    """The claim file of the cell (or seed group) ``name`` training under ``out``."""
+    return out / "logs" / f"{name}.lock"
+
+
+def live_holder(lock: Path) -> int | None:
+    """The pid of the live process that holds ``lock``; None when none does (no file, or its holder died)."""
+    try:
+        pid = int(lock.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    if pid <= 0:  # os.kill(0, 0) would probe our own process group and call it alive
+        return None
+    try:
+        os.kill(pid, 0)
+    except PermissionError:  # alive, another user's
+        return pid
+    except OSError:
+        return None
+    return pid
+
+
+def running_pid(c: Cell, args: argparse.Namespace) -> int | None:
+    """The pid of a live process training cell ``c`` under ``--out`` (another ``--next`` run), else None."""
+    return live_holder(lock_path(Path(args.out), c.name))
 
 
 def _claim(lock: Path) -> int | None:
     """Take ``lock`` for this process; the pid of a live process that holds it instead (a dead holder's lock
     is taken over)."""
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
+    # The pid goes in before the name appears (link is atomic and refuses an existing name), so a reader
+    # never finds an empty claim and mistakes a starting holder for a dead one.
+    tmp = lock.with_name(f"{lock.name}.{os.getpid()}.tmp")
+    tmp.write_text(str(os.getpid()))
+    try:
+        for _ in range(2):
             try:
-                pid = int(lock.read_text().strip() or 0)
-                os.kill(pid, 0)
-                return pid
-            except PermissionError:  # alive, another user's
-                return pid
-            except (ValueError, ProcessLookupError, OSError):
+                os.link(tmp, lock)
+                return None
+            except FileExistsError:
+                pid = live_holder(lock)
+                if pid is not None:
+                    return pid
                 lock.unlink(missing_ok=True)  # its holder died: take it over
-                continue
-        os.write(fd, str(os.getpid()).encode())
-        os.close(fd)
-        return None
-    return -1
+        return -1
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _run_cell(algo: str, dataset: str, seed: int, args: argparse.Namespace, variant: tuple[str, list[str]] | None,

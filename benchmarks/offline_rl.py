@@ -73,6 +73,7 @@ from benchmarks.grid_cells import (
     parse_seeds,
     result_dir,
     retire_stale,
+    running_pid,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -182,6 +183,14 @@ def ordered(cells: list[Cell], preset: str | None) -> list[Cell]:
         return (len(tiers), -COST_MS.get(c.algo, max(COST_MS.values())), c.seed, c.dataset, c.algo)
 
     return sorted(cells, key=key)
+
+
+def plan_state(c: Cell, args: argparse.Namespace) -> tuple[str, str]:
+    """:func:`cell_status` with "running" for an unfinished cell a live process trains under ``--out``; kept
+    apart from the store's state because the rendered report must not depend on who runs what."""
+    st, why = cell_status(c, args)
+    pid = running_pid(c, args) if st != "done" else None
+    return ("running", f"pid {pid}" + (f"; stored record {why}" if why else "")) if pid else (st, why)
 
 
 def render(args: argparse.Namespace, algos: list[str], datasets: list[str], img: Path) -> tuple[str, str]:
@@ -306,9 +315,11 @@ def main(argv: list[str] | None = None) -> int:
                         "benchmarks/results/<preset>; without: --out)")
     p.add_argument("--next", type=int, default=None, metavar="N",
                    help="run only the next N unfinished (or stale) cells of the selection, in the preset's "
-                        "priority order (benchmarks/offline_rl.py ORDER_TIERS)")
+                        "priority order (benchmarks/offline_rl.py ORDER_TIERS); cells another live process "
+                        "is training under the same --out are skipped, so two --next runs share the cores")
     p.add_argument("--plan", action="store_true",
-                   help="print every selected cell in priority order with its state (done / stale / todo) and exit")
+                   help="print every selected cell in priority order with its state (done / stale / running / "
+                        "todo) and exit")
     p.add_argument("--report", action="store_true", help="write the section into docs/benchmarks.md")
     p.add_argument("--report-only", action="store_true",
                    help="run nothing: render the section from the stored records alone (with --report: into "
@@ -341,10 +352,10 @@ def main(argv: list[str] | None = None) -> int:
     cells = ordered(make_cells([(a, d, s) for d in datasets for a in algos for s in parse_seeds(args.seeds)], args),
                     args.preset)
     if args.plan:
-        for c in cells:
-            st, why = cell_status(c, args)
-            print(f"{st:5s} {c.name}" + (f"  [{why}]" if why else ""))
-        counts = {k: sum(cell_status(c, args)[0] == k for c in cells) for k in ("done", "stale", "todo")}
+        states = [plan_state(c, args) for c in cells]
+        for c, (st, why) in zip(cells, states):
+            print(f"{st:7s} {c.name}" + (f"  [{why}]" if why else ""))
+        counts = {k: sum(st == k for st, _ in states) for k in ("done", "stale", "running", "todo")}
         print(f"[offline_rl] {len(cells)} cells: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
         return 0
     t0 = time.perf_counter()
@@ -352,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         todo = cells
         if args.next is not None:
-            todo = [c for c in cells if cell_status(c, args)[0] != "done"][: args.next]
+            todo = [c for c in cells if plan_state(c, args)[0] in ("stale", "todo")][: args.next]
             print(f"[offline_rl] next {len(todo)} cells: {', '.join(c.name for c in todo) or 'none left'}", flush=True)
         for c in todo:
             if cell_status(c, args)[0] == "stale":

@@ -297,6 +297,36 @@ def test_a_cell_another_live_process_trains_is_left_to_it(tmp_path: Path) -> Non
     assert grid_cells._claim(lock) is None  # the holder exited: taken over
 
 
+def test_plan_says_running_and_next_skips_a_cell_another_live_process_trains(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """Two --next runs on one machine share the cores: the second starts the cells after the ones the first
+    is training, and --plan names those "running" (not "todo")."""
+    import os
+
+    sel = ["--preset", "equal", "--out", str(tmp_path / "out"), "--store", str(tmp_path / "empty"),
+           "--datasets", "suite/hopper/medium-v0", "--algos", "bc,td3bc", "--seeds", "0"]
+    (tmp_path / "empty").mkdir()
+    first = "bc__suite_hopper_medium-v0__s0"
+    lock = grid_cells.lock_path(tmp_path / "out", first)
+    lock.parent.mkdir(parents=True)
+    lock.write_text(str(os.getpid()))  # a live holder: this process
+    assert offline_rl.main([*sel, "--plan"]) == 0
+    out = capsys.readouterr().out
+    assert f"running {first}  [pid {os.getpid()}]" in out and "todo    td3bc__suite_hopper_medium-v0__s0" in out
+    assert "1 running, 1 todo" in out
+
+    started: list[str] = []
+    monkeypatch.setattr(offline_rl.grid, "run_grid", lambda cells, *a: started.extend(c.name for c in cells) or [])
+    monkeypatch.setattr(offline_rl, "render", lambda *a: ("", ""))
+    assert offline_rl.main([*sel, "--next", "1"]) == 0
+    assert started == ["td3bc__suite_hopper_medium-v0__s0"]
+
+    lock.write_text("0")  # no live holder (an unreadable or dead claim): the cell is todo again
+    started.clear()
+    assert offline_rl.main([*sel, "--next", "1"]) == 0
+    assert started == [first]
+
+
 def test_an_arq_record_carries_its_candidate_cost(tiny_dataset: str, tmp_path: Path) -> None:
     """The record of an ARQ cell keeps what generating its candidates cost and how many were kept, read from
     the file the run writes (``arq_candidates.json``)."""
