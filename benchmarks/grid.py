@@ -145,9 +145,11 @@ class Progress:
 
     def __post_init__(self) -> None:
         self.total = sum(c.steps for c in self.cells) or 1
+        self.total_work = sum(c.work(c.steps) for c in self.cells)
         self.finished_trained = 0  # updates the finished cells trained (cached ones left out)
+        self.finished_trained_work = 0.0  # and their estimated cost (Cell.work)
         self.start_updates = self.updates(running=self.cells)
-        self.start_trained = self.trained(running=self.cells)
+        self.start_trained_work = self.trained_work(running=self.cells)
 
     def _cell_updates(self, c: Cell) -> int:
         return min(c.steps, last_step(self.out / "runs" / c.name) * max(1, len(c.group)))
@@ -163,8 +165,21 @@ class Progress:
             max(0, self._cell_updates(c) - skipped_steps(self.out / "runs" / c.name))
             for c in running if c.name not in self.finished)
 
+    def trained_work(self, running: Sequence[Cell]) -> float:
+        """:meth:`trained` in the cells' estimated milliseconds (:meth:`Cell.work`): the ETA's rate."""
+        return self.finished_trained_work + sum(self._trained_work(c) for c in running if c.name not in self.finished)
+
+    def _trained_work(self, c: Cell) -> float:
+        n, cached = self._cell_updates(c), skipped_steps(self.out / "runs" / c.name)
+        return max(0.0, c.work(n) - c.work(min(n, cached)))
+
+    def work_done(self, running: Sequence[Cell]) -> float:
+        return (sum(c.work(c.steps) for c in self.cells if c.name in self.finished)
+                + sum(c.work(self._cell_updates(c)) for c in running if c.name not in self.finished))
+
     def cell_done(self, cell: Cell, result: dict[str, Any], t_cell: float | None = None) -> None:
         self.finished_trained += max(0, self._cell_updates(cell) - skipped_steps(self.out / "runs" / cell.name))
+        self.finished_trained_work += self._trained_work(cell)
         self.finished[cell.name] = result
         if result.get("skipped"):
             return
@@ -180,8 +195,10 @@ class Progress:
         elapsed = time.perf_counter() - self.t0
         done = self.updates(running)
         failed = sum(bool(r.get("failed")) for r in self.finished.values())
-        rate = (self.trained(running) - self.start_trained) / elapsed if elapsed > 0 else 0.0
-        eta = f", ETA ~{_hms((self.total - done) / rate)}" if rate > 0 and done < self.total else ""
+        # Work, not updates, per second: an ARQ cell's Q-only updates cost ~20 of its policy updates.
+        rate = (self.trained_work(running) - self.start_trained_work) / elapsed if elapsed > 0 else 0.0
+        left = self.total_work - self.work_done(running)
+        eta = f", ETA ~{_hms(left / rate)}" if rate > 0 and done < self.total else ""
         text = (f"[{self.tag}] {len(self.finished)}/{len(self.cells)} cells done"
                 + (f" ({failed} failed)" if failed else "")
                 + f", {len(running)} running, {100 * done / self.total:.0f}% of {self.total} updates, "

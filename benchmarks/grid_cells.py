@@ -38,6 +38,20 @@ class Cell:
     variant_sets: tuple[str, ...] = ()  # the variant's ``--set`` items
     steps: int = 0  # total updates, for the progress line (all seeds of a group)
     group: tuple[int, ...] = ()  # seeds trained together in one process (``bilevel-rl train --seeds``)
+    # (updates, ms per update) of the cell's phases in order where their costs differ by much (ARQ); empty:
+    # every update costs COST_MS[algo]. Only the ETA reads it.
+    phases: tuple[tuple[int, float], ...] = ()
+
+    def work(self, updates: int) -> float:
+        """Estimated one-core milliseconds of the cell's first ``updates`` updates: the ETA's unit, so that a
+        grid mixing BC (4 ms an update) with ARQ's Q-only phase (83 ms) is not timed by whichever runs now."""
+        if not self.phases:
+            return updates * COST_MS.get(self.algo, COST_MS.get(self.base_algo, 10.0))
+        left, total = updates, 0.0
+        for n, ms in self.phases:
+            take = min(left, n)
+            total, left = total + take * ms, left - take
+        return total + left * self.phases[-1][1]
 
     @property
     def name(self) -> str:
@@ -78,6 +92,17 @@ COST_MS = {"bc-top10": 3.6, "bc-top25": 3.6, "vaco-k_step": 29.0, "vaco-implicit
            # ARQ (CPU settings), hopper and halfcheetah medium, 2026-12-06: 50k behaviour-model updates at 23 ms,
            # 25 min of candidates, 50k Q-only at 83 ms, 50k policy at 4.4 ms and evaluations: ~2 h over 150k updates
            "arq": 49.0, "arq-paper": 400.0}
+# The same ARQ cells phase by phase (policy: 8 min over 50k updates, evaluations included); the candidates'
+# one-off 25 min is charged to the first update after the behaviour model, which is the one that generates them.
+ARQ_PHASE_MS = {"bm": 23.0, "candidates": 1.5e6, "q": 83.0, "policy": 9.6}
+
+
+def arq_cost_phases(steps: int, bm: int, q: int) -> tuple[tuple[int, float], ...]:
+    """:attr:`Cell.phases` of an ARQ cell with the CPU settings and a Q-only phase (none without one)."""
+    if not q:
+        return ()
+    m = ARQ_PHASE_MS
+    return (bm, m["bm"]), (1, m["candidates"]), (q - 1, m["q"]), (steps, m["policy"])
 
 
 def host_description() -> str:
@@ -144,7 +169,8 @@ def make_cells(cells: list[tuple[str, str, int]], args: argparse.Namespace) -> l
     out = []
     for algo, dataset, seed in cells:
         base, sets = VARIANTS.get(algo, (algo, []))
-        out.append(Cell(algo, dataset, seed, base, tuple(sets), policy_budget(base, args, sets)[0]))
+        phases = arq_cost_phases(args.steps, *arq_phases(args, sets)) if algo == "arq" else ()
+        out.append(Cell(algo, dataset, seed, base, tuple(sets), policy_budget(base, args, sets)[0], phases=phases))
     return out
 
 
