@@ -115,6 +115,27 @@ def test_equal_section_re_renders_byte_for_byte_from_the_committed_records(tmp_p
     assert (tmp_path / "headline.md").read_text().rstrip() == _section("offline_rl_equal_headline")
 
 
+def test_a_narrowed_report_still_writes_the_whole_preset_section(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--report`` with ``--algos bc`` (say, after running a few BC cells) writes the preset's whole section
+    into docs, not a one-algorithm table in its place; the run's own report.md keeps the narrowed view."""
+    import shutil
+
+    copy = tmp_path / "store"
+    shutil.copytree(store.STORE / "equal", copy, ignore=shutil.ignore_patterns("stale"))
+    base = ["--preset", "equal", "--report-only", "--store", str(copy)]
+    assert offline_rl.main([*base, "--out", str(tmp_path / "whole")]) == 0
+    written: dict[str, str] = {}
+    monkeypatch.setattr(offline_rl, "write_section", lambda name, text: written.__setitem__(name, text))
+    monkeypatch.setattr(offline_rl, "REPORT", tmp_path / "docs" / "benchmarks.md")
+    argv = [*base, "--out", str(tmp_path / "bc"), "--report", "--algos", "bc", "--datasets", "suite/hopper/medium-v0"]
+    assert offline_rl.main(argv) == 0
+    assert written["offline_rl_equal"] == (tmp_path / "whole" / "report.md").read_text()
+    assert written["offline_rl_equal_headline"] == (tmp_path / "whole" / "headline.md").read_text()
+    narrowed = (tmp_path / "bc" / "report.md").read_text()
+    assert "| suite/hopper/medium-v0 | bc |" in narrowed and "td3bc" not in narrowed.split("| dataset", 1)[1]
+
+
 def test_the_equal_section_shows_gpu_only_cells_only_where_stored(tmp_path: Path) -> None:
     """ARQ with the CPU settings is a cell of the equal preset ("not run yet" until it runs); ARQ with the paper's
     sampler (a GPU's cell) gets a row only once its record is in the store, and the count says so."""
