@@ -122,7 +122,9 @@ def test_a_narrowed_report_still_writes_the_whole_preset_section(tmp_path: Path,
     import shutil
 
     copy = tmp_path / "store"
-    shutil.copytree(store.STORE / "equal", copy, ignore=shutil.ignore_patterns("stale"))
+    copy.mkdir()
+    for f in (store.STORE / "equal").glob("bc*__suite_hopper_*.json"):  # a few records render in seconds
+        shutil.copy(f, copy / f.name)
     base = ["--preset", "equal", "--report-only", "--store", str(copy)]
     assert offline_rl.main([*base, "--out", str(tmp_path / "whole")]) == 0
     written: dict[str, str] = {}
@@ -142,7 +144,10 @@ def test_the_equal_section_shows_gpu_only_cells_only_where_stored(tmp_path: Path
     import shutil
 
     copy = tmp_path / "store"
-    shutil.copytree(store.STORE / "equal", copy, ignore=shutil.ignore_patterns("stale", "arq-paper__*"))
+    copy.mkdir()
+    for f in (store.STORE / "equal").glob("*.json"):  # BC and ARQ's records: the rest would only slow the render
+        if f.name.startswith(("bc__", "arq__")):
+            shutil.copy(f, copy / f.name)
     out = tmp_path / "out"
     assert offline_rl.main(["--preset", "equal", "--report-only", "--out", str(out), "--store", str(copy)]) == 0
     text = (out / "report.md").read_text()
