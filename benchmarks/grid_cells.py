@@ -284,6 +284,7 @@ def _run_cell(algo: str, dataset: str, seed: int, args: argparse.Namespace, vari
     threads = int(getattr(args, "threads", 1))  # vaco_bench / aspc_bench have no --threads: one per cell
     cmd = [sys.executable, "-m", "rl_adapters", "train", "--no-progress"]
     checkpointed = (run_dir / "checkpoint.pt").exists() or any(run_dir.glob("seed*/checkpoint.pt"))
+    revisions = _note_revision(log.with_suffix(".revisions"), resumed=checkpointed)
     if checkpointed and (run_dir / "config.json").exists():
         cmd += ["--resume", str(run_dir)]  # with the threads its config.json recorded
     else:
@@ -331,20 +332,35 @@ def _run_cell(algo: str, dataset: str, seed: int, args: argparse.Namespace, vari
     if rc != 0:
         return {"algo": algo, "dataset": dataset, "seed": seed, "failed": True, "error": f"exit {rc}; see {log}"}
     results = [_write_result(algo, base_algo, variant_sets, d, results_at / f"{n}.json", value_steps, steps,
-                             per_update, args, seeds if group else None)
+                             per_update, args, seeds if group else None, revisions)
                for d, n in zip(seed_dirs, names)]
     return results[0]
 
 
+def _note_revision(path: Path, resumed: bool) -> list[str]:
+    """The git revisions the invocations of one run started at, this one's last: a record names the code that
+    trained it, not whatever HEAD is when a two-hour cell ends (commits land meanwhile)."""
+    revs: list[str] = []
+    if resumed:
+        try:
+            revs = [str(r) for r in json.loads(path.read_text())]
+        except (OSError, ValueError, TypeError):
+            revs = []
+    revs.append(store.git_revision())
+    path.write_text(json.dumps(revs))
+    return revs
+
+
 def _write_result(algo: str, base_algo: str, variant_sets: Sequence[str], run_dir: Path, result_path: Path,
                   value_steps: int, steps: int, per_update: int, args: argparse.Namespace,
-                  group: list[int] | None) -> dict:
+                  group: list[int] | None, revisions: Sequence[str] = ()) -> dict:
     """A finished run as a store record (benchmarks/store.py), written atomically to ``result_path``."""
     summary = json.loads((run_dir / "summary.json").read_text())
     rec = store.record_from_run(
         run_dir, algo=algo, base_algo=base_algo, variant_sets=variant_sets, preset=getattr(args, "preset", None),
         value_steps=value_steps, policy_steps=(steps - value_steps) * per_update, per_update=per_update,
-        eval_every=args.eval_every, eval_episodes=args.eval_episodes, host=host_description(), summary=summary)
+        eval_every=args.eval_every, eval_episodes=args.eval_episodes, host=host_description(), summary=summary,
+        revisions=revisions)
     if group:
         rec["seeds_in_process"] = group  # its updates_per_s counts updates of the whole group
     store.write(result_path, rec)

@@ -223,7 +223,7 @@ def render(args: argparse.Namespace, algos: list[str], datasets: list[str], img:
         png = img / f"{args.section}_{kind}.png"
         if ok(png):
             figs += f"\n![{caption}](img/{png.name})\n"
-    revs = sorted({r.get("git_revision", "?") for r in current})
+    revs = sorted({v for r in current for v in [r.get("git_revision", "?"), *r.get("earlier_git_revisions", [])]})
     title = {"offline_rl": "Offline RL baselines"}.get(args.section, f"Offline RL grid ({args.preset or 'custom'} preset)")
     readings = note(args.section)
     # The committed store's name, not wherever --store points: a copy of the records renders the same text.

@@ -73,9 +73,11 @@ def last3(curve: Sequence[Sequence[float]]) -> float | None:
 
 def record_from_run(run_dir: Path, *, algo: str, base_algo: str, variant_sets: Sequence[str], preset: str | None,
                     value_steps: int, policy_steps: int, per_update: int, eval_every: int, eval_episodes: int,
-                    host: str, summary: dict[str, Any]) -> dict[str, Any]:
+                    host: str, summary: dict[str, Any], revisions: Sequence[str] = ()) -> dict[str, Any]:
     """The stored form of a finished run (``summary.json`` + ``metrics.jsonl`` of ``run_dir``). Curves are
-    indexed by *policy* steps: an update after the ``value_steps`` value-only ones takes ``per_update``."""
+    indexed by *policy* steps: an update after the ``value_steps`` value-only ones takes ``per_update``.
+    ``revisions``: the git revisions its invocations started at (the last one's is ``git_revision``; without
+    them, the current HEAD's)."""
     rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
 
     def x(step: int) -> int:
@@ -109,7 +111,7 @@ def record_from_run(run_dir: Path, *, algo: str, base_algo: str, variant_sets: S
         "eval_curve": downsample(evals[:-3], EVAL_POINTS - 3) + [list(p) for p in evals[-3:]],
         "train_curves": curves,
         "hparams": summary.get("hparams", {}),
-        "git_revision": git_revision(),
+        "git_revision": revisions[-1] if revisions else git_revision(),
         "host": host,
         "device": summary.get("device"),
         "threads": summary.get("threads"),
@@ -117,6 +119,9 @@ def record_from_run(run_dir: Path, *, algo: str, base_algo: str, variant_sets: S
         "updates_per_s": summary.get("updates_per_s"),
         "stats": {},
     }
+    earlier = [r for r in dict.fromkeys(revisions[:-1]) if r != rec["git_revision"]]
+    if earlier:  # resumed under other code: each revision it ran under is named
+        rec["earlier_git_revisions"] = earlier
     if base_algo == "vaco":
         from rl_adapters.vaco_analysis import analyze_weights
 

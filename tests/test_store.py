@@ -376,3 +376,21 @@ def test_an_arq_record_carries_its_candidate_cost(tiny_dataset: str, tmp_path: P
     # every observation and each episode's last next-observation
     assert cand["states"] == data.observations.shape[0] + len(set(data.episode_ids.tolist()))
     assert "digest" not in cand
+    # the revisions its invocations started at: the last names the record, the others are kept beside it
+    rec = store.record_from_run(run, algo="arq", base_algo="arq", variant_sets=[], preset=None, value_steps=15,
+                                policy_steps=5, per_update=1, eval_every=5, eval_episodes=1, host="test",
+                                summary=summary, revisions=["aaa1111", "aaa1111", "bbb2222", "ccc3333"])
+    assert rec["git_revision"] == "ccc3333" and rec["earlier_git_revisions"] == ["aaa1111", "bbb2222"]
+
+
+def test_a_cell_records_the_revision_it_started_at_and_those_a_resume_continued(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A two-hour cell outlives commits: its record names the revision each invocation started at, not HEAD
+    when it ends. A fresh start forgets an abandoned run's revisions; a resume adds to them."""
+    head = iter(["rev1", "rev2", "rev3"])
+    monkeypatch.setattr(store, "git_revision", lambda: next(head))
+    path = tmp_path / "cell.revisions"
+    assert grid_cells._note_revision(path, resumed=False) == ["rev1"]
+    assert grid_cells._note_revision(path, resumed=True) == ["rev1", "rev2"]
+    assert grid_cells._note_revision(path, resumed=False) == ["rev3"]
+    assert json.loads(path.read_text()) == ["rev3"]
