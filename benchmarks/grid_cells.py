@@ -284,8 +284,8 @@ def _run_cell(algo: str, dataset: str, seed: int, args: argparse.Namespace, vari
     threads = int(getattr(args, "threads", 1))  # vaco_bench / aspc_bench have no --threads: one per cell
     cmd = [sys.executable, "-m", "rl_adapters", "train", "--no-progress"]
     checkpointed = (run_dir / "checkpoint.pt").exists() or any(run_dir.glob("seed*/checkpoint.pt"))
-    revisions = _note_revision(log.with_suffix(".revisions"), resumed=checkpointed)
-    if checkpointed and (run_dir / "config.json").exists():
+    resumed = checkpointed and (run_dir / "config.json").exists()
+    if resumed:
         cmd += ["--resume", str(run_dir)]  # with the threads its config.json recorded
     else:
         cmd += [
@@ -325,8 +325,9 @@ def _run_cell(algo: str, dataset: str, seed: int, args: argparse.Namespace, vari
     if all((d / "summary.json").exists() for d in seed_dirs):
         # Trained to the end by an invocation killed before it wrote the result (the trainer writes
         # summary.json last): only the result is missing, and --resume of a finished run is refused.
-        rc = 0
+        rc, revisions = 0, _note_revision(log.with_suffix(".revisions"), resumed=True, started=False)
     else:
+        revisions = _note_revision(log.with_suffix(".revisions"), resumed=resumed)
         with open(log, "a") as f:
             rc = run_child(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     if rc != 0:
@@ -337,17 +338,19 @@ def _run_cell(algo: str, dataset: str, seed: int, args: argparse.Namespace, vari
     return results[0]
 
 
-def _note_revision(path: Path, resumed: bool) -> list[str]:
-    """The git revisions the invocations of one run started at, this one's last: a record names the code that
-    trained it, not whatever HEAD is when a two-hour cell ends (commits land meanwhile)."""
+def _note_revision(path: Path, resumed: bool, started: bool = True) -> list[str]:
+    """The git revisions the invocations of one run started at, this one's last (``started``: this invocation
+    trains; else the list as it is): a record names the code that trained it, not whatever HEAD is when a
+    two-hour cell ends (commits land meanwhile). A fresh start forgets an abandoned run's revisions."""
     revs: list[str] = []
     if resumed:
         try:
             revs = [str(r) for r in json.loads(path.read_text())]
         except (OSError, ValueError, TypeError):
             revs = []
-    revs.append(store.git_revision())
-    path.write_text(json.dumps(revs))
+    if started or not revs:  # (a run trained before revisions were noted: HEAD is all there is to say)
+        revs.append(store.git_revision())
+        path.write_text(json.dumps(revs))
     return revs
 
 

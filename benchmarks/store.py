@@ -1,8 +1,9 @@
 """The committed results store of the offline RL grids: one small JSON file per finished cell.
 
 ``benchmarks/results/<preset>/<cell>.json`` holds everything a report needs about a cell (its scores, its
-downsampled evaluation and training curves, the resolved hyper-parameters, the git revision, machine and wall
-time it ran with, and the algorithm's own statistics), so that docs/benchmarks.md is re-rendered from a clone
+downsampled evaluation and training curves, the resolved hyper-parameters, the git revision its last
+invocation started at (and, for a run resumed under other code, the earlier ones), machine and wall time it
+ran with, and the algorithm's own statistics), so that docs/benchmarks.md is re-rendered from a clone
 alone (``python -m benchmarks.offline_rl --preset equal --report-only``) and every machine adds to one grid.
 Checkpoints, ``metrics.jsonl`` and logs stay in the (ignored) run folder ``--out``.
 

@@ -393,4 +393,6 @@ def test_a_cell_records_the_revision_it_started_at_and_those_a_resume_continued(
     assert grid_cells._note_revision(path, resumed=False) == ["rev1"]
     assert grid_cells._note_revision(path, resumed=True) == ["rev1", "rev2"]
     assert grid_cells._note_revision(path, resumed=False) == ["rev3"]
+    # a run found trained to the end (only its record missing) adds no revision: nothing ran now
+    assert grid_cells._note_revision(path, resumed=True, started=False) == ["rev3"]
     assert json.loads(path.read_text()) == ["rev3"]
