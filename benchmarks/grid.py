@@ -128,6 +128,12 @@ def skipped_steps(run_dir: Path) -> int:
         return 0
 
 
+def _resumable(run_dir: Path) -> bool:
+    """Whether a cell's run folder is continued (a checkpoint) or already finished (a summary), not restarted."""
+    return any(any(run_dir.glob(pat)) for pat in ("checkpoint.pt", "summary.json", "seed*/checkpoint.pt",
+                                                  "seed*/summary.json"))
+
+
 def _hms(s: float) -> str:
     s = int(s)
     return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
@@ -148,10 +154,17 @@ class Progress:
         self.total_work = sum(c.work(c.steps) for c in self.cells)
         self.finished_trained = 0  # updates the finished cells trained (cached ones left out)
         self.finished_trained_work = 0.0  # and their estimated cost (Cell.work)
+        # What the run folders hold now, but only where a run will go on from it: a folder with neither a
+        # checkpoint nor a summary restarts from update 0, and its old metrics would make the first minutes'
+        # rate negative (no ETA) and the percentage jump back.
+        self._kept = {c.name for c in self.cells if _resumable(self.out / "runs" / c.name)}
         self.start_updates = self.updates(running=self.cells)
         self.start_trained_work = self.trained_work(running=self.cells)
+        self._kept = None
 
     def _cell_updates(self, c: Cell) -> int:
+        if self._kept is not None and c.name not in self._kept:
+            return 0
         return min(c.steps, last_step(self.out / "runs" / c.name) * max(1, len(c.group)))
 
     def updates(self, running: Sequence[Cell]) -> int:

@@ -335,6 +335,7 @@ def test_the_eta_of_an_arq_cell_weighs_each_phase_by_its_cost(tmp_path: Path) ->
     run = tmp_path / "runs" / cell.name
     run.mkdir(parents=True)
     (run / "metrics.jsonl").write_text(json.dumps({"step": 75_000}) + "\n")
+    (run / "checkpoint.pt").write_bytes(b"")  # resumed: its 75,000 updates are kept
     progress = grid.Progress("t", [cell], tmp_path)
     progress.t0 -= 100.0
     (run / "metrics.jsonl").write_text(json.dumps({"step": 76_000}) + "\n")  # 1,000 Q-only updates in 100 s
@@ -343,3 +344,21 @@ def test_the_eta_of_an_arq_cell_weighs_each_phase_by_its_cost(tmp_path: Path) ->
     # updates alike: 74,000 at 10/s, ~2 h)
     want = (24_000 * m["q"] + 50_000 * m["policy"]) / (1_000 * m["q"] / 100.0)
     assert eta and abs(60 * int(eta[1]) + int(eta[2]) - want) < 5, (eta, want)
+
+
+def test_the_eta_ignores_what_a_folder_that_restarts_logged_before(tmp_path: Path) -> None:
+    """A run folder with metrics but no checkpoint (killed before its first one) is trained again from update
+    0: its old 60 updates are neither progress at the start nor a debt that hides the ETA."""
+    from benchmarks.grid_cells import Cell
+
+    cell = Cell("bc", "d", 0, "bc", steps=100)
+    run = tmp_path / "runs" / cell.name
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 60}) + "\n")
+    progress = grid.Progress("t", [cell], tmp_path)
+    assert progress.start_updates == 0
+    progress.t0 -= 10.0
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 10}) + "\n")  # the restarted run, 10 s in
+    m = re.search(r"10% of 100 updates, elapsed 0m1\ds, ETA ~(\d+)m(\d+)s$", progress.line([cell]))
+    assert m and 89 <= 60 * int(m[1]) + int(m[2]) <= 91, progress.line([cell])  # 90 updates at 1/s
+
