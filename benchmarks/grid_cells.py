@@ -243,8 +243,15 @@ def live_holder(lock: Path) -> int | None:
 
 
 def running_pid(c: Cell, args: argparse.Namespace) -> int | None:
-    """The pid of a live process training cell ``c`` under ``--out`` (another ``--next`` run), else None."""
-    return live_holder(lock_path(Path(args.out), c.name))
+    """The pid of a live process training cell ``c`` under ``--out`` (another ``--next`` run), alone or in a
+    group of seeds (``--seeds-per-process``), else None."""
+    logs = Path(args.out) / "logs"
+    prefix = f"{c.algo}__{c.dataset.replace('/', '_')}__s"
+    for lock in [lock_path(Path(args.out), c.name), *sorted(logs.glob(f"{prefix}*_*.lock"))]:
+        seeds = lock.name[len(prefix):-len(".lock")].split("_")
+        if str(c.seed) in seeds and (pid := live_holder(lock)) is not None:
+            return pid
+    return None
 
 
 def _claim(lock: Path) -> int | None:

@@ -352,6 +352,13 @@ def test_plan_says_running_and_next_skips_a_cell_another_live_process_trains(
     assert offline_rl.main([*sel, "--next", "1"]) == 0
     assert started == [first]
 
+    # a live group of seeds 0 and 1 (--seeds-per-process) holds seed 0 as well; seed 2's cell is free
+    lock.unlink()
+    grid_cells.lock_path(tmp_path / "out", "bc__suite_hopper_medium-v0__s0_1").write_text(str(os.getpid()))
+    out = argparse.Namespace(out=str(tmp_path / "out"))
+    holders = [grid_cells.running_pid(grid_cells.Cell("bc", "suite/hopper/medium-v0", s, "bc"), out) for s in (0, 1, 2)]
+    assert holders == [os.getpid(), os.getpid(), None]
+
 
 def test_an_arq_record_carries_its_candidate_cost(tiny_dataset: str, tmp_path: Path) -> None:
     """The record of an ARQ cell keeps what generating its candidates cost and how many were kept, read from
